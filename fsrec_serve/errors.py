@@ -113,3 +113,16 @@ class InferenceServerError(ClientError):
 
 class AuthorizationError(ClientError):
     """A restricted endpoint refused the request (missing or wrong key)."""
+
+
+# -- serving / client (appended by the serving area) ---------------------------------------
+class TritonNotFoundError(ServingError, FileNotFoundError):
+    """The tritonserver binary is not installed (pip install 'fsrec-serve[triton]')."""
+
+
+class RequestTimeoutError(ServerUnavailableError):
+    """The server did not answer within the client's timeout (not retried: it may be busy)."""
+
+
+class ModelControlError(InferenceServerError):
+    """Loading or unloading a model through Triton's model-control API failed."""
