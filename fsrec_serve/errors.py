@@ -126,3 +126,8 @@ class RequestTimeoutError(ServerUnavailableError):
 
 class ModelControlError(InferenceServerError):
     """Loading or unloading a model through Triton's model-control API failed."""
+
+
+# -- load tests (loadtests area) --------------------------------------------------------------
+class LoadTestError(FsRecError):
+    """A load test could not run or its reports could not be read (not a failed gate)."""
