@@ -176,6 +176,50 @@ def write_histories(path: str | Path, dataset: str = "ml-100k", data_dir: str | 
 
 
 # ---------------------------------------------------------------------------------------------
+# helpers for locustfiles (called inside the Locust process; locust is imported lazily)
+# ---------------------------------------------------------------------------------------------
+def add_locust_arguments(parser) -> None:
+    """The custom options ``run_loadtest`` passes to a locustfile (Locust's configargparse
+    parser; each also readable from an ``FSREC_LOADTEST_*`` environment variable)."""
+    parser.add_argument("--histories", default="", env_var="FSREC_LOADTEST_HISTORIES",
+                        help="JSON file of histories (raw item ids, newest last) to sample users from")
+    parser.add_argument("--k-mix", default=DEFAULT_K_MIX, env_var="FSREC_LOADTEST_K_MIX",
+                        help="top-k mix, e.g. '10:0.8,20:0.15,50:0.05'")
+    parser.add_argument("--model-name", default="fsrec", env_var="FSREC_LOADTEST_MODEL",
+                        help="Triton model name")
+    parser.add_argument("--think-time", type=float, default=0.0, env_var="FSREC_LOADTEST_THINK_TIME",
+                        help="seconds a user waits between two requests")
+    parser.add_argument("--traffic-seed", type=int, default=0, env_var="FSREC_LOADTEST_SEED",
+                        help="seed of the history and k sampling")
+
+
+def install_final_stats_writer(environment) -> None:
+    """Rewrite ``<csv prefix>_stats.csv`` / ``_failures.csv`` with the FINAL statistics when the
+    Locust process exits.
+
+    Locust's CSV writer refreshes the files once a second and does not write them again at
+    shutdown, so the last second of a run is missing (a 3 s run lost a third of its requests).
+    The gate must judge the whole run: this hook runs at interpreter exit, after Locust closed
+    its own handles, and writes the same columns through Locust's ``StatsCSV``."""
+    import atexit
+
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix:
+        return
+
+    def _write() -> None:
+        from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+        w = StatsCSV(environment, PERCENTILES_TO_REPORT)
+        with open(f"{prefix}_stats.csv", "w", newline="") as f:
+            w.requests_csv(csv.writer(f))
+        with open(f"{prefix}_failures.csv", "w", newline="") as f:
+            w.failures_csv(csv.writer(f))
+
+    atexit.register(_write)
+
+
+# ---------------------------------------------------------------------------------------------
 # the gate: pure functions over Locust's stats CSV
 # ---------------------------------------------------------------------------------------------
 @dataclass
