@@ -28,7 +28,7 @@ import urllib.request
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ..errors import ConfigError, ServerStartError, ServingError
 from ..settings import get_settings
@@ -143,7 +143,7 @@ class TritonServer:
         restricted_apis: Sequence[str] = (),
         startup_timeout: float = 120.0,
         stop_timeout: float = 20.0,
-        cleanup: Iterable[Path] = (),
+        run_dir: Path | None = None,
         kind: str = "local",
     ):
         self.command = list(command)  # argv of the server process (holds the admin key: do not log it)
@@ -159,7 +159,7 @@ class TritonServer:
         self.startup_timeout = startup_timeout  # seconds to wait for readiness
         self.stop_timeout = stop_timeout  # seconds between SIGTERM and SIGKILL
         self.kind = kind  # "local" (wheel/native binary) or "docker"
-        self._cleanup = list(cleanup)
+        self.run_dir = run_dir  # temp folder of this server (runtime repository copies, default log)
         self._proc: subprocess.Popen | None = None
         self._log_fh = None
         self._lock = threading.Lock()
@@ -323,11 +323,25 @@ class TritonServer:
             if self._log_fh is not None:
                 self._log_fh.close()
                 self._log_fh = None
-            for p in self._cleanup:
-                shutil.rmtree(p, ignore_errors=True)
-            self._cleanup = []
+            self._remove_run_dir()
             _LIVE_SERVERS.discard(self)
             return proc.returncode
+
+    def _remove_run_dir(self) -> None:
+        """Delete the runtime copies; keep the log (it may be inside run_dir)."""
+        if self.run_dir is None or not self.run_dir.is_dir():
+            return
+        for p in self.run_dir.iterdir():
+            if p == self.log_path:
+                continue
+            if p.is_symlink() or p.is_file():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        try:
+            self.run_dir.rmdir()  # only if the log lives elsewhere
+        except OSError:
+            pass
 
     def serve_forever(self, poll_s: float = 0.5) -> int:
         """Block until SIGINT/SIGTERM (then stop cleanly) or until the server dies on its own
@@ -354,6 +368,20 @@ class TritonServer:
             self.stop()
         log.info("stopped tritonserver after signal %s", received[0] if received else "?")
         return 0
+
+    def refresh_repository(self) -> Path:
+        """Publish the source repository's current content (e.g. a version just added with
+        exporters.build_model_repository) to the running server: a new runtime copy is written
+        and the runtime path flipped to it atomically. Then load it through model control
+        (``client.load_model()``). Returns the new runtime folder."""
+        env_path = getattr(self, "execution_env_path", None)
+        if env_path is None or not self.runtime_repository.is_symlink():
+            return self.runtime_repository  # the server reads the source repository directly
+        with self._lock:
+            self._generation = getattr(self, "_generation", 0) + 1
+            gen = _materialize(self.repository, env_path, self.runtime_repository.parent / f"repository-{self._generation}", None)
+            _flip_symlink(self.runtime_repository, gen)
+        return gen
 
     # -- conveniences ------------------------------------------------------------------
     def client(self, protocol: str = "grpc", *, admin: bool = False, **kwargs):
@@ -491,13 +519,21 @@ def _check_ports(host: str, ports: ServerPorts) -> None:
             )
 
 
-def _runtime_repository(repository: Path, execution_env_path: str, dest: Path) -> Path:
-    """A copy of ``repository`` that tritonserver can run here: python-backend models get
-    ``EXECUTION_ENV_PATH`` = ``execution_env_path`` (the exporters area writes the copy)."""
-    from exporters import materialize_repository  # the exporters area owns the repository format
+def _materialize(repository: Path, execution_env_path: str, dest: Path, models: Sequence[str] | None) -> Path:
+    """A runnable copy of ``repository`` at ``dest``: python-backend models get
+    ``EXECUTION_ENV_PATH`` (exporters.runtime_repository writes it; files are symlinked)."""
+    from exporters import runtime_repository  # the exporters area owns the repository format
 
-    out = materialize_repository(repository, dest, execution_env_path=execution_env_path)
-    return Path(out) if out is not None else dest
+    return Path(runtime_repository(repository, dest, execution_env_path=execution_env_path, models=models))
+
+
+def _flip_symlink(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` atomically (tritonserver follows it on the next load)."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
 
 
 def docker_command(
@@ -634,15 +670,19 @@ def serve(
                 "docker is not installed on this machine; run this on the GPU host instead:\n  "
                 + shlex.join(cmd).replace(restricted_api_key or "\0", "***")
             )
-        server = TritonServer(cmd, dict(os.environ), runtime_repository=repo, cleanup=[], kind="docker", **common)
+        server = TritonServer(cmd, dict(os.environ), runtime_repository=repo, run_dir=run_dir, kind="docker", **common)
     else:
         install = find_triton(tritonserver)
         backends = prepare_backends(install)
         env_path = str(Path(execution_env_path).resolve()) if execution_env_path else sys.prefix
         runtime = repo
         if materialize:
+            # <run_dir>/model_repository is a symlink to a generation folder, so that
+            # refresh_repository() can publish new versions atomically while the server runs
             try:
-                runtime = _runtime_repository(repo, env_path, run_dir / "model_repository")
+                gen = _materialize(repo, env_path, run_dir / "repository-0", None)
+                runtime = run_dir / "model_repository"
+                _flip_symlink(runtime, gen)
             except Exception:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
@@ -654,8 +694,8 @@ def serve(
         ) + list(extra_args)  # fmt: skip
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = library_path(install)
-        cleanup = [run_dir / "model_repository"] if runtime == run_dir / "model_repository" else []
-        server = TritonServer(cmd, env, runtime_repository=runtime, cleanup=cleanup, kind="local", **common)
+        server = TritonServer(cmd, env, runtime_repository=runtime, run_dir=run_dir, kind="local", **common)
+        server.execution_env_path = env_path if materialize else None
     server.start()
     if wait:
         server.wait_ready()

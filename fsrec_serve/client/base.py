@@ -1,0 +1,245 @@
+"""Configuration and the transport-free half of the clients (shared by sync and asyncio)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ..data.idmap import IdMap
+from ..errors import ClientError, ConfigError, InferenceServerError, ModelControlError
+from ..serving.constants import GRPC_RESTRICTED_KEY_HEADER, RESTRICTED_KEY_HEADER
+from ..settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME
+from .errors import CallContext, RetryPolicy, map_exception
+from .validation import (
+    INPUT_NAME,
+    OUTPUT_ITEMS,
+    OUTPUT_SCORES,
+    EncodedHistory,
+    ModelSpec,
+    Recommendation,
+    chunks,
+    coerce_item_map,
+    decode_top,
+    encode_history,
+    load_repository_info,
+    pad_batch,
+    validate_k,
+    validate_on_unknown,
+)
+
+PROTOCOLS = ("grpc", "http")
+ENV_ADMIN_KEY = "FSREC_ADMIN_KEY"  # env: admin key for restricted (model-control) endpoints
+
+
+def parse_url(url: str | None, protocol: str | None) -> tuple[str, str, bool]:
+    """``url`` (``host:port``, ``http(s)://host:port``, ``grpc(s)://host:port``) and an optional
+    protocol -> (``host:port`` as tritonclient wants it, protocol, tls). A missing port gets the
+    protocol's default (8000 HTTP, 8001 gRPC; env FSREC_HTTP_PORT / FSREC_GRPC_PORT)."""
+    tls = False
+    scheme = None
+    rest = (url or "").strip()
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https", "grpc", "grpcs"):
+            raise ConfigError(f"url scheme {scheme!r} in {url!r}: use http://, https://, grpc:// or host:port")
+        tls = scheme in ("https", "grpcs")
+        implied = "http" if scheme.startswith("http") else "grpc"
+        if protocol is not None and protocol != implied:
+            raise ConfigError(f"url {url!r} is a {implied} address but protocol={protocol!r}; make them agree")
+        protocol = implied
+    protocol = protocol or "grpc"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol {protocol!r}: choose 'grpc' or 'http'")
+    rest = rest.rstrip("/") or os.environ.get("FSREC_HOST", "127.0.0.1")
+    try:
+        port = urlsplit("//" + rest).port
+    except ValueError as e:
+        raise ConfigError(f"url {url!r}: {e}") from None
+    if port is None:
+        host, _, path = rest.partition("/")
+        default = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
+        port = int(os.environ.get("FSREC_GRPC_PORT" if protocol == "grpc" else "FSREC_HTTP_PORT", default))
+        rest = f"{host}:{port}" + (f"/{path}" if path else "")
+    return rest, protocol, tls
+
+
+class ClientBase:
+    """Everything but the I/O: options, model spec and id map, checks, decoding, error mapping."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str | None = None,
+        *,
+        model_name: str | None = None,
+        model_version: str | int = "",
+        item_map: IdMap | str | Path | None = None,
+        repository: str | Path | None = None,
+        spec: ModelSpec | None = None,
+        on_unknown: str = "drop",
+        timeout_s: float = 10.0,
+        control_timeout_s: float = 120.0,
+        retries: int = 2,
+        backoff_s: float = 0.1,
+        backoff_max_s: float = 2.0,
+        ssl: bool = False,
+        root_certificates: str | Path | None = None,
+        private_key: str | Path | None = None,
+        certificate_chain: str | Path | None = None,
+        insecure: bool = False,
+        headers: Mapping[str, str] | None = None,
+        admin_key: str | None = None,
+        verbose: bool = False,
+    ):
+        self.url, self.protocol, tls = parse_url(url, protocol)  # address, "grpc" | "http"
+        self.ssl = bool(ssl or tls)  # TLS (grpc ssl channel / https)
+        self.root_certificates = str(root_certificates) if root_certificates else None  # CA bundle (PEM file)
+        self.private_key = str(private_key) if private_key else None  # client key for mutual TLS (PEM file)
+        self.certificate_chain = str(certificate_chain) if certificate_chain else None  # client cert (PEM file)
+        self.insecure = bool(insecure)  # https: skip host name verification
+        self.model_name = model_name or os.environ.get("FSREC_MODEL_NAME", DEFAULT_MODEL_NAME)  # Triton model
+        self.model_version = str(model_version or "")  # "" = the server's choice (latest loaded)
+        self.on_unknown = validate_on_unknown(on_unknown)  # "drop" (warn) | "error"
+        if timeout_s is None or timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+        self.timeout_s = float(timeout_s)  # per attempt, inference and health calls
+        self.control_timeout_s = float(control_timeout_s)  # per attempt, load/unload (model loading is slow)
+        if retries < 0 or backoff_s < 0 or backoff_max_s < 0:
+            raise ConfigError("retries, backoff_s and backoff_max_s must be >= 0")
+        self.retry = RetryPolicy(int(retries), float(backoff_s), float(backoff_max_s))  # retry on unavailable only
+        self.headers = dict(headers or {})  # sent with every request (a gateway's auth header, ...)
+        self.admin_key = admin_key if admin_key is not None else os.environ.get(ENV_ADMIN_KEY)  # restricted APIs
+        self.verbose = verbose  # tritonclient's verbose output
+        self.repository = Path(repository).expanduser() if repository is not None else None  # read side files from
+        self._explicit_map = coerce_item_map(item_map)
+        self._explicit_spec = spec
+        self._lock = threading.Lock()
+        self.item_map: IdMap | None = self._explicit_map  # raw id <-> index (None = ids are indices)
+        self.spec: ModelSpec | None = spec  # model limits (None until known)
+        self.repository_version = ""  # version folder the side files were read from
+        if self.repository is not None:
+            self._load_repository()
+
+    # -- model info ---------------------------------------------------------------------------
+    def _load_repository(self) -> None:
+        item_map, spec, version = load_repository_info(self.repository, self.model_name, self.model_version)
+        self.item_map = self._explicit_map if self._explicit_map is not None else item_map
+        self.spec = self._explicit_spec or spec
+        self.repository_version = version
+
+    def _ctx(self, action: str) -> CallContext:
+        return CallContext(self.url, self.protocol, action)
+
+    def _map(self, exc: BaseException, action: str) -> ClientError | None:
+        return map_exception(exc, self._ctx(action))
+
+    # -- headers ----------------------------------------------------------------------------
+    def _request_headers(self, admin: bool = False) -> dict[str, str] | None:
+        h = dict(self.headers)
+        if admin and self.admin_key:
+            h[GRPC_RESTRICTED_KEY_HEADER if self.protocol == "grpc" else RESTRICTED_KEY_HEADER] = self.admin_key
+        return h or None
+
+    # -- requests -----------------------------------------------------------------------------
+    def _encode(self, histories: Sequence, k: Any) -> tuple[int, list[EncodedHistory], np.ndarray]:
+        spec = self.spec
+        assert spec is not None
+        k = validate_k(k, spec.max_top_k)
+        encoded = [
+            encode_history(h, item_map=self.item_map, max_seq_len=spec.max_seq_len, num_items=spec.num_items,
+                           on_unknown=self.on_unknown)
+            for h in histories
+        ]  # fmt: skip
+        return k, encoded, pad_batch(encoded, spec.max_seq_len)
+
+    def _batches(self, n: int) -> list[slice]:
+        assert self.spec is not None
+        return chunks(n, self.spec.max_batch_size)
+
+    def _decode(
+        self, top_items: np.ndarray, top_scores: np.ndarray, version: str, encoded: Sequence[EncodedHistory], k: int
+    ) -> list[Recommendation]:
+        if len(top_items) != len(encoded):
+            raise InferenceServerError(
+                f"the server answered {len(top_items)} rows for {len(encoded)} histories; is {self.model_name} an fsrec model?"
+            )
+        num_items = self.spec.num_items if self.spec else None
+        rows = decode_top(top_items, top_scores, k, item_map=self.item_map, num_items=num_items)
+        return [Recommendation(items, scores, version, e.dropped) for (items, scores), e in zip(rows, encoded)]
+
+    @staticmethod
+    def _version_of(result: Any) -> str:
+        resp = result.get_response()
+        if isinstance(resp, dict):
+            return str(resp.get("model_version", ""))
+        return str(getattr(resp, "model_version", ""))
+
+    @staticmethod
+    def _outputs(result: Any) -> tuple[np.ndarray, np.ndarray]:
+        items = result.as_numpy(OUTPUT_ITEMS)
+        scores = result.as_numpy(OUTPUT_SCORES)
+        if items is None or scores is None:
+            raise InferenceServerError(
+                f"the response has no {OUTPUT_ITEMS}/{OUTPUT_SCORES} tensors (or they are empty): the served model "
+                "does not follow the fsrec contract, or its python environment has numpy>=2 (see docs/serving.md)"
+            )
+        return items, scores
+
+    def _inputs_module(self):
+        if self.protocol == "grpc":
+            import tritonclient.grpc as m
+        else:
+            import tritonclient.http as m
+        return m
+
+    def _make_inputs(self, batch: np.ndarray):
+        m = self._inputs_module()
+        inp = m.InferInput(INPUT_NAME, list(batch.shape), "INT64")
+        inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.int64))
+        if self.protocol == "grpc":
+            outs = [m.InferRequestedOutput(OUTPUT_ITEMS), m.InferRequestedOutput(OUTPUT_SCORES)]
+        else:
+            outs = [m.InferRequestedOutput(OUTPUT_ITEMS, binary_data=True),
+                    m.InferRequestedOutput(OUTPUT_SCORES, binary_data=True)]  # fmt: skip
+        return [inp], outs
+
+    @staticmethod
+    def _check_indices(item_ids: np.ndarray) -> np.ndarray:
+        a = np.asarray(item_ids)
+        if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+            raise ConfigError(f"item_ids must be an integer array [B, max_seq_len], got {a.dtype} {a.shape}")
+        return a.astype(np.int64, copy=False)
+
+    # -- model-control helpers ----------------------------------------------------------------
+    @staticmethod
+    def _control_error(err: ClientError, action: str) -> ClientError:
+        if type(err) is InferenceServerError:
+            out = ModelControlError(f"{err}")
+            return out
+        return err
+
+    @staticmethod
+    def _normalize_index(index: Any) -> list[dict]:
+        if isinstance(index, dict):
+            index = index.get("models", [])
+        return [dict(m) for m in index or []]
+
+    @staticmethod
+    def _config_json(config: str | Mapping | None) -> str | None:
+        if config is None or isinstance(config, str):
+            return config
+        import json
+
+        return json.dumps(config)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(url={self.url!r}, protocol={self.protocol!r}, model={self.model_name!r}, "
+            f"version={self.model_version or 'latest'!r}, items={len(self.item_map) if self.item_map else 'indices'})"
+        )
