@@ -131,3 +131,8 @@ class ModelControlError(InferenceServerError):
 # -- load tests (loadtests area) --------------------------------------------------------------
 class LoadTestError(FsRecError):
     """A load test could not run or its reports could not be read (not a failed gate)."""
+
+
+# -- operations (appended by the ops area) ------------------------------------------------------
+class RolloutError(ServingError):
+    """A rollout of a new model version failed; the serving version(s) were kept (or restored)."""
