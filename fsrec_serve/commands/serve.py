@@ -1,0 +1,142 @@
+"""``fsrec serve`` (start tritonserver, block until Ctrl-C/SIGTERM) and ``fsrec recommend``
+(ask a running server for a user's recommendations)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start tritonserver on a model repository (blocks until Ctrl-C / SIGTERM)",
+        description="Start tritonserver (from the nvidia-pytriton wheel) on a model repository in explicit "
+        "model-control mode, wait until it is ready, and keep it running until Ctrl-C or SIGTERM. "
+        "Extra tritonserver flags go after `--`.",
+    )
+    p.add_argument("--repository", default="model_repository", help="model repository folder (default: model_repository)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, env FSREC_HOST)")
+    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8000, env FSREC_HTTP_PORT; 0 = any free)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8001, env FSREC_GRPC_PORT; 0 = any free)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus port (default 8002, env FSREC_METRICS_PORT; 0 = any free, -1 = off)")
+    p.add_argument("--log-file", default=None, help="server log file (default: a temp folder, printed at start)")
+    p.add_argument("--model-control", default="explicit", choices=["explicit", "poll", "none"],
+                   help="Triton model control mode (default explicit: load/unload through the API)")
+    p.add_argument("--load-model", action="append", default=None, metavar="NAME",
+                   help="model to load at start (repeatable; default: every model in the repository)")
+    p.add_argument("--admin-key", default=None,
+                   help="restrict model-control/repository endpoints to requests with the header "
+                   "fsrec-admin-key: KEY (default: env FSREC_ADMIN_KEY; none = open)")
+    p.add_argument("--admin-key-file", default=None, help="read the admin key from this file")
+    p.add_argument("--restricted-api", action="append", default=None, metavar="GROUP",
+                   help="endpoint group behind the admin key (repeatable; default: model-repository, trace, "
+                   "logging, shared-memory)")
+    p.add_argument("--execution-env", default=None,
+                   help="Python environment of the python-backend model (default: this interpreter's sys.prefix)")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
+    p.add_argument("--tritonserver", default=None, help="tritonserver binary (default: the wheel's; env FSREC_TRITONSERVER)")
+    p.add_argument("--docker", action="store_true", help="run the official Triton container instead (GPU hosts)")
+    p.add_argument("--print-docker", action="store_true",
+                   help="print the official-container command for a GPU host and exit")
+    p.add_argument("--gpus", default="all", help="--gpus value of the container command (default all)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra tritonserver flags")
+    p.set_defaults(func=_serve)
+
+    r = sub.add_parser(
+        "recommend",
+        help="ask a running server for recommendations for one history",
+        description="Query a running tritonserver: raw item ids in (oldest first), raw item ids and scores out.",
+    )
+    r.add_argument("--url", default=None, help="server address (default 127.0.0.1 and the protocol's port)")
+    r.add_argument("--protocol", choices=["grpc", "http"], default=None, help="default: from the url scheme, else grpc")
+    r.add_argument("--history", nargs="+", required=True, metavar="ITEM", help="raw item ids, oldest first")
+    r.add_argument("--k", type=int, default=10, help="number of recommendations (default 10)")
+    r.add_argument("--repository", default=None,
+                   help="model repository the server serves: id map and limits are read from it")
+    r.add_argument("--item-map", default=None, help="item_map.json (instead of --repository)")
+    r.add_argument("--model", default=None, help="model name (default fsrec)")
+    r.add_argument("--model-version", default="", help="model version (default: the server's latest)")
+    r.add_argument("--on-unknown", choices=["drop", "error"], default="drop",
+                   help="unknown ids: drop with a warning (default) or refuse")
+    r.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default 10)")
+    r.add_argument("--retries", type=int, default=2, help="retries when the server is unavailable (default 2)")
+    r.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra request header (repeatable), e.g. a gateway's auth")
+    r.add_argument("--ssl", action="store_true", help="TLS (grpc ssl channel / https)")
+    r.add_argument("--root-certificates", default=None, help="CA bundle (PEM) for --ssl")
+    r.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    r.set_defaults(func=_recommend)
+
+
+def _admin_key(args) -> str | None:
+    if args.admin_key_file:
+        return Path(args.admin_key_file).read_text().strip()
+    return args.admin_key or os.environ.get("FSREC_ADMIN_KEY") or None
+
+
+def _serve(args) -> int:
+    from ..serving import DEFAULT_RESTRICTED_APIS, docker_command, serve
+
+    extra = [a for a in (args.extra or []) if a != "--"]
+    key = _admin_key(args)
+    apis = tuple(args.restricted_api) if args.restricted_api else DEFAULT_RESTRICTED_APIS
+    if args.print_docker:
+        cmd = docker_command(
+            args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port, model_control=args.model_control, load_models=args.load_model,
+            restricted_api_key="ADMIN_KEY_PLACEHOLDER" if key else None, restricted_apis=apis, gpus=args.gpus,
+        ) + extra  # fmt: skip
+        line = shlex.join(cmd).replace("ADMIN_KEY_PLACEHOLDER", '"$FSREC_ADMIN_KEY"')
+        print(line)
+        return 0
+    server = serve(
+        args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, log_file=args.log_file, model_control=args.model_control,
+        load_models=args.load_model, restricted_api_key=key, restricted_apis=apis,
+        execution_env_path=args.execution_env, startup_timeout=args.startup_timeout, extra_args=extra,
+        docker=args.docker, gpus=args.gpus, tritonserver=args.tritonserver,
+    )  # fmt: skip
+    print(f"tritonserver ready: http {server.url_http}  grpc {server.url_grpc}  metrics {server.url_metrics}", flush=True)
+    print(f"models: {', '.join(server.models)}  log: {server.log_path}", flush=True)
+    if key:
+        print("model control and repository endpoints need the header fsrec-admin-key", flush=True)
+    print("press Ctrl-C (or send SIGTERM) to stop", flush=True)
+    return server.serve_forever()
+
+
+def _recommend(args) -> int:
+    from ..client import RecommenderClient
+    from ..errors import ConfigError
+
+    headers = {}
+    for h in args.header:
+        name, sep, value = h.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--header {h!r}: use NAME=VALUE")
+        headers[name.strip()] = value
+    with RecommenderClient(
+        args.url, protocol=args.protocol, model_name=args.model, model_version=args.model_version,
+        repository=args.repository, item_map=args.item_map, on_unknown=args.on_unknown, timeout_s=args.timeout,
+        retries=args.retries, headers=headers or None, ssl=args.ssl, root_certificates=args.root_certificates,
+    ) as client:  # fmt: skip
+        rec = client.recommend(args.history, k=args.k)
+    if args.json:
+        print(json.dumps({"history": args.history, "items": rec.items, "scores": rec.scores,
+                          "model_version": rec.model_version, "dropped": list(rec.dropped)}))  # fmt: skip
+        return 0
+    if client.item_map is None:
+        print("note: no id map (pass --repository or --item-map): ids are the model's indices", file=sys.stderr)
+    print(f"history: {' '.join(map(str, args.history))}")
+    if rec.dropped:
+        print(f"dropped (unknown): {' '.join(map(str, rec.dropped))}")
+    print(f"model version: {rec.model_version}")
+    print(f"{'rank':>4}  {'item':<12} score")
+    for i, (item, score) in enumerate(zip(rec.items, rec.scores), 1):
+        print(f"{i:>4}  {item:<12} {score:.4f}")
+    return 0
