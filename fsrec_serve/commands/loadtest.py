@@ -33,6 +33,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--dataset", default="ml-100k", help="data set of the histories")
     p.add_argument("--data-dir", default=None, help="folder holding the data sets (env FSREC_DATA_DIR)")
     p.add_argument("--model-name", default=None, help="Triton model name (default: the settings')")
+    p.add_argument("--repository", default=None,
+                   help="the served model repository (the client reads item_map.json and the "
+                   "model's limits from it); default: ./model_repository when it exists")
+    p.add_argument("--item-map", default=None, help="the served model's item_map.json (instead of --repository)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="client retries on unavailable/overloaded (default 0: every error counts)")
+    p.add_argument("--request-timeout", type=float, default=10.0, help="client timeout per request (s)")
     p.add_argument("--locustfile", default=None, help="Locust file (default: loadtests/locustfile.py)")
     p.add_argument("--seed", type=int, default=0, help="traffic seed")
     p.add_argument("--timeout", type=float, default=None, help="kill Locust after this many seconds")
@@ -46,11 +53,16 @@ def _loadtest(args: argparse.Namespace) -> int:
     s = get_settings(data_dir=args.data_dir)
     host = args.host or f"127.0.0.1:{s.grpc_port if args.protocol == 'grpc' else s.http_port}"
     gate = None if str(args.gate).lower() == "none" else Path(args.gate)
+    repository = Path(args.repository) if args.repository else None
+    if repository is None and args.item_map is None and Path("model_repository").is_dir():
+        repository = Path("model_repository")
     res = run_loadtest(LoadTestConfig(
         host=host, protocol=args.protocol, gate=gate, report_dir=Path(args.report_dir),
         users=args.users, spawn_rate=args.spawn_rate, run_time=args.run_time, k_mix=args.k_mix,
         think_time_s=args.think_time, histories=Path(args.histories) if args.histories else None,
         dataset=args.dataset, data_dir=s.data_dir, model_name=args.model_name or s.model_name,
+        repository=repository, item_map=Path(args.item_map) if args.item_map else None,
+        retries=args.retries, request_timeout_s=args.request_timeout,
         locustfile=Path(args.locustfile) if args.locustfile else DEFAULT_LOCUSTFILE,
         seed=args.seed, timeout_s=args.timeout,
     ))

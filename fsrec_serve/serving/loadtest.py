@@ -191,6 +191,14 @@ def add_locust_arguments(parser) -> None:
                         help="seconds a user waits between two requests")
     parser.add_argument("--traffic-seed", type=int, default=0, env_var="FSREC_LOADTEST_SEED",
                         help="seed of the history and k sampling")
+    parser.add_argument("--repository", default="", env_var="FSREC_LOADTEST_REPOSITORY",
+                        help="served model repository (the client reads item_map.json and limits from it)")
+    parser.add_argument("--item-map", default="", env_var="FSREC_LOADTEST_ITEM_MAP",
+                        help="item_map.json of the served model (instead of --repository)")
+    parser.add_argument("--retries", type=int, default=0, env_var="FSREC_LOADTEST_RETRIES",
+                        help="client retries on unavailable/overloaded (0 = every error counts)")
+    parser.add_argument("--request-timeout", type=float, default=10.0, env_var="FSREC_LOADTEST_TIMEOUT",
+                        help="client timeout per request, seconds")
 
 
 def install_final_stats_writer(environment) -> None:
@@ -443,6 +451,10 @@ class LoadTestConfig:
     dataset: str = "ml-100k"  # data set whose held-out users make the histories
     data_dir: Optional[Path] = None  # data folder (env FSREC_DATA_DIR)
     model_name: str = "fsrec"  # Triton model name
+    repository: Optional[Path] = None  # served model repository: the client reads item_map.json from it
+    item_map: Optional[Path] = None  # or the served model's item_map.json directly
+    retries: int = 0  # client retries on unavailable/overloaded (0 = every error is a failure)
+    request_timeout_s: float = 10.0  # client timeout per request
     locustfile: Path = DEFAULT_LOCUSTFILE  # the Locust file to run
     seed: int = 0  # traffic seed (history and k sampling)
     timeout_s: Optional[float] = None  # kill Locust after this long; None = run time + 60 s
@@ -490,8 +502,9 @@ def locust_command(cfg: LoadTestConfig, profile: LoadProfile, host: str, histori
         "--histories", str(histories), "--k-mix", profile.k_mix,
         "--model-name", cfg.model_name, "--think-time", str(profile.think_time_s),
         "--traffic-seed", str(cfg.seed),
-        user_class,
-    ]
+        "--retries", str(cfg.retries), "--request-timeout", str(cfg.request_timeout_s),
+    ] + (["--repository", str(cfg.repository)] if cfg.repository else []) + (
+        ["--item-map", str(cfg.item_map)] if cfg.item_map else []) + [user_class]
 
 
 def run_loadtest(cfg: LoadTestConfig) -> LoadTestResult:
@@ -516,6 +529,14 @@ def run_loadtest(cfg: LoadTestConfig) -> LoadTestResult:
     if seconds <= 0:
         raise ConfigError("run time must be > 0")
     profile.k_mix = format_k_mix(parse_k_mix(profile.k_mix))
+    if cfg.repository is None and cfg.item_map is None:
+        raise ConfigError("pass --repository (the served model repository) or --item-map: the "
+                          "client maps the histories' raw item ids with the model's item_map.json")
+    for what, p in (("repository", cfg.repository), ("item map", cfg.item_map)):
+        if p is not None and not Path(p).exists():
+            raise ConfigError(f"{what} {p} does not exist")
+    if cfg.retries < 0 or cfg.request_timeout_s <= 0:
+        raise ConfigError("retries must be >= 0 and the request timeout > 0")
     if not Path(cfg.locustfile).exists():
         raise ConfigError(f"locustfile {cfg.locustfile} not found: pass --locustfile (it lives in "
                           "loadtests/locustfile.py of the source tree)")

@@ -270,7 +270,7 @@ def test_runner_writes_reports_and_gate_fails_with_exit_1(tmp_path):
     args = parser.parse_args([
         "loadtest", "--host", "127.0.0.1:1", "--users", "4", "--spawn-rate", "4", "--run-time", "3s",
         "--k-mix", "10:0.5,20:0.5", "--gate", str(gate), "--report-dir", str(report),
-        "--histories", str(hist), "--locustfile", str(lf),
+        "--histories", str(hist), "--locustfile", str(lf), "--item-map", str(hist),
     ])
     rc = args.func(args)
     assert rc == 1  # 20 % failures > 5 %: the gate fails the release
