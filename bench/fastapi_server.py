@@ -17,13 +17,24 @@ import argparse
 import logging
 import sys
 
+from pydantic import BaseModel, Field
+
 LOOPBACK = ("127.0.0.1", "localhost")
+
+
+class RecommendRequest(BaseModel):
+    item_ids: list[int] = Field(..., description="history as item indices, newest last")
+    k: int = Field(10, description="number of recommendations")
+
+
+class RecommendResponse(BaseModel):
+    items: list[int]  # item indices, best first
+    scores: list[float]  # their scores
 
 
 def create_app(model_dir: str, device: str = "cpu", max_top_k: int = 100, num_threads: int | None = None):
     import torch
     from fastapi import FastAPI, HTTPException
-    from pydantic import BaseModel, Field
 
     from exporters.export import FsRecTopKModule
     from fsrec_serve.model import FsRecModel, pad_histories
@@ -36,14 +47,6 @@ def create_app(model_dir: str, device: str = "cpu", max_top_k: int = 100, num_th
     topk = FsRecTopKModule(model, k_max).eval()
     max_len = int(model.config.max_seq_len)
     n_items = int(model.config.num_items)
-
-    class RecommendRequest(BaseModel):
-        item_ids: list[int] = Field(..., description="history as item indices, newest last")
-        k: int = Field(10, description="number of recommendations")
-
-    class RecommendResponse(BaseModel):
-        items: list[int]  # item indices, best first
-        scores: list[float]
 
     app = FastAPI(title="fsrec FastAPI + PyTorch baseline")
 

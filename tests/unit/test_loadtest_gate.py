@@ -293,3 +293,40 @@ def test_runner_writes_reports_and_gate_fails_with_exit_1(tmp_path):
     # the same statistics under a lenient gate pass
     lenient = GateConfig(aggregate=Thresholds(p95_ms=1000, p99_ms=1000, max_failure_ratio=0.5, min_requests=20))
     assert evaluate_gate(rows, lenient).passed
+
+
+# -- the serving benchmark's pure helpers (bench/serving.py) ------------------------------------
+def test_bench_ratios_and_batch_statistics():
+    from bench.serving import compute_ratios, latency_summary, markdown_table, mean_batch, result_rows
+
+    s = latency_summary([0.001] * 98 + [0.010, 0.020], seconds=2.0)
+    assert s["n"] == 100 and s["throughput_rps"] == 50.0
+    assert s["p50_ms"] == pytest.approx(1.0) and s["p99_ms"] > 9.0
+    snap = lambda inf, ex: {"model_stats": [{"inference_count": inf, "execution_count": ex}]}  # noqa: E731
+    assert mean_batch(snap(100, 40), snap(1700, 140)) == pytest.approx(16.0)
+    assert mean_batch(snap(5, 5), snap(5, 5)) is None  # nothing executed in the window
+
+    pt = lambda rps, p99: {"throughput_rps": rps, "p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99}  # noqa: E731
+    points = {
+        "ort-inprocess": {1: pt(300, 5), 16: pt(1000, 20)},
+        "triton-cpu": {32: {**pt(700, 80), "mean_batch": 15.6, "load_generator": "perf_analyzer"}},
+        "triton-cpu-dynbatch-off": {32: pt(200, 300)},
+        "fastapi-torch": {32: pt(100, 60)},
+        "_formed_batch": 16,
+    }
+    r = {x["method"]: x for x in compute_ratios(points)}
+    assert r["triton-cpu/ort-inprocess"]["mean"] == pytest.approx(0.7) and r["triton-cpu/ort-inprocess"]["met"]
+    assert r["triton-cpu/ort-inprocess"]["batch"] == 16
+    assert r["triton-cpu/triton-cpu-dynbatch-off"]["mean"] == pytest.approx(3.5)
+    fa = r["triton-cpu/fastapi-torch"]
+    # 7x the throughput, but a higher p99 than FastAPI's: the goal is not met
+    assert fa["mean"] == pytest.approx(7.0) and fa["p99_ok"] is False and fa["met"] is False
+
+    rows = result_rows(points, "ml-100k")
+    assert all(x["protocol"] == "serving" and x["dataset"] == "ml-100k" for x in rows)
+    mb = [x for x in rows if x["metric"] == "mean_batch_size"]
+    assert mb == [{"dataset": "ml-100k", "protocol": "serving", "method": "triton-cpu", "metric": "mean_batch_size",
+                   "mean": 15.6, "std": 0.0, "n": 1, "concurrency": 32, "load_generator": "perf_analyzer"}]
+    assert {x["batch"] for x in rows if x["method"] == "ort-inprocess"} == {1, 16}
+    table = markdown_table(rows)
+    assert "| triton-cpu | conc 32 (perf_analyzer) | 700 |" in table and "| NO |" in table

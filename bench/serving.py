@@ -1,0 +1,802 @@
+"""Serving benchmark: the limit, Triton (dynamic batching on / off) and the FastAPI alternative.
+
+    nice -n 10 python -m bench.serving                       # full local run (~6-10 min on 2 cores)
+    python -m bench.serving --model runs/ml-100k             # reuse a checkpoint (no training)
+    python -m bench.serving --device cuda                    # GPU host: writes serving-gpu.json
+
+One run, one machine, side by side (closed-loop load, one user per request):
+
+- ``ort-inprocess`` / ``ort-inprocess-int8``: the limit. ONNX Runtime in this process on the
+  exported graph (FP32, and the static INT8 of ``exporters.quantize``) at batch 1, 8, 32, 64
+  and at the batch size Triton's dynamic batcher formed; rows/s and per-call latency.
+- ``triton-cpu`` / ``triton-cpu-dynbatch-off``: tritonserver (``fsrec_serve.serving.serve``) on
+  the ``cpu`` repository of ``exporters.build_model_repository`` with dynamic batching on and off,
+  at concurrency 1, 8, 32 over gRPC. Load: ``perf_analyzer`` (C++, from the tritonclient 2.51
+  wheel) when found, else an asyncio ``tritonclient.grpc.aio`` loop in a separate process. The
+  mean batch the batcher formed comes from Triton's statistics (inference / execution count).
+- ``fastapi-torch``: ``bench/fastapi_server.py`` (FastAPI + PyTorch, one forward pass per
+  request) under the same closed-loop load (asyncio ``httpx`` loop in a separate process).
+- ``ratio`` rows for the goals: Triton conc 32 / ORT at the formed batch (>= 0.60), dynamic
+  batching on / off at conc 32 (>= 3), Triton / FastAPI at conc 32 with p99 no higher (>= 5).
+
+Writes ``bench/results/serving.json`` (``serving-gpu.json`` with ``--device cuda``), the plot
+``serving.png`` (p50/p99 latency against throughput), and the markdown table ``serving.md``.
+Whatever cannot run here (no tritonserver, no CUDA provider) is skipped and recorded in
+``notes``. The load generators share the cores with the servers: absolute numbers are lower
+bounds; compare configurations within one run.
+
+The ``load`` sub-command is the load-generator process (no torch import):
+    python -m bench.serving load --target triton --url 127.0.0.1:8001 --concurrency 32 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+log = logging.getLogger("bench.serving")
+
+PROTOCOL = "serving"
+GOALS = {"triton-vs-ort-limit": 0.60, "dynbatch-on-vs-off": 3.0, "triton-vs-fastapi": 5.0}
+
+
+# =============================================================================================
+# statistics helpers (pure)
+# =============================================================================================
+def latency_summary(lat_s: list[float], seconds: float) -> dict:
+    """Latencies (s) of the requests completed in a window of ``seconds`` -> rps and ms percentiles."""
+    if not lat_s:
+        return {"n": 0, "throughput_rps": 0.0, "p50_ms": float("nan"), "p95_ms": float("nan"),
+                "p99_ms": float("nan"), "mean_ms": float("nan")}
+    a = np.asarray(lat_s) * 1000.0
+    return {
+        "n": int(a.size),
+        "throughput_rps": a.size / seconds,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+    }
+
+
+def mean_batch(before: dict, after: dict) -> float | None:
+    """Mean batch the server formed between two Triton statistics snapshots (JSON form)."""
+    def counts(s):
+        m = s["model_stats"][0]
+        return int(m.get("inference_count", 0)), int(m.get("execution_count", 0))
+
+    i0, e0 = counts(before)
+    i1, e1 = counts(after)
+    return (i1 - i0) / (e1 - e0) if e1 > e0 else None
+
+
+def compute_ratios(points: dict) -> list[dict]:
+    """The goal ratios from measured points.
+
+    ``points``: method -> {concurrency or batch -> metrics dict}; ``points["_formed_batch"]``
+    = the batch size ORT was measured at for the formed batch (int) when known.
+    Returns result rows (metric "ratio") with goal, met, and what was compared."""
+    out = []
+    tri = points.get("triton-cpu", {}).get(32)
+    off = points.get("triton-cpu-dynbatch-off", {}).get(32)
+    fa = points.get("fastapi-torch", {}).get(32)
+    fb = points.get("_formed_batch")
+    ort = points.get("ort-inprocess", {}).get(fb) if fb else None
+    if tri and ort:
+        r = tri["throughput_rps"] / ort["throughput_rps"]
+        out.append({"method": "triton-cpu/ort-inprocess", "metric": "ratio", "mean": r, "concurrency": 32,
+                    "batch": fb, "goal": f">= {GOALS['triton-vs-ort-limit']}", "met": r >= GOALS["triton-vs-ort-limit"]})
+    if tri and off:
+        r = tri["throughput_rps"] / off["throughput_rps"]
+        out.append({"method": "triton-cpu/triton-cpu-dynbatch-off", "metric": "ratio", "mean": r,
+                    "concurrency": 32, "goal": f">= {GOALS['dynbatch-on-vs-off']}", "met": r >= GOALS["dynbatch-on-vs-off"]})
+    if tri and fa:
+        r = tri["throughput_rps"] / fa["throughput_rps"]
+        p99_ok = tri["p99_ms"] <= fa["p99_ms"]
+        out.append({"method": "triton-cpu/fastapi-torch", "metric": "ratio", "mean": r, "concurrency": 32,
+                    "goal": f">= {GOALS['triton-vs-fastapi']} at equal or lower p99", "p99_ok": p99_ok,
+                    "met": r >= GOALS["triton-vs-fastapi"] and p99_ok})
+    return out
+
+
+# =============================================================================================
+# the load-generator process (``python -m bench.serving load``): asyncio, no torch
+# =============================================================================================
+async def _triton_load(url: str, model: str, X: np.ndarray, conc: int, warmup: float,
+                       duration: float, seed: int) -> dict:
+    import tritonclient.grpc.aio as aio
+
+    client = aio.InferenceServerClient(url)
+    L = X.shape[1]
+    inputs = []  # one prebuilt request input per history (read-only during requests)
+    for row in X:
+        inp = aio.InferInput("item_ids", [1, L], "INT64")
+        inp.set_data_from_numpy(row[None])
+        inputs.append([inp])
+    outputs = [aio.InferRequestedOutput("top_items"), aio.InferRequestedOutput("top_scores")]
+    for i in range(min(4, len(inputs))):  # connection + first-request costs out of the window
+        await client.infer(model, inputs[i], outputs=outputs)
+    t_start = time.perf_counter()
+    t_meas, t_end = t_start + warmup, t_start + warmup + duration
+    lat: list[float] = []
+    errors: list[str] = []
+    snaps: dict = {}
+
+    async def snapshot(at: float, key: str):
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        snaps[key] = await client.get_inference_statistics(model, as_json=True)
+
+    async def worker(i: int):
+        rng = random.Random(seed * 1000 + i)
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            try:
+                await client.infer(model, inputs[rng.randrange(len(inputs))], outputs=outputs)
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                errors.append(repr(e)[:200])
+                continue
+            t1 = time.perf_counter()
+            if t1 >= t_meas and t1 <= t_end:
+                lat.append(t1 - t0)
+
+    await asyncio.gather(snapshot(t_meas, "before"), snapshot(t_end, "after"),
+                         *(worker(i) for i in range(conc)))
+    await client.close()
+    res = latency_summary(lat, duration)
+    res["errors"] = len(errors)
+    res["error_examples"] = sorted(set(errors))[:5]
+    res["mean_batch"] = mean_batch(snaps["before"], snaps["after"]) if len(snaps) == 2 else None
+    return res
+
+
+async def _http_load(url: str, hist: list[list[int]], conc: int, warmup: float, duration: float,
+                     seed: int, k: int) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
+        bodies = [json.dumps({"item_ids": h, "k": k}).encode() for h in hist]
+        headers = {"content-type": "application/json"}
+        for b in bodies[:4]:
+            (await client.post("/recommend", content=b, headers=headers)).raise_for_status()
+        t_start = time.perf_counter()
+        t_meas, t_end = t_start + warmup, t_start + warmup + duration
+        lat: list[float] = []
+        errors: list[str] = []
+
+        async def worker(i: int):
+            rng = random.Random(seed * 1000 + i)
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    return
+                try:
+                    r = await client.post("/recommend", content=bodies[rng.randrange(len(bodies))], headers=headers)
+                    r.raise_for_status()
+                except Exception as e:  # noqa: BLE001
+                    errors.append(repr(e)[:200])
+                    continue
+                t1 = time.perf_counter()
+                if t_meas <= t1 <= t_end:
+                    lat.append(t1 - t0)
+
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+    res = latency_summary(lat, duration)
+    res["errors"] = len(errors)
+    res["error_examples"] = sorted(set(errors))[:5]
+    return res
+
+
+def load_main(args) -> int:
+    data = np.load(args.inputs)
+    X = data["padded"]  # [U, L] int64
+    lengths = data["lengths"]  # [U]
+    if args.target == "triton":
+        res = asyncio.run(_triton_load(args.url, args.model_name, X, args.concurrency, args.warmup,
+                                       args.duration, args.seed))
+    else:
+        hist = [row[len(row) - n:].tolist() for row, n in zip(X, lengths)]
+        res = asyncio.run(_http_load(args.url, hist, args.concurrency, args.warmup, args.duration,
+                                     args.seed, args.k))
+    print("RESULT " + json.dumps(res))
+    return 0
+
+
+# =============================================================================================
+# orchestration
+# =============================================================================================
+@dataclass
+class BenchConfig:
+    dataset: str = "ml-100k"  # data set whose model and held-out users are used
+    model: str | None = None  # checkpoint folder; None = pretrain a quick model
+    epochs: int = 2  # epochs of the quick pretraining (speed does not depend on quality)
+    device: str = "cpu"  # "cpu" or "cuda" (FastAPI/torch and ORT's provider)
+    batches: tuple = (1, 8, 32, 64)  # in-process ORT batch sizes
+    concurrency: tuple = (1, 8, 32)  # closed-loop concurrency of the servers
+    duration: float = 8.0  # measured seconds per server point
+    warmup: float = 2.0  # unmeasured seconds before each server point
+    ort_seconds: float = 3.0  # measured seconds per in-process ORT point
+    load_generator: str = "auto"  # "auto" (perf_analyzer if found), "perf_analyzer", "async"
+    perf_analyzer: str | None = None  # path of the perf_analyzer binary
+    int8: bool = True  # also quantize (static INT8) and measure it in-process
+    skip: tuple = ()  # sections to skip: ort, triton, fastapi
+    workdir: str | None = None  # scratch folder (default: a temp dir)
+    out: str | None = None  # results JSON (default: bench/results/serving[-gpu].json)
+    seed: int = 0  # traffic seed
+    notes: list = field(default_factory=list)  # filled during the run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepare_model(cfg: BenchConfig, work: Path):
+    """(checkpoint dir, FsRecModel, splits, held-out histories as index lists)."""
+    from fsrec_serve.data import SplitConfig, load_dataset, make_splits
+    from fsrec_serve.model import FsRecModel
+
+    splits = make_splits(load_dataset(cfg.dataset), SplitConfig(seed=0))
+    if cfg.model:
+        ckpt = Path(cfg.model)
+        model = FsRecModel.from_pretrained(ckpt).eval()
+        cfg.notes.append(f"model: checkpoint {ckpt}")
+    else:
+        from fsrec_serve.training import default_model_config, default_train_config, pretrain
+
+        ckpt = work / "model"
+        tc = default_train_config(splits, epochs=cfg.epochs, patience=0, progress=False,
+                                  output_dir=str(ckpt), device="cpu", max_train_seconds=180.0)
+        t0 = time.perf_counter()
+        res = pretrain(splits, default_model_config(splits), tc)
+        model = res.model.eval()
+        cfg.notes.append(f"model: pretrained {cfg.epochs} epochs on {cfg.dataset} in "
+                         f"{time.perf_counter() - t0:.0f} s (serving speed does not depend on quality)")
+    c = model.config
+    cfg.notes.append(f"model size: {c.num_items} items, hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
+                     f"max_seq_len {c.max_seq_len}")
+    users = splits.cold_users or splits.warm
+    hist = [u.items for u in users if len(u.items)]
+    if getattr(model, "item_map", None) is not None and model.item_map != splits.item_map:
+        # a checkpoint trained on another split: go through raw ids, drop what it does not know
+        hist = [[model.item_map.index(r) for r in splits.item_map.raws(h) if r in model.item_map] for h in hist]
+        hist = [h for h in hist if h]
+    hist = [h[-c.max_seq_len:] for h in hist]
+    return ckpt, model, splits, hist
+
+
+def _histories_file(hist: list[list[int]], max_len: int, path: Path) -> Path:
+    from exporters.runtime import pad_left
+
+    np.savez(path, padded=pad_left(hist, max_len), lengths=np.array([len(h) for h in hist]))
+    return path
+
+
+def _perf_analyzer_histories(X: np.ndarray, path: Path) -> Path:
+    path.write_text(json.dumps({"data": [{"item_ids": row.tolist()} for row in X]}))
+    return path
+
+
+# -- in-process ORT ---------------------------------------------------------------------------
+def measure_ort(export_dir: Path, X: np.ndarray, batches, seconds: float, providers, seed: int) -> dict:
+    """batch -> metrics of back-to-back ``session.run`` calls on random held-out rows."""
+    from exporters.runtime import make_session
+
+    sess = make_session(export_dir, providers=providers)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for b in batches:
+        pool = [X[rng.integers(0, len(X), size=b)] for _ in range(16)]
+        for x in pool[:3]:
+            sess.run(None, {"item_ids": x})
+        lat = []
+        t0 = time.perf_counter()
+        i = 0
+        while time.perf_counter() - t0 < seconds:
+            t = time.perf_counter()
+            sess.run(None, {"item_ids": pool[i % len(pool)]})
+            lat.append(time.perf_counter() - t)
+            i += 1
+        el = time.perf_counter() - t0
+        m = latency_summary(lat, el)
+        m["throughput_rps"] = len(lat) * b / el  # rows (users) per second
+        out[b] = m
+        log.info("ort %s batch %d: %.0f rows/s, p50 %.2f ms", export_dir.name, b, m["throughput_rps"], m["p50_ms"])
+    return out
+
+
+# -- load generators --------------------------------------------------------------------------
+def find_perf_analyzer(explicit: str | None = None) -> Path | None:
+    cands = [explicit, os.environ.get("PERF_ANALYZER"), shutil.which("perf_analyzer"),
+             str(PERF_ANALYZER_CACHE / "perf_analyzer")]
+    for c in cands:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return Path(c)
+    return None
+
+
+PERF_ANALYZER_CACHE = Path.home() / ".cache" / "fsrec" / "perf_analyzer"
+
+
+def fetch_perf_analyzer(dest: Path = PERF_ANALYZER_CACHE, version: str = "2.51.0") -> Path:
+    """Extract ``perf_analyzer`` from the manylinux wheel of ``tritonclient==<version>`` (the
+    PyPI ``perf-analyzer`` package is empty; STACK.md) into ``dest``, without installing the
+    wheel (the venv keeps its newer tritonclient)."""
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", f"tritonclient=={version}", "--no-deps",
+                        "--only-binary=:all:", "--platform", "manylinux1_x86_64", "-d", tmp, "-q"], check=True)
+        wheel = next(Path(tmp).glob("tritonclient-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            name = next(n for n in z.namelist() if n.endswith("/bin/perf_analyzer"))
+            (dest / "perf_analyzer").write_bytes(z.read(name))
+    (dest / "perf_analyzer").chmod(0o755)
+    return dest / "perf_analyzer"
+
+
+def perf_analyzer_env(work: Path) -> dict:
+    """LD_LIBRARY_PATH for the wheel's perf_analyzer: libcudart.so.12 and libb64.so.0d symlinked
+    from the nvidia-pytriton wheel's bundled libraries (no CUDA or apt package needed)."""
+    env = dict(os.environ)
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")  # the nvidia-pytriton wheel
+    if spec is None or not spec.submodule_search_locations:
+        return env
+    libs = Path(list(spec.submodule_search_locations)[0]).resolve().parent / "nvidia_pytriton.libs"
+    if not libs.is_dir():
+        return env
+    lib = work / "pa-lib"
+    lib.mkdir(exist_ok=True)
+    for pattern, name in (("libcudart-*.so.12*", "libcudart.so.12"), ("libb64-*.so.0d", "libb64.so.0d")):
+        found = sorted(libs.glob(pattern))
+        if found and not (lib / name).exists():
+            (lib / name).symlink_to(found[0])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), str(libs), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def run_perf_analyzer(pa: Path, env: dict, url: str, model: str, data_json: Path, conc: int,
+                      duration: float, work: Path, stats_fn) -> dict:
+    csv_path = work / f"pa-{conc}.csv"
+    cmd = [str(pa), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data_json),
+           "--concurrency-range", f"{conc}:{conc}",
+           # three windows of duration/3 s; a shared machine is never "stable": accept any spread
+           "--measurement-interval", str(int(duration * 1000 / 3)), "--max-trials", "3",
+           "--stability-percentage", "999", "--percentile", "99", "-f", str(csv_path)]
+    before = stats_fn()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration * 8 + 120)
+    after = stats_fn()
+    if p.returncode != 0 or not csv_path.exists():
+        raise RuntimeError(f"perf_analyzer failed ({p.returncode}): {(p.stdout + p.stderr)[-800:]}")
+    import csv
+
+    with csv_path.open() as f:
+        row = next(csv.DictReader(f))
+    us = lambda k: float(row[k]) / 1000.0  # noqa: E731 - µs -> ms
+    return {"n": None, "throughput_rps": float(row["Inferences/Second"]), "p50_ms": us("p50 latency"),
+            "p95_ms": us("p95 latency"), "p99_ms": us("p99 latency"),
+            "mean_batch": mean_batch(before, after), "errors": 0,
+            "server_queue_ms": us("Server Queue"), "server_compute_ms": us("Server Compute Infer")}
+
+
+def run_load_process(target: str, url: str, inputs: Path, conc: int, cfg: BenchConfig,
+                     model_name: str = "fsrec") -> dict:
+    cmd = [sys.executable, "-m", "bench.serving", "load", "--target", target, "--url", url,
+           "--inputs", str(inputs), "--concurrency", str(conc), "--duration", str(cfg.duration),
+           "--warmup", str(cfg.warmup), "--seed", str(cfg.seed), "--model-name", model_name]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=cfg.duration + cfg.warmup + 120)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if p.returncode != 0 or line is None:
+        raise RuntimeError(f"load generator failed ({p.returncode}): {(p.stdout + p.stderr)[-800:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+# -- Triton ------------------------------------------------------------------------------------
+def build_repositories(export_dir: Path, work: Path, model_name: str = "fsrec") -> dict[str, Path]:
+    """{"triton-cpu": the generator's cpu repository (dynamic batching on), "triton-cpu-dynbatch-off":
+    the same repository with the ``dynamic_batching`` field removed from its ModelConfig}.
+
+    The generator (``exporters.build_model_repository``) always enables dynamic batching; the OFF
+    variant is derived through Triton's ModelConfig protobuf (``load_model_config`` ->
+    ``ClearField`` -> text format), never by string editing."""
+    from google.protobuf import text_format
+
+    from exporters.repository import build_model_repository, load_model_config
+
+    out = {}
+    for method, dyn in (("triton-cpu", True), ("triton-cpu-dynbatch-off", False)):
+        repo = work / f"repo-{'dyn' if dyn else 'nodyn'}"
+        shutil.rmtree(repo, ignore_errors=True)
+        build_model_repository(repo, export_dir, target="cpu", model_name=model_name)
+        if not dyn:
+            cfg = load_model_config(repo / model_name)
+            cfg.ClearField("dynamic_batching")
+            (repo / model_name / "config.pbtxt").write_text(
+                "# bench.serving: the generator's cpu config without dynamic_batching\n"
+                + text_format.MessageToString(cfg))
+        out[method] = repo
+    return out
+
+
+def measure_triton(repo: Path, method: str, cfg: BenchConfig, work: Path, inputs: Path,
+                   pa_json: Path | None, pa: Path | None, pa_env: dict | None) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    from fsrec_serve.serving import serve
+
+    out = {}
+    server = serve(repo, http_port=0, grpc_port=0, metrics_port=-1,
+                   log_file=work / f"{method}.tritonserver.log")
+    try:
+        url = server.url_grpc
+        stats_client = grpcclient.InferenceServerClient(url)
+        stats = lambda: stats_client.get_inference_statistics("fsrec", as_json=True)  # noqa: E731
+        for conc in cfg.concurrency:
+            if pa is not None:
+                m = run_perf_analyzer(pa, pa_env, url, "fsrec", pa_json, conc, cfg.duration, work, stats)
+                m["load_generator"] = "perf_analyzer"
+            else:
+                m = run_load_process("triton", url, inputs, conc, cfg)
+                m["load_generator"] = "async-grpc"
+            out[conc] = m
+            log.info("%s conc %d: %.0f req/s, p50 %.1f ms, p99 %.1f ms, mean batch %s", method, conc,
+                     m["throughput_rps"], m["p50_ms"], m["p99_ms"], m.get("mean_batch"))
+        if pa is not None and 32 in cfg.concurrency:  # cross-check with the python generator
+            m = run_load_process("triton", url, inputs, 32, cfg)
+            m["load_generator"] = "async-grpc"
+            out["32-async"] = m
+            log.info("%s conc 32 (async-grpc): %.0f req/s, p99 %.1f ms", method, m["throughput_rps"], m["p99_ms"])
+        stats_client.close()
+    finally:
+        server.stop()
+    return out
+
+
+# -- FastAPI -----------------------------------------------------------------------------------
+def measure_fastapi(ckpt: Path, cfg: BenchConfig, work: Path, inputs: Path) -> dict:
+    port = _free_port()
+    logf = (work / "fastapi.log").open("w")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.fastapi_server", "--model", str(ckpt),
+                             "--port", str(port), "--device", cfg.device],
+                            cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"FastAPI server exited: {(work / 'fastapi.log').read_text()[-800:]}")
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).read()
+                break
+            except Exception:  # noqa: BLE001
+                if time.time() > deadline:
+                    raise RuntimeError("FastAPI server not ready after 120 s") from None
+                time.sleep(0.3)
+        out = {}
+        for conc in cfg.concurrency:
+            m = run_load_process("fastapi", url, inputs, conc, cfg)
+            m["load_generator"] = "async-httpx"
+            out[conc] = m
+            log.info("fastapi conc %d: %.0f req/s, p50 %.1f ms, p99 %.1f ms", conc, m["throughput_rps"],
+                     m["p50_ms"], m["p99_ms"])
+        return out
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        logf.close()
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def result_rows(points: dict, dataset: str) -> list[dict]:
+    rows = []
+    for method, pts in points.items():
+        if method.startswith("_"):
+            continue
+        for key, m in pts.items():
+            extra = {}
+            if method.startswith("ort") or method.startswith("torch"):
+                extra["batch"] = key
+            else:
+                conc = int(str(key).split("-")[0])
+                extra["concurrency"] = conc
+            if m.get("load_generator"):
+                extra["load_generator"] = m["load_generator"]
+            for metric in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms"):
+                if m.get(metric) is not None and m[metric] == m[metric]:
+                    rows.append({"dataset": dataset, "protocol": PROTOCOL, "method": method, "metric": metric,
+                                 "mean": round(float(m[metric]), 3), "std": 0.0, "n": 1, **extra})
+            if m.get("mean_batch") is not None:
+                rows.append({"dataset": dataset, "protocol": PROTOCOL, "method": method, "metric": "mean_batch_size",
+                             "mean": round(float(m["mean_batch"]), 3), "std": 0.0, "n": 1, **extra})
+    for r in compute_ratios(points):
+        rows.append({"dataset": dataset, "protocol": PROTOCOL, **{k: v for k, v in r.items() if k != "mean"},
+                     "mean": round(float(r["mean"]), 3), "std": 0.0, "n": 1})
+    return rows
+
+
+def plot(points: dict, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = {"triton-cpu": "C0", "triton-cpu-dynbatch-off": "C1", "fastapi-torch": "C3",
+              "ort-inprocess": "C2", "ort-inprocess-int8": "C4", "torch-inprocess": "C5"}
+    for method, pts in points.items():
+        if method.startswith("_") or not pts:
+            continue
+        keys = [k for k in pts if isinstance(k, int)]
+        keys.sort()
+        xs = [pts[k]["throughput_rps"] for k in keys]
+        color = styles.get(method, None)
+        for q, ls, mk in (("p99_ms", "-", "o"), ("p50_ms", "--", ".")):
+            ys = [pts[k][q] for k in keys]
+            ax.plot(xs, ys, ls, marker=mk, color=color, label=f"{method} {q[:3]}")
+        for k, x, y in zip(keys, xs, [pts[k]["p99_ms"] for k in keys]):
+            label = f"b{k}" if method.startswith(("ort", "torch")) else f"c{k}"
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, color=color)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (users / s)")
+    ax.set_ylabel("latency per request or batch call (ms)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| configuration | load | users/s | p50 ms | p95 ms | p99 ms | mean batch |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        if r["metric"] == "ratio":
+            continue
+        key = (r["method"], f"batch {r['batch']}" if "batch" in r else f"conc {r['concurrency']}",
+               r.get("load_generator", "in-process"))
+        table.setdefault(key, {})[r["metric"]] = r["mean"]
+    for (method, load, gen), m in table.items():
+        f = lambda k, fmt="{:.1f}": fmt.format(m[k]) if k in m else ""  # noqa: E731
+        lines.append(f"| {method} | {load} ({gen}) | {f('throughput_rps', '{:.0f}')} | {f('p50_ms', '{:.2f}')} | "
+                     f"{f('p95_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {f('mean_batch_size', '{:.1f}')} |")
+    lines += ["", "| goal | ratio | target | met |", "|---|---:|---|---|"]
+    for r in rows:
+        if r["metric"] == "ratio":
+            lines.append(f"| {r['method']} (conc {r.get('concurrency')}{', batch ' + str(r['batch']) if 'batch' in r else ''}) "
+                         f"| {r['mean']:.2f} | {r['goal']} | {'yes' if r['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- main --------------------------------------------------------------------------------------
+def run(cfg: BenchConfig, command: str) -> Path:
+    from bench.common import machine_description, write_results
+
+    gpu = cfg.device.startswith("cuda")
+    name = "serving-gpu" if gpu else "serving"
+    work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="fsrec-bench-serving-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    points: dict = {}
+
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device here; run without --device "
+                             "cuda (CPU benchmark) or on the GPU host")
+    ckpt, model, splits, hist = _prepare_model(cfg, work)
+    L = int(model.config.max_seq_len)
+    inputs = _histories_file(hist, L, work / "histories.npz")
+    X = np.load(inputs)["padded"]
+    lens = [len(h) for h in hist]
+    cfg.notes.append(f"traffic: {len(hist)} held-out (cold) users of {cfg.dataset}, history length "
+                     f"median {int(np.median(lens))} (min {min(lens)}, max {max(lens)}, capped at {L}); "
+                     "one user per request, closed loop")
+
+    from exporters.export import export_onnx
+
+    export_dir = work / "export"
+    export_onnx(model, export_dir, validate_with=hist[:32], source=str(ckpt))
+    int8_dir = None
+    if cfg.int8 and "ort" not in cfg.skip:
+        try:
+            from exporters.quantize import quantize
+
+            calib = [s.items for s in splits.loo_train()][:256]
+            int8_dir = quantize(export_dir, work / "export-int8", mode="int8-static", preset="avx2",
+                                calibration_histories=calib, calibration_size=256)
+        except Exception as e:  # noqa: BLE001
+            cfg.notes.append(f"ort-inprocess-int8 not measured: static INT8 quantization failed ({e})")
+
+    # the limit: in-process ORT
+    providers = ["CPUExecutionProvider"]
+    if gpu:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            cfg.notes.append("ort-inprocess ran on the CPU: this onnxruntime has no CUDAExecutionProvider "
+                             "(install onnxruntime-gpu instead of onnxruntime)")
+    if "ort" not in cfg.skip:
+        points["ort-inprocess"] = measure_ort(export_dir, X, cfg.batches, cfg.ort_seconds, providers, cfg.seed)
+        if int8_dir is not None:
+            points["ort-inprocess-int8"] = measure_ort(int8_dir, X, cfg.batches, cfg.ort_seconds,
+                                                       ["CPUExecutionProvider"], cfg.seed)
+    if gpu:
+        points["torch-inprocess"] = measure_torch(model, X, cfg.batches, cfg.ort_seconds, cfg.device)
+
+    # Triton
+    if "triton" not in cfg.skip:
+        try:
+            pa = None
+            pa_env = None
+            pa_json = None
+            if cfg.load_generator in ("auto", "perf_analyzer"):
+                pa = find_perf_analyzer(cfg.perf_analyzer)
+                if pa is None and cfg.load_generator == "perf_analyzer":
+                    raise RuntimeError("perf_analyzer not found: pass --perf-analyzer PATH (see docs/loadtests.md)")
+                if pa is not None:
+                    pa_env = perf_analyzer_env(work)
+                    pa_json = _perf_analyzer_histories(X, work / "pa-input.json")
+            gen = "perf_analyzer (C++, tritonclient 2.51 wheel)" if pa else "asyncio tritonclient.grpc.aio loop"
+            cfg.notes.append(f"Triton load generator: {gen} in a separate process, gRPC")
+            repos = build_repositories(export_dir, work)
+            for method, repo in repos.items():
+                points[method] = measure_triton(repo, method, cfg, work, inputs, pa_json, pa, pa_env)
+        except Exception as e:  # noqa: BLE001 - record what did not run
+            log.exception("triton section failed")
+            cfg.notes.append(f"Triton not measured: {type(e).__name__}: {str(e)[:300]}")
+
+        # the limit at the batch size the batcher formed (conc 32)
+        formed = (points.get("triton-cpu", {}).get(32) or {}).get("mean_batch")
+        if formed and "ort" not in cfg.skip:
+            fb = max(1, int(round(formed)))
+            if fb not in points["ort-inprocess"]:
+                points["ort-inprocess"].update(measure_ort(export_dir, X, [fb], cfg.ort_seconds, providers, cfg.seed))
+            points["_formed_batch"] = fb
+
+    if "fastapi" not in cfg.skip:
+        try:
+            points["fastapi-torch"] = measure_fastapi(ckpt, cfg, work, inputs)
+        except Exception as e:  # noqa: BLE001
+            log.exception("fastapi section failed")
+            cfg.notes.append(f"fastapi-torch not measured: {type(e).__name__}: {str(e)[:300]}")
+
+    rows = result_rows(points, cfg.dataset)
+    for r in rows:
+        if r["metric"] == "ratio":
+            cfg.notes.append(f"ratio {r['method']}: {r['mean']:.2f} (goal {r['goal']}): "
+                             f"{'met' if r['met'] else 'MISSED'}")
+    cfg.notes.append(f"throughput = users (rows) per second; in-process latency is per batch call; "
+                     f"server latency per request; {cfg.duration:g} s measured after {cfg.warmup:g} s warm-up "
+                     f"per point; full run {time.perf_counter() - t_all:.0f} s")
+    out = Path(cfg.out) if cfg.out else RESULTS / f"{name}.json"
+    raw = {m: {str(k): v for k, v in p.items()} for m, p in points.items() if not m.startswith("_")}
+    write_results(name, command, rows, machine=machine_description(),
+                  extra={"notes": cfg.notes, "raw": raw}, path=out)
+    plot(points, out.with_suffix(".png"), f"{name}: latency vs throughput ({machine_description()})")
+    out.with_suffix(".md").write_text(markdown_table(rows))
+    log.info("wrote %s, %s, %s", out, out.with_suffix(".png"), out.with_suffix(".md"))
+    return out
+
+
+def measure_torch(model, X: np.ndarray, batches, seconds: float, device: str) -> dict:
+    """In-process PyTorch (the served graph's torch twin) at each batch size, on ``device``."""
+    import torch
+
+    from exporters.export import FsRecTopKModule
+
+    m = FsRecTopKModule(model.to(device).eval(), min(100, model.config.num_items)).eval()
+    rng = np.random.default_rng(0)
+    out = {}
+    for b in batches:
+        pool = [torch.as_tensor(X[rng.integers(0, len(X), size=b)], device=device) for _ in range(8)]
+        with torch.inference_mode():
+            for x in pool[:3]:
+                m(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            lat, t0, i = [], time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                t = time.perf_counter()
+                o = m(pool[i % len(pool)])
+                o["top_items"].cpu()
+                lat.append(time.perf_counter() - t)
+                i += 1
+        el = time.perf_counter() - t0
+        r = latency_summary(lat, el)
+        r["throughput_rps"] = len(lat) * b / el
+        out[b] = r
+    model.to("cpu")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fetch-perf-analyzer"]:
+        print(fetch_perf_analyzer())
+        return 0
+    if argv[:1] == ["load"]:
+        ap = argparse.ArgumentParser(prog="bench.serving load")
+        ap.add_argument("--target", choices=["triton", "fastapi"], required=True)
+        ap.add_argument("--url", required=True)
+        ap.add_argument("--inputs", required=True)
+        ap.add_argument("--concurrency", type=int, default=1)
+        ap.add_argument("--duration", type=float, default=8.0)
+        ap.add_argument("--warmup", type=float, default=2.0)
+        ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--k", type=int, default=10)
+        ap.add_argument("--model-name", default="fsrec")
+        return load_main(ap.parse_args(argv[1:]))
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--model", default=None, help="checkpoint folder (default: pretrain a quick one)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of the quick pretraining")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU host: writes serving-gpu.json)")
+    ap.add_argument("--gpu", action="store_true", help="same as --device cuda")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per server point")
+    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per server point")
+    ap.add_argument("--ort-seconds", type=float, default=3.0, help="seconds per in-process ORT point")
+    ap.add_argument("--load-generator", choices=["auto", "perf_analyzer", "async"], default="auto")
+    ap.add_argument("--perf-analyzer", default=None, help="path of perf_analyzer (tritonclient 2.51 wheel)")
+    ap.add_argument("--no-int8", action="store_true", help="skip the INT8 in-process measurement")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["ort", "triton", "fastapi"])
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=None, help="results JSON (default bench/results/serving[-gpu].json)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = BenchConfig(
+        dataset=args.dataset, model=args.model, epochs=args.epochs,
+        device="cuda" if args.gpu else args.device, batches=tuple(args.batches),
+        concurrency=tuple(args.concurrency), duration=args.duration, warmup=args.warmup,
+        ort_seconds=args.ort_seconds, load_generator=args.load_generator,
+        perf_analyzer=args.perf_analyzer, int8=not args.no_int8, skip=tuple(args.skip),
+        workdir=args.workdir, out=args.out, seed=args.seed,
+    )
+    command = "python -m bench.serving " + shlex.join(argv) if argv else "python -m bench.serving"
+    run(cfg, command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
