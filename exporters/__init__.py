@@ -1,0 +1,37 @@
+"""Exporters: FsRec -> ONNX (Optimum) -> optimized / quantized under guards -> Triton repository.
+
+Public API (imported lazily, so that ``from exporters import runtime_repository`` does not load
+torch or Optimum):
+
+- ``export_onnx``, ``validate_export``, ``ExportResult``          (exporters.export)
+- ``optimize``, ``quantize``, ``check_guard``, ``check_batch_invariance``,
+  ``select_served_model``, ``measure_latency``                     (exporters.quantize)
+- ``build_model_repository``, ``runtime_repository``, ``load_model_config``,
+  ``write_default_repository``, ``check_repository``, ``RepositorySpec``  (exporters.repository)
+- ``ExportMeta``, ``make_session``, ``run_topk``                   (exporters.runtime)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "export": ["export_onnx", "validate_export", "ExportResult", "ValidationReport", "FsRecTopKModule",
+               "ExportDriftWarning", "FILLER_ITEM"],
+    "quantize": ["optimize", "quantize", "check_guard", "check_batch_invariance", "select_served_model",
+                 "measure_latency", "GuardReport", "BatchInvarianceReport", "ServedModelDecision"],
+    "repository": ["build_model_repository", "runtime_repository", "load_model_config", "model_config",
+                   "render_config", "write_default_repository", "check_repository", "RepositorySpec",
+                   "RepositoryVersion", "DEFAULT_SPEC", "next_version"],
+    "runtime": ["ExportMeta", "make_session", "run_topk", "pad_left"],
+    "onnx_config": ["FsRecOnnxConfig"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'exporters' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
