@@ -153,12 +153,10 @@ class AsyncRecommenderClient(ClientBase):
             return False
 
     async def is_ready(self, version: str | int | None = None) -> bool:
+        """True if the model (``version`` or the client's) is ready to serve (see the sync client)."""
         v = self.model_version if version is None else str(version)
         try:
-            return bool(
-                await self._call("is_server_ready", lambda c: c.is_server_ready(headers=self._request_headers(), **self._timeout_kw()), retry=False)
-                and await self._call("is_model_ready", lambda c: c.is_model_ready(self.model_name, v, headers=self._request_headers(), **self._timeout_kw()), retry=False)
-            )  # fmt: skip
+            return bool(await self._call("is_model_ready", lambda c: c.is_model_ready(self.model_name, v, headers=self._request_headers(), **self._timeout_kw()), retry=False))
         except ServerUnavailableError:
             return False
 

@@ -186,13 +186,12 @@ class RecommenderClient(ClientBase):
             return False
 
     def is_ready(self, version: str | int | None = None) -> bool:
-        """True if the server and the model (``version`` or the client's) are ready."""
+        """True if the model (``version`` or the client's) is ready to serve. Model readiness, not
+        the server's: with strict readiness the server reports not-ready while an old version is
+        unloading during a rollout, although the new one already serves."""
         v = self.model_version if version is None else str(version)
         try:
-            return bool(
-                self._call("is_server_ready", lambda c: c.is_server_ready(headers=self._request_headers(), **self._timeout_kw()), retry=False)
-                and self._call("is_model_ready", lambda c: c.is_model_ready(self.model_name, v, headers=self._request_headers(), **self._timeout_kw()), retry=False)
-            )  # fmt: skip
+            return bool(self._call("is_model_ready", lambda c: c.is_model_ready(self.model_name, v, headers=self._request_headers(), **self._timeout_kw()), retry=False))
         except ServerUnavailableError:
             return False
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -95,19 +96,33 @@ def _serve(args) -> int:
         line = shlex.join(cmd).replace("ADMIN_KEY_PLACEHOLDER", '"$FSREC_ADMIN_KEY"')
         print(line)
         return 0
-    server = serve(
-        args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port, log_file=args.log_file, model_control=args.model_control,
-        load_models=args.load_model, restricted_api_key=key, restricted_apis=apis,
-        execution_env_path=args.execution_env, startup_timeout=args.startup_timeout, extra_args=extra,
-        docker=args.docker, gpus=args.gpus, tritonserver=args.tritonserver,
-    )  # fmt: skip
-    print(f"tritonserver ready: http {server.url_http}  grpc {server.url_grpc}  metrics {server.url_metrics}", flush=True)
-    print(f"models: {', '.join(server.models)}  log: {server.log_path}", flush=True)
-    if key:
-        print("model control and repository endpoints need the header fsrec-admin-key", flush=True)
-    print("press Ctrl-C (or send SIGTERM) to stop", flush=True)
-    return server.serve_forever()
+    def interrupt(signum, frame):  # SIGTERM while starting: stop like Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        server = serve(
+            args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port, log_file=args.log_file, model_control=args.model_control,
+            load_models=args.load_model, restricted_api_key=key, restricted_apis=apis,
+            execution_env_path=args.execution_env, startup_timeout=args.startup_timeout, extra_args=extra,
+            docker=args.docker, gpus=args.gpus, tritonserver=args.tritonserver,
+        )  # fmt: skip
+
+        def announce():
+            print(f"tritonserver ready: http {server.url_http}  grpc {server.url_grpc}  metrics {server.url_metrics}")
+            print(f"models: {', '.join(server.models)}  log: {server.log_path}")
+            if key:
+                print("model control and repository endpoints need the header fsrec-admin-key")
+            print("press Ctrl-C (or send SIGTERM) to stop", flush=True)
+
+        try:
+            return server.serve_forever(announce=announce)
+        except KeyboardInterrupt:  # between start-up and serve_forever's own handlers
+            server.stop()
+            return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _recommend(args) -> int:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, ModelControlError, RepositoryError
 
@@ -92,6 +93,26 @@ def merge_config(config: Mapping[str, Any], overrides: Mapping[str, Any] | None)
     return cfg
 
 
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Refuse a config (Triton JSON form) that is not a ModelConfig: unknown fields, wrong types
+    (ConfigError naming the field). Triton checks the semantics when it loads the model."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    try:
+        json_format.ParseDict(dict(config), mc.ModelConfig())
+    except json_format.ParseError as e:
+        raise ConfigError(f"invalid model config: {e}") from None
+
+
+_GLOG = re.compile(r'^[EWI]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "?(.*?)"?$')
+
+
+def _glog_message(line: str) -> str:
+    m = _GLOG.match(line)
+    return m.group(1) if m else line
+
+
 def write_config_pbtxt(model_dir: str | Path, config: Mapping[str, Any] | None = None, *,
                        versions: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None) -> Path:
     """Rewrite ``<model_dir>/config.pbtxt`` atomically: the file's own content with
@@ -132,7 +153,7 @@ class ModelControl:
 
     def __init__(self, url: str | None = None, protocol: str | None = None, *, admin_key: str | None = None,
                  model_name: str | None = None, timeout_s: float = 10.0, control_timeout_s: float = 120.0,
-                 client=None):
+                 client=None, server_log: Callable[[], str] | None = None):
         if client is None:
             from ..client import RecommenderClient
 
@@ -143,6 +164,9 @@ class ModelControl:
             self._owns_client = False
         self.client = client  # the RecommenderClient that carries the calls (and the admin key)
         self.model_name = client.model_name  # default model of every call
+        # returns the server's log text (e.g. TritonServer.log_text): failed loads then quote the
+        # server's own reason, which Triton's API does not always return (config errors)
+        self.server_log = server_log
 
     # -- reading ------------------------------------------------------------------------------
     def index(self) -> list[VersionState]:
@@ -174,10 +198,13 @@ class ModelControl:
         """Load (or reload) ``model``, optionally with a config override (and files). Raises
         ModelControlError with Triton's reason when a version fails to load."""
         name = model or self.model_name
+        if config is not None:
+            validate_config(config)
+        mark = len(self._log())
         try:
             self.client.load_model(name, config=json.dumps(config) if config is not None else None, files=files)
         except ModelControlError as e:
-            raise ModelControlError(self._explain(name, e)) from e
+            raise ModelControlError(self._explain(name, e, log_from=mark)) from e
 
     def unload(self, model: str | None = None, *, wait_s: float = 30.0) -> None:
         """Unload every version of ``model`` and wait (up to ``wait_s``) until none is READY."""
@@ -219,16 +246,35 @@ class ModelControl:
         cfg = with_version_policy(base_config, [version], name=candidate_name)
         self.load(candidate_name, config=cfg, files=files)
 
-    def _explain(self, name: str, err: Exception | None, missing: Sequence[int] = ()) -> str:
-        """Triton's error plus the index rows of the versions that are not READY."""
+    def _log(self) -> str:
+        if self.server_log is None:
+            return ""
+        try:
+            return self.server_log() or ""
+        except Exception:  # noqa: BLE001 - the log is a bonus, never a new failure
+            return ""
+
+    def _explain(self, name: str, err: Exception | None, missing: Sequence[int] = (), log_from: int = 0) -> str:
+        """Triton's error, the index rows of the versions that are not READY, and the server
+        log's lines about ``name`` (when a log source is known)."""
         parts = [str(err)] if err is not None else [f"model {name!r}: version(s) {list(missing)} did not become READY"]
         try:
             rows = [s for s in self.index() if s.name == name and s.state != READY]
         except Exception:  # noqa: BLE001 - the explanation must not hide the original error
             rows = []
         for s in rows:
-            if s.reason and s.reason != "unloaded":
+            if s.reason and s.reason != "unloaded" and s.reason not in parts[0]:
                 parts.append(f"version {s.version}: {s.state}: {s.reason}")
+        lines = [ln.strip() for ln in self._log()[log_from:].splitlines()
+                 if ln.startswith("E") and f"'{name}'" in ln and "modification time" not in ln]
+        if lines:
+            parts.append("server log: " + " | ".join(_glog_message(ln) for ln in lines[-4:]))
+        elif "failed to poll from model repository" in parts[0]:
+            parts.append(
+                "Triton refused the model's configuration (its API does not say why: the server log has a line "
+                f"\"Poll failed for model directory '{name}': <reason>\"); check the config fields you changed "
+                "(max_batch_size, dynamic_batching, instance_group, ...)"
+            )
         return "; ".join(parts)
 
     def close(self) -> None:

@@ -343,9 +343,10 @@ class TritonServer:
         except OSError:
             pass
 
-    def serve_forever(self, poll_s: float = 0.5) -> int:
+    def serve_forever(self, poll_s: float = 0.5, announce=None) -> int:
         """Block until SIGINT/SIGTERM (then stop cleanly) or until the server dies on its own
-        (then raise ServingError with its log). Call from the main thread."""
+        (then raise ServingError with its log). ``announce()`` is called once the signal
+        handlers are in place (print "ready" there). Call from the main thread."""
         stop = threading.Event()
         received: list[int] = []
 
@@ -355,6 +356,8 @@ class TritonServer:
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if announce is not None:
+                announce()
             while not stop.wait(poll_s):
                 if not self.is_alive():
                     lines = error_lines(self.log_text())
@@ -698,5 +701,9 @@ def serve(
         server.execution_env_path = env_path if materialize else None
     server.start()
     if wait:
-        server.wait_ready()
+        try:
+            server.wait_ready()
+        except BaseException:  # Ctrl-C / SIGTERM during start-up: no orphan server
+            server.stop()
+            raise
     return server

@@ -1,0 +1,132 @@
+"""The launcher against a real tritonserver: start-up failures quote the server, stops are clean,
+`fsrec serve` obeys SIGTERM/SIGINT, new versions are published to a running server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fsrec_serve.errors import ServerStartError
+from fsrec_serve.serving import find_free_ports, port_is_free
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_port_in_use_reported_from_the_server_log(fsrec_repository, server_factory):
+    """The pre-start check is bypassed (extra flag overrides the port): tritonserver itself fails
+    to bind, and the error quotes its own message."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(ServerStartError) as ei:
+            server_factory(fsrec_repository, extra_args=[f"--grpc-port={port}"])
+        assert time.monotonic() - t0 < 60
+    msg = str(ei.value)
+    assert f"127.0.0.1:{port}" in msg and "already in use" in msg
+    assert "--grpc-port" in msg  # names the fix
+    assert any("already in use" in line for line in ei.value.log_lines)
+
+
+def test_port_in_use_checked_before_start(fsrec_repository, server_factory):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServerStartError, match=f"HTTP port {port} .* already in use.*--http-port"):
+            server_factory(fsrec_repository, http_port=port)
+
+
+def test_model_that_fails_to_load_gives_the_server_message(repository_copy, server_factory):
+    repo = repository_copy()
+    (repo / "fsrec" / "1" / "model.onnx").write_bytes(b"this is not an onnx graph")
+    with pytest.raises(ServerStartError) as ei:
+        server_factory(repo)
+    msg = str(ei.value)
+    assert "failed to load" in msg and "fsrec" in msg
+    assert "fix the repository" in msg
+    assert Path(ei.value.log_path).exists()
+
+
+def test_stop_terminates_the_process_group(fsrec_repository, server_factory):
+    server = server_factory(fsrec_repository)
+    pgid = server.pid
+    assert server.is_alive() and not _group_gone(pgid)
+    assert urllib.request.urlopen(f"{server.url_http}/v2/health/ready", timeout=5).status == 200
+    t0 = time.monotonic()
+    code = server.stop()
+    assert time.monotonic() - t0 < server.stop_timeout + 5
+    assert code is not None and not server.is_alive()
+    assert _group_gone(pgid)  # python-backend stubs included
+    assert port_is_free("127.0.0.1", server.ports.http) and port_is_free("127.0.0.1", server.ports.grpc)
+    assert server.log_path.exists() and "fsrec" in server.log_path.read_text()
+    assert server.stop() == code  # idempotent
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_fsrec_serve_cli_stops_cleanly_on_signal(fsrec_repository, triton_available, tmp_path, sig):
+    http, grpc, metrics = find_free_ports(3)
+    log_file = tmp_path / "triton.log"
+    cmd = [sys.executable, "-m", "fsrec_serve.cli", "serve", "--repository", str(fsrec_repository),
+           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+           "--log-file", str(log_file)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "press Ctrl-C" in line:
+                break
+        assert any("tritonserver ready" in ln for ln in lines), "".join(lines)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/fsrec/ready", timeout=5).status == 200
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=40)
+        rest = proc.stdout.read()
+        assert rc == 0, "".join(lines) + rest
+        assert "stopped tritonserver" in rest
+        assert port_is_free("127.0.0.1", http) and port_is_free("127.0.0.1", grpc)
+        assert log_file.exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_refresh_repository_publishes_a_new_version(repository_copy, tiny_export, server_factory, e2e_limits):
+    """A version added to the source repository reaches the running server through
+    refresh_repository() + load_model (the primitive a rollout builds on)."""
+    from exporters import build_model_repository
+
+    repo = repository_copy()
+    server = server_factory(repo, restricted_api_key=e2e_limits.admin_key)
+    with server.client("grpc", admin=True) as c:
+        assert c.recommend(["1", "2"], k=3).model_version == "1"
+        build_model_repository(repo, tiny_export, target="cpu")  # version 2
+        server.refresh_repository()
+        c.load_model()
+        assert c.is_ready(version=2)  # model readiness: the server itself is not ready while v1 unloads
+        c.refresh()  # side files of the newest version
+        assert c.repository_version == "2"
+        assert c.recommend(["1", "2"], k=3).model_version == "2"
