@@ -1,0 +1,307 @@
+"""``adapt()``: few-shot adaptation of a pretrained FsRecModel to a cohort's support sets.
+
+Objective: next-item prediction *inside* the support sequences, with the model's own objective
+(the training package's batches: cloze masks, a share of them on the last item, which is the
+inference situation "history + [MASK]"; causal: every support item predicts the next one).
+Query items are never seen: ``adapt`` only receives the support.
+
+Procedure for a trained strategy (``head_only``, ``full``, ``lora``, ``adalora``, ``ia3``,
+``prefix``, ``prompt``):
+
+1. inner split of the support: for ``inner_valid_frac`` of the users with >= 2 support items, the
+   LAST support item is held out as an inner-validation target (history = their earlier support
+   items); everything else is inner training data;
+2. train on the inner training data with AdamW, warmup/decay and early stopping on the inner
+   NDCG@10 (``train_loop`` of the training package); the best pass count is kept;
+3. ``refit``: retrain from the pretrained weights on the WHOLE support for that many passes.
+
+Support sets where no user has two items (k = 1) contain no (history, target) pair to train or
+validate on: every strategy then returns the zero-shot model and says so in ``info["degraded"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data.splits import Example, UserSequence
+from ..errors import SupportSetError
+from .artifact import AdaptArtifact, merge, model_fingerprint
+from .config import AdaptConfig, check_strategy
+from .strategies import Prepared, count_trainable, fsrec_of, prepare, steps_per_epoch
+
+log = logging.getLogger(__name__)
+
+SELECTION_METRIC = "ndcg@10"
+
+
+@dataclass
+class AdaptResult:
+    model: Any  # the adapted scorer (next_item_scores / predict_ratings), eval mode
+    artifact: AdaptArtifact  # what to save (AdaptArtifact.save) and re-apply (load_adapted)
+    strategy: str  # strategy actually used (auto's choice; "zero_shot" when degraded)
+    info: dict = field(default_factory=dict)  # inner scores, candidates, timing, messages
+
+    def merged_model(self):
+        """Plain FsRecModel with the adapter folded in (for export); see artifact.merge."""
+        return merge(self.model, self.strategy)
+
+    def save(self, directory) -> Any:
+        return self.artifact.save(directory)
+
+
+# -- support checks and inner split -------------------------------------------------------------
+def check_support(support: Sequence, num_items: int) -> list[UserSequence]:
+    """Validate a support set; raise SupportSetError with the fix when it is unusable."""
+    if support is None or len(support) == 0:
+        raise SupportSetError(
+            "the support set is empty: adaptation needs at least one user with at least one "
+            "interaction (support=[UserSequence(user, items, ratings)]); with no interactions at "
+            "all, recommend from popularity instead"
+        )
+    out = []
+    for s in support:
+        if not isinstance(s, UserSequence):
+            raise SupportSetError(
+                f"support entries must be UserSequence(user, items, ratings), got {type(s).__name__}"
+            )
+        if len(s.items) == 0:
+            raise SupportSetError(
+                f"user {s.user!r} has an empty support set; drop the user or give it at least one item"
+            )
+        bad = [i for i in s.items if not 1 <= int(i) <= num_items]
+        if bad:
+            raise SupportSetError(
+                f"user {s.user!r}: item indices {bad[:5]} are outside 1..{num_items}; map raw ids "
+                "with the model's item_map (model.item_map.indices(raw_ids))"
+            )
+        ratings = list(s.ratings) if len(s.ratings) == len(s.items) else [1.0] * len(s.items)
+        out.append(UserSequence(s.user, [int(i) for i in s.items], [float(r) for r in ratings]))
+    return out
+
+
+def has_pairs(support: Sequence[UserSequence]) -> bool:
+    """True when some user has >= 2 support items (a (history, target) pair exists)."""
+    return any(len(s) >= 2 for s in support)
+
+
+def inner_split(
+    support: Sequence[UserSequence], frac: float = 0.5, seed: int = 0, fold: int = 0, folds: int = 1
+) -> tuple[list[UserSequence], list[Example]]:
+    """Hold out the LAST support item of some users as inner-validation targets.
+
+    ``folds == 1``: a random ``frac`` of the users with >= 2 items (at least one);
+    ``folds > 1``: those users are cut into ``folds`` disjoint groups and group ``fold`` is held out.
+    Returns (training sequences, validation examples)."""
+    eligible = [i for i, s in enumerate(support) if len(s) >= 2]
+    if not eligible:
+        return list(support), []
+    perm = np.random.default_rng(seed).permutation(eligible)
+    if folds <= 1:
+        held = perm[: max(1, int(round(frac * len(perm))))]
+    else:
+        held = np.array_split(perm, folds)[fold % folds]
+    held_set = set(int(i) for i in held)
+    train, valid = [], []
+    for i, s in enumerate(support):
+        if i in held_set:
+            train.append(UserSequence(s.user, s.items[:-1], s.ratings[:-1]))
+            valid.append(Example(s.user, s.items[:-1], s.items[-1], s.ratings[-1], s.ratings[:-1]))
+        else:
+            train.append(s)
+    return train, valid
+
+
+# -- training one strategy ----------------------------------------------------------------------
+def train_config_for(cfg: AdaptConfig, strategy: str, epochs: Optional[int] = None):
+    """The training package's TrainConfig for one adaptation run."""
+    from ..training import TrainConfig
+
+    return TrainConfig(
+        epochs=int(epochs or cfg.epochs),
+        batch_size=cfg.batch_size,
+        lr=cfg.lr_for(strategy),
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        device=cfg.device,
+        num_threads=cfg.num_threads,
+        mask_prob=cfg.mask_prob,
+        last_item_mask_ratio=cfg.last_item_mask_ratio,
+        window="tail",
+        crop_prob=cfg.crop_prob,
+        reorder_prob=cfg.reorder_prob,
+        aug_mask_prob=cfg.aug_mask_prob,
+        use_ratings=True if cfg.use_ratings is None else bool(cfg.use_ratings),
+        eval_every=1,
+        progress=False,
+    )
+
+
+def _n_windows(sequences: Sequence[UserSequence], objective: str) -> int:
+    min_len = 1 if objective == "cloze" else 2
+    return sum(1 for s in sequences if len(s) >= min_len)
+
+
+def train_strategy(
+    base, strategy: str, cfg: AdaptConfig, sequences: Sequence[UserSequence],
+    valid_examples: Optional[Sequence[Example]] = None, epochs: Optional[int] = None,
+):
+    """Copy ``base``, make it trainable for ``strategy`` and train it on ``sequences``.
+
+    Returns (Prepared, TrainLoopResult). With ``valid_examples`` the best pass is restored."""
+    from ..training import set_seed, train_loop
+
+    base = fsrec_of(base)
+    n_epochs = int(epochs or cfg.epochs)
+    set_seed(cfg.seed)  # PEFT initialises its adapters from torch's RNG
+    model = copy.deepcopy(base)
+    total = n_epochs * steps_per_epoch(_n_windows(sequences, base.config.objective), cfg.batch_size)
+    prep: Prepared = prepare(model, strategy, cfg, total_steps=total)
+    tc = train_config_for(cfg, strategy, n_epochs)
+    res = train_loop(
+        prep.model, list(sequences), tc, valid_examples=list(valid_examples) if valid_examples else None,
+        model_config=base.config, use_ratings=cfg.use_ratings, on_epoch_end=prep.on_epoch_end,
+    )
+    prep.model.eval()
+    return prep, res
+
+
+def _artifact(prep: Optional[Prepared], strategy: str, cfg: AdaptConfig, fingerprint: str,
+              info: dict) -> AdaptArtifact:
+    tensors = {}
+    peft_model = None
+    if prep is not None and strategy != "zero_shot":
+        model = fsrec_of(prep.model)
+        if strategy == "full":
+            tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
+        elif prep.extra_modules:
+            for mod in prep.extra_modules:
+                for n, p in getattr(model, mod).named_parameters():
+                    tensors[f"{mod}.{n}"] = p.detach().clone()
+        peft_model = prep.peft_model
+    return AdaptArtifact(strategy=strategy, config=cfg.to_dict(), base_fingerprint=fingerprint,
+                         info=info, peft_model=peft_model, tensors=tensors)
+
+
+def zero_shot_result(model, cfg: AdaptConfig, fingerprint: str, info: dict) -> AdaptResult:
+    m = copy.deepcopy(fsrec_of(model)).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    info = dict(info, strategy="zero_shot", trainable_params=0)
+    return AdaptResult(model=m, artifact=_artifact(None, "zero_shot", cfg, fingerprint, info),
+                       strategy="zero_shot", info=info)
+
+
+def inner_score(model, examples: Sequence[Example]) -> float:
+    from ..evaluation import evaluate_next_item
+
+    if not examples:
+        return float("nan")
+    return float(evaluate_next_item(model, list(examples), ks=(10,))[SELECTION_METRIC])
+
+
+# -- the public entry point --------------------------------------------------------------------
+def adapt(
+    model,  # pretrained FsRecModel (not modified: every strategy works on a deep copy)
+    support: Sequence[UserSequence],  # the cohort's support sequences (item indices, newest last)
+    strategy: str = "auto",  # zero_shot | head_only | full | lora | adalora | ia3 | prefix | prompt | auto
+    config: Optional[AdaptConfig] = None,
+    valid: Optional[Sequence[Example]] = None,  # explicit early-stopping examples (default: inner split)
+) -> AdaptResult:
+    """Adapt ``model`` to the users of ``support`` and return the adapted model and its artifact."""
+    t0 = time.perf_counter()
+    cfg = config or AdaptConfig()
+    strategy = check_strategy(strategy)
+    base = fsrec_of(model)
+    support = check_support(support, base.config.num_items)
+    fingerprint = model_fingerprint(base)
+    info: dict[str, Any] = {
+        "requested_strategy": strategy,
+        "n_users": len(support),
+        "n_support_items": int(sum(len(s) for s in support)),
+        "k_mean": float(np.mean([len(s) for s in support])),
+    }
+    if strategy == "auto":
+        from .auto import auto_adapt
+
+        return auto_adapt(base, support, cfg, valid=valid, fingerprint=fingerprint, info=info, t0=t0)
+    if strategy == "zero_shot":
+        res = zero_shot_result(base, cfg, fingerprint, info)
+        res.info["seconds"] = time.perf_counter() - t0
+        return res
+    if not has_pairs(support) and not valid:
+        msg = (
+            f"strategy {strategy!r} needs at least one user with 2 or more support items (a "
+            "history and a target to learn from); every user here has 1, so the support items are "
+            "used as history only and the model is NOT updated (zero_shot)"
+        )
+        log.warning(msg)
+        res = zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg))
+        res.info["seconds"] = time.perf_counter() - t0
+        return res
+    return fit_strategy(base, support, strategy, cfg, valid=valid, fingerprint=fingerprint,
+                        info=info, t0=t0)
+
+
+def fit_strategy(base, support, strategy: str, cfg: AdaptConfig, *, valid=None, fingerprint: str,
+                 info: dict, t0: float, epochs: Optional[int] = None) -> AdaptResult:
+    """Inner split + early stopping + refit (or a fixed number of passes when ``epochs`` is given)."""
+    info = dict(info, strategy=strategy, lr=cfg.lr_for(strategy))
+    if epochs is not None:  # the pass count is already known (auto's final fit)
+        prep, res = train_strategy(base, strategy, cfg, support, None, epochs=epochs)
+        info.update(passes=int(epochs), refit=True)
+    else:
+        if valid:
+            train_seqs, inner_valid = list(support), list(valid)
+        else:
+            train_seqs, inner_valid = inner_split(support, cfg.inner_valid_frac, cfg.seed)
+        prep, res = train_strategy(base, strategy, cfg, train_seqs, inner_valid)
+        zs = inner_score(base, inner_valid)
+        best = float(res.best_valid.get(SELECTION_METRIC, float("nan")))
+        info["inner"] = {
+            "n_valid": len(inner_valid),
+            "zero_shot_ndcg@10": zs,
+            "ndcg@10": best,
+            "best_epoch": int(res.best_epoch),
+            "epochs_run": int(res.epochs_run),
+            "curve": [round(float(r.get("valid_ndcg@10", float("nan"))), 5) for r in res.history],
+        }
+        if best < zs:
+            log.warning("%s: inner-validation NDCG@10 %.4f is below zero-shot %.4f; consider "
+                        "strategy='auto' (it falls back to zero_shot)", strategy, best, zs)
+        if cfg.refit and not valid:
+            prep, res = train_strategy(base, strategy, cfg, support, None, epochs=max(1, res.best_epoch))
+            info.update(passes=int(res.epochs_run), refit=True)
+        else:
+            info.update(passes=int(res.best_epoch), refit=False)
+    info["trainable_params"] = count_trainable(prep.model)
+    info["seconds"] = time.perf_counter() - t0
+    art = _artifact(prep, strategy, cfg, fingerprint, info)
+    return AdaptResult(model=prep.model, artifact=art, strategy=strategy, info=info)
+
+
+def adapt_each_user(
+    model, support: Sequence[UserSequence], strategy: str = "lora", config: Optional[AdaptConfig] = None,
+) -> Iterator[tuple[str, AdaptResult]]:
+    """Per-user micro-tuning: adapt a separate copy to each user's own support set.
+
+    Yields ``(user, AdaptResult)`` one at a time so that only one adapted copy lives in memory
+    (score the user's query, then drop it)."""
+    base = fsrec_of(model)
+    support = check_support(support, base.config.num_items)
+    for s in support:
+        yield s.user, adapt(base, [s], strategy=strategy, config=config)
+
+
+def torch_threads(n: Optional[int]) -> None:
+    if n:
+        torch.set_num_threads(int(n))
