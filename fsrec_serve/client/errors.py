@@ -47,9 +47,9 @@ class CallContext:
 def _status_message(exc: BaseException) -> tuple[str, str]:
     status = getattr(exc, "status", None)
     message = getattr(exc, "message", None)
-    s = str(status() if callable(status) else status or "")
-    m = str(message() if callable(message) else message or "") or str(exc)
-    return s, m
+    s = status() if callable(status) else status
+    m = message() if callable(message) else message
+    return ("" if s is None else str(s)), (str(m) if m else str(exc))
 
 
 def _is_triton_exception(exc: BaseException) -> bool:

@@ -276,6 +276,8 @@ def load_repository_info(
         )
     except KeyError as e:
         raise ConfigError(f"{meta_path} has no {e.args[0]!r}: rebuild the repository with `fsrec export`") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{meta_path} has an invalid value ({e}): rebuild the repository with `fsrec export`") from None
     map_path = vdir / ITEM_MAP_FILE
     item_map = IdMap.load(map_path) if map_path.is_file() else None
     return item_map, spec, vdir.name

@@ -1,0 +1,182 @@
+"""Client options, error mapping and retries, without a server (a closed port is real enough)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from fsrec_serve.client import AsyncRecommenderClient, ModelSpec, RecommenderClient, RetryPolicy, parse_url
+from fsrec_serve.client.errors import CallContext, is_retryable, map_exception
+from fsrec_serve.data import IdMap
+from fsrec_serve.errors import (
+    AuthorizationError,
+    ConfigError,
+    InferenceServerError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+)
+from fsrec_serve.serving import GRPC_RESTRICTED_KEY_HEADER, RESTRICTED_KEY_HEADER
+
+CTX = CallContext("127.0.0.1:1", "grpc", "inference on 'fsrec'")
+SPEC = ModelSpec(max_seq_len=5, max_top_k=10, num_items=3, max_batch_size=4)
+IM = IdMap(["x", "y", "z"])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+# -- urls ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url, protocol, want",
+    [
+        ("localhost:9001", None, ("localhost:9001", "grpc", False)),
+        ("http://h:9", None, ("h:9", "http", False)),
+        ("https://h:9/", "http", ("h:9", "http", True)),
+        ("grpcs://h", None, ("h:8001", "grpc", True)),
+        ("h", "http", ("h:8000", "http", False)),
+        (None, "grpc", ("127.0.0.1:8001", "grpc", False)),
+        ("[::1]:7", "http", ("[::1]:7", "http", False)),
+    ],
+)
+def test_parse_url(url, protocol, want, monkeypatch):
+    for var in ("FSREC_HOST", "FSREC_HTTP_PORT", "FSREC_GRPC_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert parse_url(url, protocol) == want
+
+
+@pytest.mark.parametrize("url, protocol", [("http://h:1", "grpc"), ("ftp://h:1", None), ("h:1", "tcp"), ("h:x", None)])
+def test_bad_urls(url, protocol):
+    with pytest.raises(ConfigError):
+        parse_url(url, protocol)
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="on_unknown"):
+        RecommenderClient("h:1", on_unknown="ignore")
+    with pytest.raises(ConfigError, match="timeout_s"):
+        RecommenderClient("h:1", timeout_s=0)
+    with pytest.raises(ConfigError, match="retries"):
+        RecommenderClient("h:1", retries=-1)
+
+
+# -- error mapping ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "status, msg, cls",
+    [
+        ("403", "This API is restricted, expecting header 'fsrec-admin-key'", AuthorizationError),
+        ("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-k'", AuthorizationError),
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServerUnavailableError),
+        ("StatusCode.RESOURCE_EXHAUSTED", "Exceeds maximum queue size", ServerUnavailableError),
+        ("503", "Server not ready", ServerUnavailableError),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", RequestTimeoutError),
+        ("404", "Request for unknown model: 'fsrec' version 7 is not found", InferenceServerError),
+        ("StatusCode.INVALID_ARGUMENT", "unexpected shape for input 'item_ids'", InferenceServerError),
+        ("400", "load failed for model 'fsrec': version 2 is at UNAVAILABLE state", InferenceServerError),
+        (None, "failed to obtain inference response", InferenceServerError),
+        (None, "connection refused", ServerUnavailableError),
+    ],
+)
+def test_triton_errors_are_mapped(status, msg, cls):
+    err = map_exception(InferenceServerException(msg, status=status), CTX)
+    assert type(err) is cls
+    assert msg in str(err) and "127.0.0.1:1" in str(err)
+
+
+def test_transport_errors_are_mapped():
+    assert type(map_exception(ConnectionRefusedError(111, "refused"), CTX)) is ServerUnavailableError
+    assert type(map_exception(ConnectionResetError(), CTX)) is ServerUnavailableError
+    assert type(map_exception(socket.timeout("timed out"), CTX)) is RequestTimeoutError
+    assert type(map_exception(TimeoutError(), CTX)) is RequestTimeoutError
+    assert map_exception(TypeError("a bug"), CTX) is None  # programming errors are not disguised
+    e = InvalidRequestError("x")
+    assert map_exception(e, CTX) is e
+
+
+def test_only_unavailable_is_retried():
+    assert is_retryable(ServerUnavailableError("x"))
+    for e in (RequestTimeoutError("x"), InferenceServerError("x"), AuthorizationError("x"), InvalidRequestError("x")):
+        assert not is_retryable(e)
+
+
+def test_backoff_is_exponential_capped_and_jittered():
+    p = RetryPolicy(retries=5, backoff_s=0.1, backoff_max_s=0.5)
+    rng = random.Random(0)
+    for attempt, base in [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.5), (9, 0.5)]:
+        for _ in range(20):
+            assert base * 0.5 <= p.delay(attempt, rng) <= base
+
+
+# -- against a closed port ----------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unreachable_server_gives_unavailable_after_retries(protocol):
+    c = RecommenderClient(f"127.0.0.1:{closed_port()}", protocol, item_map=IM, spec=SPEC, retries=2,
+                          backoff_s=0.05, backoff_max_s=0.05, timeout_s=5)  # fmt: skip
+    with c:
+        assert not c.is_live() and not c.is_ready()
+        t0 = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match="gave up after 3 attempt") as ei:
+            c.recommend(["x"], k=2)
+        assert 0.05 <= time.monotonic() - t0 < 5  # two backoffs, no hang
+        assert "fsrec serve" in str(ei.value)
+        with pytest.raises(ServerUnavailableError, match="not ready within"):
+            c.wait_until_ready(timeout_s=0.3, poll_s=0.1)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_checks_run_before_anything_is_sent(protocol):
+    """A bad request fails with InvalidRequestError even when no server exists."""
+    with RecommenderClient(f"127.0.0.1:{closed_port()}", protocol, item_map=IM, spec=SPEC, retries=0) as c:
+        with pytest.raises(InvalidRequestError, match="empty"):
+            c.recommend([], k=2)
+        with pytest.raises(InvalidRequestError, match=r"1\.\.10"):
+            c.recommend(["x"], k=11)
+        with pytest.raises(InvalidRequestError):
+            c.recommend_batch([["x"], ["nope"]], k=2)
+        with pytest.raises(InvalidRequestError, match="histories must be"):
+            c.recommend_batch("xy", k=2)
+        assert c.recommend_batch([], k=2) == []
+
+
+def test_admin_key_goes_only_to_model_control_calls_with_the_protocols_header(monkeypatch):
+    monkeypatch.delenv("FSREC_ADMIN_KEY", raising=False)
+    g = RecommenderClient("h:1", "grpc", admin_key="k", headers={"authorization": "Bearer t"})
+    h = RecommenderClient("h:1", "http", admin_key="k")
+    assert g._request_headers() == {"authorization": "Bearer t"}
+    assert g._request_headers(admin=True) == {"authorization": "Bearer t", GRPC_RESTRICTED_KEY_HEADER: "k"}
+    assert h._request_headers(admin=True) == {RESTRICTED_KEY_HEADER: "k"}
+    assert RecommenderClient("h:1", "http")._request_headers(admin=True) is None
+    monkeypatch.setenv("FSREC_ADMIN_KEY", "from-env")
+    assert RecommenderClient("h:1", "http").admin_key == "from-env"
+
+
+def test_closed_client_refuses_requests():
+    c = RecommenderClient("127.0.0.1:1", "grpc", item_map=IM, spec=SPEC)
+    c.close()
+    c.close()
+    with pytest.raises(ConfigError, match="closed"):
+        c.recommend(["x"], k=1)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_client_same_checks_and_mapping(protocol):
+    async def main():
+        async with AsyncRecommenderClient(f"127.0.0.1:{closed_port()}", protocol, item_map=IM, spec=SPEC,
+                                          retries=1, backoff_s=0.01, timeout_s=5) as c:  # fmt: skip
+            with pytest.raises(InvalidRequestError, match="empty"):
+                await c.recommend([], k=2)
+            with pytest.raises(InvalidRequestError, match="out of range"):
+                await c.recommend(["x"], k=0)
+            assert not await c.is_ready()
+            with pytest.raises(ServerUnavailableError, match="gave up after 2 attempt"):
+                await c.recommend(["x", "y"], k=2)
+
+    asyncio.run(main())
