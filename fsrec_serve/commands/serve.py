@@ -42,6 +42,9 @@ def add_parsers(sub) -> None:
                    help="Python environment of the python-backend model (default: this interpreter's sys.prefix)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
     p.add_argument("--tritonserver", default=None, help="tritonserver binary (default: the wheel's; env FSREC_TRITONSERVER)")
+    p.add_argument("--tls-cert", default=None, help="PEM server certificate: TLS on the gRPC endpoint")
+    p.add_argument("--tls-key", default=None, help="PEM server key for --tls-cert")
+    p.add_argument("--tls-client-ca", default=None, help="PEM CA of client certificates (mutual TLS)")
     p.add_argument("--docker", action="store_true", help="run the official Triton container instead (GPU hosts)")
     p.add_argument("--print-docker", action="store_true",
                    help="print the official-container command for a GPU host and exit")
@@ -71,6 +74,8 @@ def add_parsers(sub) -> None:
                    help="extra request header (repeatable), e.g. a gateway's auth")
     r.add_argument("--ssl", action="store_true", help="TLS (grpc ssl channel / https)")
     r.add_argument("--root-certificates", default=None, help="CA bundle (PEM) for --ssl")
+    r.add_argument("--private-key", default=None, help="client key (PEM) for mutual TLS")
+    r.add_argument("--certificate-chain", default=None, help="client certificate (PEM) for mutual TLS")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.set_defaults(func=_recommend)
 
@@ -106,7 +111,8 @@ def _serve(args) -> int:
             metrics_port=args.metrics_port, log_file=args.log_file, model_control=args.model_control,
             load_models=args.load_model, restricted_api_key=key, restricted_apis=apis,
             execution_env_path=args.execution_env, startup_timeout=args.startup_timeout, extra_args=extra,
-            docker=args.docker, gpus=args.gpus, tritonserver=args.tritonserver,
+            docker=args.docker, gpus=args.gpus, tritonserver=args.tritonserver, tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key, tls_client_ca_file=args.tls_client_ca,
         )  # fmt: skip
 
         def announce():
@@ -139,6 +145,7 @@ def _recommend(args) -> int:
         args.url, protocol=args.protocol, model_name=args.model, model_version=args.model_version,
         repository=args.repository, item_map=args.item_map, on_unknown=args.on_unknown, timeout_s=args.timeout,
         retries=args.retries, headers=headers or None, ssl=args.ssl, root_certificates=args.root_certificates,
+        private_key=args.private_key, certificate_chain=args.certificate_chain,
     ) as client:  # fmt: skip
         rec = client.recommend(args.history, k=args.k)
     if args.json:

@@ -492,6 +492,23 @@ def triton_args(
     return args
 
 
+def _tls_args(cert, key, client_ca) -> list[str]:
+    if not (cert or key or client_ca):
+        return []
+    if not (cert and key):
+        raise ConfigError("gRPC TLS needs both tls_cert_file and tls_key_file (PEM)")
+    files = {"tls_cert_file": cert, "tls_key_file": key, "tls_client_ca_file": client_ca}
+    for name, f in files.items():
+        if f and not Path(f).is_file():
+            raise ConfigError(f"{name} {f} does not exist")
+    args = [f"--grpc-server-cert={Path(cert).resolve()}", f"--grpc-server-key={Path(key).resolve()}"]
+    if client_ca:
+        args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(client_ca).resolve()}"]
+    else:
+        args += ["--grpc-use-ssl=true"]
+    return args
+
+
 def _resolve_ports(host: str, http_port, grpc_port, metrics_port) -> ServerPorts:
     s = get_settings()
     want = [
@@ -608,6 +625,9 @@ def serve(
     tritonserver: str | Path | None = None,
     log_verbose: int = 0,
     exit_timeout_s: int = 5,
+    tls_cert_file: str | Path | None = None,
+    tls_key_file: str | Path | None = None,
+    tls_client_ca_file: str | Path | None = None,
     materialize: bool = True,
     wait: bool = True,
 ) -> TritonServer:
@@ -623,6 +643,9 @@ def serve(
       this interpreter's ``sys.prefix``, which must have numpy<2 and onnxruntime).
     - ``exit_timeout_s``: on stop, how long tritonserver waits for in-flight requests (and idle
       client connections) before exiting; ``stop_timeout`` later it is SIGKILLed.
+    - ``tls_cert_file`` + ``tls_key_file``: TLS on the gRPC endpoint (PEM files);
+      ``tls_client_ca_file`` makes it mutual TLS. Triton's HTTP endpoint has no TLS: put it
+      behind a gateway (the client's ``https://`` URLs and ``headers`` are for that).
     - ``materialize=False`` serves ``repository`` as is (a ``gpu`` target or an already
       materialized copy); by default tritonserver reads a runtime copy in a temp folder.
     - ``docker=True`` runs the official container instead (GPU hosts; see :func:`docker_command`).
@@ -644,6 +667,10 @@ def serve(
         raise ConfigError(f"model(s) {missing} are not in {repo} (it has: {', '.join(available)})")
     if model_control != "explicit":
         models = available if model_control == "none" else models
+    tls = _tls_args(tls_cert_file, tls_key_file, tls_client_ca_file)
+    if tls and docker:
+        raise ConfigError("TLS files are host paths: for the container, mount them and pass the --grpc-*-cert flags in extra_args")
+    extra_args = tls + list(extra_args)
     host = host or get_settings().host
     ports = _resolve_ports(host, http_port, grpc_port, metrics_port)
     _check_ports(host, ports)

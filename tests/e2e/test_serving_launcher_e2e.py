@@ -130,3 +130,28 @@ def test_refresh_repository_publishes_a_new_version(repository_copy, tiny_export
         c.refresh()  # side files of the newest version
         assert c.repository_version == "2"
         assert c.recommend(["1", "2"], k=3).model_version == "2"
+
+
+def test_grpc_tls(fsrec_repository, server_factory, tmp_path):
+    """TLS on the gRPC endpoint with a self-signed certificate: a TLS client with the CA gets
+    answers, a plaintext client does not."""
+    import shutil
+
+    from fsrec_serve.client import RecommenderClient
+    from fsrec_serve.errors import ServerUnavailableError
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = server_factory(fsrec_repository, tls_cert_file=cert, tls_key_file=key)
+    with RecommenderClient(f"grpcs://{server.url_grpc}", repository=fsrec_repository, root_certificates=cert) as c:
+        assert c.ssl and c.is_ready()
+        assert len(c.recommend(["1", "2"], k=4).items) == 4
+    with RecommenderClient(server.url_grpc, "grpc", repository=fsrec_repository, retries=0, timeout_s=5) as plain:
+        with pytest.raises(ServerUnavailableError):
+            plain.recommend(["1"], k=2)
