@@ -267,6 +267,31 @@ def test_rollout_without_the_key_is_refused_and_changes_nothing(live, second_exp
     assert sorted(p.name for p in (repo / MODEL).iterdir() if p.name.isdigit()) == ["1"]
 
 
+def test_cli_models_and_rollout(live, second_export, capsys, monkeypatch):
+    from fsrec_serve.cli import main
+
+    server, repo = live
+    monkeypatch.delenv("FSREC_ADMIN_KEY", raising=False)
+    base = ["--url", server.url_http, "--protocol", "http"]
+    assert main(["models", "list", *base]) == 2
+    assert "admin key" in capsys.readouterr().err
+    assert main(["models", "list", *base, "--admin-key", ADMIN_KEY]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^fsrec\s+1\s+READY", out, re.MULTILINE), out
+    assert main(["rollout", str(second_export), "--repository", str(repo), *base, "--admin-key", ADMIN_KEY]) == 2
+    assert "--guard-dataset" in capsys.readouterr().err  # the guard is not skipped silently
+    monkeypatch.setenv("FSREC_ADMIN_KEY", ADMIN_KEY)
+    assert main(["rollout", str(second_export), "--repository", str(repo), *base, "--no-guard",
+                 "--smoke-users", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "rolled-out" and report["serving_versions"] == [2]
+    assert main(["models", "load", *base, "--version", "1", "--repository", str(repo)]) == 0  # roll back
+    assert json.loads(capsys.readouterr().out)["ready_versions"] == [1]
+    assert main(["models", "list", *base, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in rows if r["state"] == "READY"] == [1]
+
+
 # -- broken versions are refused while the serving version keeps answering ------------------------
 @pytest.mark.timeout(150)
 def test_corrupt_onnx_and_bad_config_fail_clearly_while_serving(live, second_export, random_export, e2e_splits,
