@@ -119,12 +119,13 @@ def _kill_group(server) -> None:
 
 
 @pytest.fixture(scope="session")
-def triton_server(fsrec_repository, triton_available, request):
+def triton_server(fsrec_repository, triton_available, request, tmp_path_factory):
     """One real tritonserver for the whole session, admin APIs behind ADMIN_KEY."""
     from fsrec_serve.serving import serve
 
+    log_file = tmp_path_factory.mktemp("triton_logs") / "session-tritonserver.log"
     server = serve(fsrec_repository, http_port=0, grpc_port=0, metrics_port=0, restricted_api_key=ADMIN_KEY,
-                   startup_timeout=180, stop_timeout=15)  # fmt: skip
+                   startup_timeout=180, stop_timeout=15, log_file=log_file)  # fmt: skip
 
     def finalize():
         try:
@@ -137,13 +138,14 @@ def triton_server(fsrec_repository, triton_available, request):
 
 
 @pytest.fixture
-def server_factory(triton_available, request):
+def server_factory(triton_available, request, tmp_path):
     """Start extra servers: ``server_factory(repo, **serve_kwargs)``; all stopped after the test."""
     from fsrec_serve.serving import serve
 
     started = []
 
     def start(repo, **kw):
+        kw.setdefault("log_file", tmp_path / f"tritonserver-{len(started)}-{time.monotonic_ns()}.log")
         kw.setdefault("http_port", 0)
         kw.setdefault("grpc_port", 0)
         kw.setdefault("metrics_port", 0)
