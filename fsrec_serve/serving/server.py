@@ -160,8 +160,11 @@ class TritonServer:
         self.stop_timeout = stop_timeout  # seconds between SIGTERM and SIGKILL
         self.kind = kind  # "local" (wheel/native binary) or "docker"
         self.run_dir = run_dir  # temp folder of this server (runtime repository copies, default log)
+        self.execution_env_path: str | None = None  # set when the runtime copy is materialized
         self._proc: subprocess.Popen | None = None
         self._log_fh = None
+        self._log_offset = 0  # where this start's part of the log begins
+        self._generation = 0  # runtime copies written by refresh_repository()
         self._lock = threading.Lock()
 
     # -- addresses --------------------------------------------------------------------
@@ -252,7 +255,7 @@ class TritonServer:
         try:
             with open(self.log_path, "rb") as f:
                 if since_start:
-                    f.seek(getattr(self, "_log_offset", 0))
+                    f.seek(self._log_offset)
                 return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
@@ -377,11 +380,11 @@ class TritonServer:
         exporters.build_model_repository) to the running server: a new runtime copy is written
         and the runtime path flipped to it atomically. Then load it through model control
         (``client.load_model()``). Returns the new runtime folder."""
-        env_path = getattr(self, "execution_env_path", None)
+        env_path = self.execution_env_path
         if env_path is None or not self.runtime_repository.is_symlink():
             return self.runtime_repository  # the server reads the source repository directly
         with self._lock:
-            self._generation = getattr(self, "_generation", 0) + 1
+            self._generation += 1
             gen = _materialize(self.repository, env_path, self.runtime_repository.parent / f"repository-{self._generation}", None)
             _flip_symlink(self.runtime_repository, gen)
         return gen
