@@ -14,7 +14,7 @@ import sys
 from .errors import FsRecError
 
 # modules under fsrec_serve.commands that register sub-commands, in --help order
-COMMAND_MODULES = ["data", "train", "adapt", "export", "serve", "ops", "pipeline"]
+COMMAND_MODULES = ["data", "train", "adapt", "export", "serve", "loadtest", "ops", "pipeline"]
 
 
 def build_parser() -> argparse.ArgumentParser:

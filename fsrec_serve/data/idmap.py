@@ -1,0 +1,95 @@
+"""Raw id <-> contiguous index maps. Index 0 is reserved for padding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import DataFormatError, UnknownItemError
+
+PAD_INDEX = 0  # index 0 is padding everywhere in the project
+
+
+class IdMap:
+    """Maps raw ids (strings, as users and clients see them) to indices 1..n (0 = padding)."""
+
+    def __init__(self, raw_ids: Iterable[str] = ()):
+        self._to_index: dict[str, int] = {}
+        self._to_raw: list[str | None] = [None]  # slot 0 = padding
+        for r in raw_ids:
+            self.add(r)
+
+    def add(self, raw: str | int) -> int:
+        raw = str(raw)
+        idx = self._to_index.get(raw)
+        if idx is None:
+            idx = len(self._to_raw)
+            self._to_index[raw] = idx
+            self._to_raw.append(raw)
+        return idx
+
+    def __len__(self) -> int:
+        """Number of real ids (padding excluded)."""
+        return len(self._to_raw) - 1
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of indices including padding (len + 1)."""
+        return len(self._to_raw)
+
+    def __contains__(self, raw: object) -> bool:
+        return str(raw) in self._to_index
+
+    def index(self, raw: str | int) -> int:
+        try:
+            return self._to_index[str(raw)]
+        except KeyError:
+            raise UnknownItemError(
+                f"unknown id {raw!r}: it is not in this model's id map ({len(self)} ids); "
+                "drop it from the history or retrain/adapt with it"
+            ) from None
+
+    def indices(self, raws: Sequence[str | int]) -> list[int]:
+        return [self.index(r) for r in raws]
+
+    def raw(self, index: int) -> str:
+        if not 1 <= int(index) < len(self._to_raw):
+            raise UnknownItemError(f"index {index} is out of range 1..{len(self)}")
+        return self._to_raw[int(index)]  # type: ignore[return-value]
+
+    def raws(self, indices: Iterable[int]) -> list[str]:
+        return [self.raw(i) for i in indices]
+
+    @property
+    def raw_ids(self) -> list[str]:
+        return list(self._to_raw[1:])  # type: ignore[arg-type]
+
+    # -- persistence ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"pad_index": PAD_INDEX, "raw_ids": self.raw_ids}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IdMap":
+        if "raw_ids" not in d:
+            raise DataFormatError("id map has no 'raw_ids' list; regenerate it with save()")
+        return cls(d["raw_ids"])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IdMap":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise DataFormatError(f"id map {path} is missing; it is written by save_pretrained") from None
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"id map {path} is not valid JSON ({e}); regenerate it") from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdMap) and self._to_raw == other._to_raw
+
+    def __repr__(self) -> str:
+        return f"IdMap({len(self)} ids)"

@@ -1,0 +1,183 @@
+"""The main job, end to end: data -> pretrain -> adapt -> export -> quantize (guard) ->
+Triton repository -> start Triton -> recommendations for real cold-start users -> stop.
+
+Each step is one library call; this module only strings them together and reports.
+``fsrec pipeline`` (and ``bash scripts/demo.sh``) runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import FsRecError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    dataset: str = "ml-100k"  # data set name (ml-100k has titles and genres)
+    data_dir: Optional[Path] = None  # folder with the data sets; None = FSREC_DATA_DIR
+    work_dir: Path = Path("runs/pipeline")  # checkpoints, adapter, exports, server logs
+    repository: Path = Path("model_repository")  # Triton repository (configs committed, ONNX ignored)
+    objective: str = "causal"  # "causal" (SASRec-style) or "cloze" (BERT4Rec-style)
+    epochs: int = 40  # pretraining epochs at most (early stopping may end sooner)
+    max_train_seconds: Optional[float] = 240.0  # pretraining time budget (None = no limit)
+    seed: int = 0  # split / training / adaptation seed
+    k: int = 5  # support size of the cold-start cohort that is adapted
+    strategy: str = "auto"  # adaptation strategy (auto = chosen on an inner validation split)
+    quantize: bool = True  # try optimized / INT8 graphs under the accuracy + batch guard
+    version: int = 1  # repository version to write (overwritten: the demo is idempotent)
+    show_users: int = 3  # cold users whose recommendations are printed
+    top_k: int = 10  # recommendations per user
+    protocol: str = "grpc"  # client protocol for the printed queries ("grpc" or "http")
+    http_port: int = 0  # 0 = a free port
+    grpc_port: int = 0
+    metrics_port: int = 0
+    device: str = "cpu"  # training device ("cpu", "cuda", "auto")
+    summary: dict = field(default_factory=dict)  # filled by run_pipeline
+
+
+def _step(name: str, echo: Callable[[str], None]):
+    class _Timer:
+        def __enter__(self):
+            echo(f"\n== {name}")
+            self.t0 = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            if exc[0] is None:
+                echo(f"   ({time.perf_counter() - self.t0:.1f}s)")
+
+    return _Timer()
+
+
+def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> dict:
+    """Run the whole path and return a summary dict (also written to work_dir/summary.json)."""
+    from .data import SplitConfig, load_dataset, make_splits
+    from .evaluation import PopularityModel, evaluate_next_item
+    from .training import pretrain
+    from .training.pretrain import default_model_config, default_train_config
+
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"config": {k: str(v) for k, v in asdict(cfg).items() if k != "summary"}}
+
+    with _step(f"1/7 data: {cfg.dataset}", echo):
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+        splits = make_splits(data, SplitConfig(seed=cfg.seed))
+        s = splits.summary()
+        echo(f"   {len(data)} interactions; {s['warm_users']} warm users, {s['cold_users']} cold users "
+             f"held out, {s['cold_items']} cold items held out, {s['items']} items")
+        summary["data"] = s
+
+    with _step(f"2/7 pretrain ({cfg.objective}, at most {cfg.epochs} epochs)", echo):
+        mcfg = default_model_config(splits, cfg.objective)
+        tcfg = default_train_config(
+            splits, cfg.objective, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device,
+            output_dir=str(work / "pretrained"), max_train_seconds=cfg.max_train_seconds,
+        )
+        res = pretrain(splits, mcfg, tcfg)
+        model = res.model.eval()
+        test = evaluate_next_item(model, splits.loo_test(), ks=(10,))
+        pop = evaluate_next_item(PopularityModel.fit(splits.loo_train(), len(splits.item_map)),
+                                 splits.loo_test(), ks=(10,))
+        echo(f"   best epoch {res.best_epoch}, {res.seconds:.0f}s; warm-user test NDCG@10 "
+             f"{test['ndcg@10']:.4f} (popularity {pop['ndcg@10']:.4f}), HR@10 {test['hr@10']:.4f}")
+        summary["pretrain"] = {"best_epoch": res.best_epoch, "seconds": res.seconds,
+                               "test": {k: v for k, v in test.items() if "@" in k},
+                               "popularity": {k: v for k, v in pop.items() if "@" in k}}
+
+    with _step(f"3/7 adapt to {len(splits.cold_users)} cold users from k={cfg.k} ({cfg.strategy})", echo):
+        from .adaptation import AdaptConfig, adapt
+
+        support, query = splits.support_query(cfg.k)
+        zero = evaluate_next_item(model, query, ks=(10,))
+        ad = adapt(model, support, strategy=cfg.strategy, config=AdaptConfig(seed=cfg.seed, device=cfg.device))
+        adapted = evaluate_next_item(ad.model, query, ks=(10,))
+        ad.save(work / "adapter")
+        echo(f"   strategy used: {ad.strategy}; cold-user query NDCG@10 zero-shot {zero['ndcg@10']:.4f} "
+             f"-> adapted {adapted['ndcg@10']:.4f}")
+        summary["adapt"] = {"strategy": ad.strategy, "zero_shot_ndcg@10": zero["ndcg@10"],
+                            "adapted_ndcg@10": adapted["ndcg@10"],
+                            "seconds": ad.info.get("seconds")}
+        served = ad.merged_model().eval()
+        served.item_map = splits.item_map
+
+    with _step("4/7 export to ONNX with Optimum (validated against PyTorch)", echo):
+        from exporters.export import export_onnx
+
+        valid = splits.loo_valid()[:256]
+        exp = export_onnx(served, work / "onnx" / "fp32", validate_with=[e.history for e in valid],
+                          source=f"{cfg.dataset} {cfg.objective} + {ad.strategy} (k={cfg.k})")
+        v = exp.validation
+        echo(f"   {exp.onnx_path} ({exp.size_kb:.0f} kB); max |score diff| {v.max_abs_diff:.2e}, "
+             f"top-10 agreement {v.top10_overlap:.4f}")
+        summary["export"] = {"size_kb": exp.size_kb, "max_abs_diff": v.max_abs_diff,
+                             "top10_overlap": v.top10_overlap}
+
+    served_dir = exp.output_dir
+    if cfg.quantize:
+        with _step("5/7 optimize + quantize under the accuracy and batch-invariance guard", echo):
+            from exporters.quantize import optimize, quantize, select_served_model
+
+            cands = {"optimized": optimize(exp.output_dir, work / "onnx" / "optimized")}
+            try:
+                cands["int8-static"] = quantize(
+                    exp.output_dir, work / "onnx" / "int8-static", mode="int8-static",
+                    calibration_histories=[s.items for s in splits.loo_train()[:512]],
+                )
+            except FsRecError as e:  # a failed quantization is reported, FP32 still serves
+                echo(f"   INT8 static quantization failed: {e}")
+            decision = select_served_model(cands, exp.output_dir, valid)
+            served_dir = Path(decision.chosen_dir)
+            echo(f"   serving {decision.chosen}: {decision.reason}")
+            summary["quantize"] = {"chosen": decision.chosen, "reason": decision.reason}
+    else:
+        echo("\n== 5/7 quantization skipped (--no-quantize)")
+
+    with _step(f"6/7 Triton model repository: {cfg.repository}", echo):
+        from exporters.repository import build_model_repository
+
+        rv = build_model_repository(cfg.repository, served_dir, target="cpu", version=cfg.version,
+                                    overwrite=True)
+        echo(f"   wrote {rv.version_dir} and {rv.config_path}")
+
+    with _step("7/7 serve on Triton and query it", echo):
+        from .serving import serve
+
+        with serve(cfg.repository, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
+                   metrics_port=cfg.metrics_port, log_file=work / "tritonserver.log") as server:
+            echo(f"   tritonserver ready: gRPC {server.url_grpc}, HTTP {server.url_http} "
+                 f"(log {server.log_path})")
+            names = data.item_names
+            shown = []
+            with server.client(cfg.protocol) as client:
+                for seq in splits.cold_users[: cfg.show_users]:
+                    history = splits.item_map.raws(seq.items[: cfg.k])
+                    truth = splits.item_map.raw(seq.items[cfg.k])
+                    rec = client.recommend(history, k=cfg.top_k)
+                    hit = truth in rec.items
+                    echo(f"\n   cold user {seq.user}: history (oldest first)")
+                    for it in history:
+                        echo(f"     - {it:>5} {names.get(it, '')}")
+                    echo(f"   top-{cfg.top_k} from Triton (model version {rec.model_version}):")
+                    for it, sc in zip(rec.items, rec.scores):
+                        mark = "  <- the user's actual next item" if it == truth else ""
+                        echo(f"     {sc:7.3f} {it:>5} {names.get(it, '')}{mark}")
+                    if not hit:
+                        echo(f"   (actual next item {truth} {names.get(truth, '')} not in the top {cfg.top_k})")
+                    shown.append({"user": seq.user, "history": history, "items": rec.items,
+                                  "scores": rec.scores, "next_item": truth, "hit": hit})
+            summary["served"] = {"users": shown, "grpc": server.url_grpc, "http": server.url_http}
+        echo("   tritonserver stopped")
+
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    echo(f"\nsummary: {work / 'summary.json'}")
+    cfg.summary = summary
+    return summary
