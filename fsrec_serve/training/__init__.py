@@ -1,5 +1,6 @@
 """Training: pretraining loop, batches, augmentation, schedules, early stopping, checkpoints."""
 
+from . import augment
 from .batches import make_training_batches, make_windows, window_size
 from .config import RecommendedConfig, TrainConfig, recommended_config
 from .loop import TrainLoopResult, parameter_groups, resolve_device, set_seed, train_loop
@@ -14,5 +15,5 @@ __all__ = [
     "make_windows", "window_size", "TrainLoopResult", "train_loop", "parameter_groups",
     "resolve_device", "set_seed", "PretrainResult", "pretrain", "build_model",
     "default_model_config", "default_train_config", "pretrain_candidate_mask",
-    "linear_warmup_decay",
+    "linear_warmup_decay", "augment",
 ]

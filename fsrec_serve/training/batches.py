@@ -92,15 +92,23 @@ def make_training_batches(
     windows = make_windows(sequences, size, train_config.window, rng, min_len=1 if cloze else 2,
                            overlap=0 if cloze else 1)
     windows = [_augment(w, train_config, rng) for w in windows]
-    if shuffle:
-        order = rng.permutation(len(windows))
-        windows = [windows[i] for i in order]
+    bs = train_config.batch_size
+    if shuffle and getattr(train_config, "bucket_by_length", False) and len(windows) > bs:
+        # batches of similar lengths (less padding), in random order; lengths are jittered so
+        # equal-length windows mix differently every epoch
+        lengths = np.array([len(w.items) for w in windows], dtype=np.float64)
+        order = np.argsort(lengths + rng.random(len(windows)) * 0.1 * lengths.std(), kind="stable")
+        groups = [order[i:i + bs] for i in range(0, len(order), bs)]
+        chunks = [[windows[i] for i in groups[j]] for j in rng.permutation(len(groups))]
+    else:
+        if shuffle:
+            windows = [windows[i] for i in rng.permutation(len(windows))]
+        chunks = [windows[b:b + bs] for b in range(0, len(windows), bs)]
     mask_token = model_config.mask_token_id
     mask_prob = train_config.mask_prob if train_config.mask_prob is not None else model_config.mask_prob
     allowed = candidate_mask.bool().cpu().numpy() if candidate_mask is not None else None
     batches = []
-    for b in range(0, len(windows), train_config.batch_size):
-        chunk = windows[b:b + train_config.batch_size]
+    for chunk in chunks:
         inputs, labels, rlabels = [], [], []
         for w in chunk:
             items = np.asarray(w.items, dtype=np.int64)

@@ -30,6 +30,7 @@ class TrainConfig:
     window: str = "tail+random"  # how sequences longer than max_seq_len are used: "tail" (last
     #   window only), "random" (one random window per epoch), "tail+random" (the tail window plus,
     #   for long sequences, one random earlier window per epoch), "chunks" (cut into windows)
+    bucket_by_length: bool = True  # batch windows of similar length together (less padding)
     # -- augmentation (CL4SRec-style; each applied to a training window with its probability) --
     crop_prob: float = 0.0  # probability of cropping a window to a random contiguous part
     crop_ratio: float = 0.8  # share of the window kept by a crop

@@ -166,3 +166,24 @@ def pretrain(
         seconds=res.seconds, peak_mb=res.peak_mb, output_dir=out_dir,
         seconds_to_best=res.seconds_to_best, stopped_early=res.stopped_early,
     )
+
+
+def pretrain_dataset(
+    dataset: str,  # "ml-100k", "beauty"
+    data_dir=None,  # default: FSREC_DATA_DIR
+    objective: str = "cloze",
+    split_config=None,  # fsrec_serve.data.SplitConfig; default SplitConfig()
+    model_overrides: Optional[dict] = None,  # FsRecConfig fields over the recommended ones
+    train_overrides: Optional[dict] = None,  # TrainConfig fields over the recommended ones
+) -> tuple[PretrainResult, Any]:
+    """Load ``dataset``, split it and pretrain with the recommended configuration.
+
+    Returns ``(result, splits)``; what ``fsrec train`` runs.
+    """
+    from ..data import SplitConfig, load_dataset, make_splits
+
+    data = load_dataset(dataset, data_dir)
+    splits = make_splits(data, split_config or SplitConfig())
+    mc = default_model_config(splits, objective, **(model_overrides or {}))
+    tc = default_train_config(splits, objective, **(train_overrides or {}))
+    return pretrain(splits, mc, tc), splits
