@@ -11,12 +11,18 @@ One run, one machine, side by side (closed-loop load, one user per request):
   and at the batch size Triton's dynamic batcher formed; rows/s and per-call latency.
 - ``triton-cpu`` / ``triton-cpu-dynbatch-off``: tritonserver (``fsrec_serve.serving.serve``) on
   the ``cpu`` repository of ``exporters.build_model_repository`` with dynamic batching on and off,
-  at concurrency 1, 8, 32 over gRPC. Load: ``perf_analyzer`` (C++, from the tritonclient 2.51
+  at concurrency 1, 8, 32 over gRPC; ``triton-cpu-2x1thread``: the generator's repository with two
+  instances of one ONNX Runtime thread each. Load: ``perf_analyzer`` (C++, from the tritonclient 2.51
   wheel) when found, else an asyncio ``tritonclient.grpc.aio`` loop in a separate process. The
   mean batch the batcher formed comes from Triton's statistics (inference / execution count).
 - ``fastapi-torch``: ``bench/fastapi_server.py`` (FastAPI + PyTorch, one forward pass per
   request) under the same closed-loop load (asyncio ``httpx`` loop in a separate process).
-- ``ratio`` rows for the goals: Triton conc 32 / ORT at the formed batch (>= 0.60), dynamic
+- every server point also records the server's CPU per request (``server_cpu_ms_per_req``:
+  user + system CPU of the server's process group over the run / requests it answered) and the
+  load generator's (``client_cpu_ms_per_req``); in-process ORT records its CPU per row. CPU per
+  request does not depend on what else runs on a shared machine; wall-clock throughput does.
+- ``ratio`` rows for the goals (``basis`` throughput, and the same comparison in CPU per
+  request, ``basis`` cpu_per_request): Triton conc 32 / ORT at the formed batch (>= 0.60), dynamic
   batching on / off at conc 32 (>= 3), Triton / FastAPI at conc 32 with p99 no higher (>= 5).
 
 Writes ``bench/results/serving.json`` (``serving-gpu.json`` with ``--device cuda``), the plot
@@ -89,32 +95,59 @@ def mean_batch(before: dict, after: dict) -> float | None:
     return (i1 - i0) / (e1 - e0) if e1 > e0 else None
 
 
-def compute_ratios(points: dict) -> list[dict]:
-    """The goal ratios from measured points.
+TRITON_ON = ("triton-cpu", "triton-cpu-2x1thread")  # Triton configurations with dynamic batching
+CPU = "server_cpu_ms_per_req"
 
-    ``points``: method -> {concurrency or batch -> metrics dict}; ``points["_formed_batch"]``
-    = the batch size ORT was measured at for the formed batch (int) when known.
-    Returns result rows (metric "ratio") with goal, met, and what was compared."""
+
+def _ratio(num: str, den: str, a: dict, b: dict, goal_key: str, basis: str, **extra) -> dict | None:
+    """``a`` / ``b`` as a result row: throughput of a over b, or CPU per request of b over a."""
+    if basis == "throughput":
+        r = a["throughput_rps"] / b["throughput_rps"] if b.get("throughput_rps") else None
+    else:
+        r = b[CPU] / a[CPU] if a.get(CPU) and b.get(CPU) else None
+    if r is None:
+        return None
+    goal = GOALS[goal_key]
+    row = {"method": f"{num}/{den}", "metric": "ratio", "mean": r, "concurrency": 32, **extra, "basis": basis,
+           "goal": f">= {goal}", "met": r >= goal}
+    if goal_key == "triton-vs-fastapi":  # "at equal or lower p99"
+        row["p99_ok"] = a["p99_ms"] <= b["p99_ms"]
+        row["goal"] += " at equal or lower p99"
+        row["met"] = row["met"] and row["p99_ok"]
+    return row
+
+
+def compute_ratios(points: dict) -> list[dict]:
+    """The goal ratios from measured points, at concurrency 32.
+
+    ``points``: method -> {concurrency or batch -> metrics}; ``points["_formed_batch"]``: Triton
+    method -> the batch size in-process ORT was measured at for the batch its batcher formed.
+    Each comparison is made on two bases: ``throughput`` (wall clock, what the goals name) and
+    ``cpu_per_request`` (server CPU per request: what a CPU-bound server on dedicated cores turns
+    into throughput; robust to the other jobs of a shared machine).
+    Rows: every dynamic-batching Triton configuration against the limit (ORT at its formed batch)
+    and against ``fastapi-torch``; ``triton-cpu`` against ``triton-cpu-dynbatch-off`` and against
+    the tuned ``fastapi-torch-1thread``."""
+    at32 = lambda m: points.get(m, {}).get(32)
+    formed = points.get("_formed_batch") or {}
+    pairs = []  # (numerator, denominator, a, b, goal, extra)
+    for t in TRITON_ON:
+        fb = formed.get(t)
+        ort = points.get("ort-inprocess", {}).get(fb) if fb else None
+        pairs.append((t, "ort-inprocess", at32(t), ort, "triton-vs-ort-limit", {"batch": fb}))
+    pairs.append(("triton-cpu", "triton-cpu-dynbatch-off", at32("triton-cpu"), at32("triton-cpu-dynbatch-off"),
+                  "dynbatch-on-vs-off", {}))
+    for t in TRITON_ON:
+        pairs.append((t, "fastapi-torch", at32(t), at32("fastapi-torch"), "triton-vs-fastapi", {}))
+    pairs.append(("triton-cpu", "fastapi-torch-1thread", at32("triton-cpu"), at32("fastapi-torch-1thread"),
+                  "triton-vs-fastapi", {}))
     out = []
-    tri = points.get("triton-cpu", {}).get(32)
-    off = points.get("triton-cpu-dynbatch-off", {}).get(32)
-    fa = points.get("fastapi-torch", {}).get(32)
-    fb = points.get("_formed_batch")
-    ort = points.get("ort-inprocess", {}).get(fb) if fb else None
-    if tri and ort:
-        r = tri["throughput_rps"] / ort["throughput_rps"]
-        out.append({"method": "triton-cpu/ort-inprocess", "metric": "ratio", "mean": r, "concurrency": 32,
-                    "batch": fb, "goal": f">= {GOALS['triton-vs-ort-limit']}", "met": r >= GOALS["triton-vs-ort-limit"]})
-    if tri and off:
-        r = tri["throughput_rps"] / off["throughput_rps"]
-        out.append({"method": "triton-cpu/triton-cpu-dynbatch-off", "metric": "ratio", "mean": r,
-                    "concurrency": 32, "goal": f">= {GOALS['dynbatch-on-vs-off']}", "met": r >= GOALS["dynbatch-on-vs-off"]})
-    if tri and fa:
-        r = tri["throughput_rps"] / fa["throughput_rps"]
-        p99_ok = tri["p99_ms"] <= fa["p99_ms"]
-        out.append({"method": "triton-cpu/fastapi-torch", "metric": "ratio", "mean": r, "concurrency": 32,
-                    "goal": f">= {GOALS['triton-vs-fastapi']} at equal or lower p99", "p99_ok": p99_ok,
-                    "met": r >= GOALS["triton-vs-fastapi"] and p99_ok})
+    for basis in ("throughput", "cpu_per_request"):
+        for num, den, a, b, goal, extra in pairs:
+            if a and b:
+                row = _ratio(num, den, a, b, goal, basis, **extra)
+                if row:
+                    out.append(row)
     return out
 
 
@@ -123,7 +156,7 @@ def compute_ratios(points: dict) -> list[dict]:
 # =============================================================================================
 async def _triton_load(url: str, model: str, X: np.ndarray, conc: int, warmup: float,
                        duration: float, seed: int) -> dict:
-    import tritonclient.grpc.aio as aio
+    from tritonclient.grpc import aio
 
     client = aio.InferenceServerClient(url)
     L = X.shape[1]
@@ -141,9 +174,14 @@ async def _triton_load(url: str, model: str, X: np.ndarray, conc: int, warmup: f
     errors: list[str] = []
     snaps: dict = {}
 
+    cpu: dict = {}
+
     async def snapshot(at: float, key: str):
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        cpu[key] = time.process_time()
         snaps[key] = await client.get_inference_statistics(model, as_json=True)
+
+    done = [0]
 
     async def worker(i: int):
         rng = random.Random(seed * 1000 + i)
@@ -156,6 +194,7 @@ async def _triton_load(url: str, model: str, X: np.ndarray, conc: int, warmup: f
             except Exception as e:  # noqa: BLE001 - counted and reported
                 errors.append(repr(e)[:200])
                 continue
+            done[0] += 1
             t1 = time.perf_counter()
             if t1 >= t_meas and t1 <= t_end:
                 lat.append(t1 - t0)
@@ -164,6 +203,9 @@ async def _triton_load(url: str, model: str, X: np.ndarray, conc: int, warmup: f
                          *(worker(i) for i in range(conc)))
     await client.close()
     res = latency_summary(lat, duration)
+    res["n_total"] = done[0] + min(4, len(inputs))
+    if len(cpu) == 2 and lat:
+        res["client_cpu_ms_per_req"] = (cpu["after"] - cpu["before"]) * 1000.0 / len(lat)
     res["errors"] = len(errors)
     res["error_examples"] = sorted(set(errors))[:5]
     res["mean_batch"] = mean_batch(snaps["before"], snaps["after"]) if len(snaps) == 2 else None
@@ -184,6 +226,7 @@ async def _http_load(url: str, hist: list[list[int]], conc: int, warmup: float, 
         t_meas, t_end = t_start + warmup, t_start + warmup + duration
         lat: list[float] = []
         errors: list[str] = []
+        done = [0]
 
         async def worker(i: int):
             rng = random.Random(seed * 1000 + i)
@@ -197,12 +240,22 @@ async def _http_load(url: str, hist: list[list[int]], conc: int, warmup: float, 
                 except Exception as e:  # noqa: BLE001
                     errors.append(repr(e)[:200])
                     continue
+                done[0] += 1
                 t1 = time.perf_counter()
                 if t_meas <= t1 <= t_end:
                     lat.append(t1 - t0)
 
-        await asyncio.gather(*(worker(i) for i in range(conc)))
+        cpu: dict = {}
+
+        async def mark(at: float, key: str):
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            cpu[key] = time.process_time()
+
+        await asyncio.gather(mark(t_meas, "before"), mark(t_end, "after"), *(worker(i) for i in range(conc)))
     res = latency_summary(lat, duration)
+    res["n_total"] = done[0] + min(4, len(bodies))
+    if len(cpu) == 2 and lat:
+        res["client_cpu_ms_per_req"] = (cpu["after"] - cpu["before"]) * 1000.0 / len(lat)
     res["errors"] = len(errors)
     res["error_examples"] = sorted(set(errors))[:5]
     return res
@@ -264,7 +317,11 @@ def _prepare_model(cfg: BenchConfig, work: Path):
         model = FsRecModel.from_pretrained(ckpt).eval()
         cfg.notes.append(f"model: checkpoint {ckpt}")
     else:
-        from fsrec_serve.training import default_model_config, default_train_config, pretrain
+        from fsrec_serve.training import (
+            default_model_config,
+            default_train_config,
+            pretrain,
+        )
 
         ckpt = work / "model"
         tc = default_train_config(splits, epochs=cfg.epochs, patience=0, progress=False,
@@ -299,6 +356,56 @@ def _perf_analyzer_histories(X: np.ndarray, path: Path) -> Path:
     return path
 
 
+# -- CPU accounting (robust to a shared machine: CPU seconds, not wall seconds) ------------------
+def group_cpu_by_process(pgid: int) -> dict[str, float]:
+    """user + system CPU seconds of the live processes of process group ``pgid`` (Linux /proc),
+    by process name: tritonserver and its python-backend stubs, or the uvicorn server."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        f = stat[stat.rindex(")") + 2:].split()  # f[2] = pgrp, f[11] = utime, f[12] = stime
+        if int(f[2]) == pgid:
+            out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / tick
+    return out
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    return sum(group_cpu_by_process(pgid).values())
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def accounted(run_point, pgid: int, count=None) -> dict:
+    """Run one load point and add the server's and the load generator's CPU per request.
+
+    ``count()``: the server's request counter (Triton's inference count); without it the load
+    generator's ``n_total`` (every request it completed, warm-up included) is used."""
+    c0, g0, n0 = group_cpu_by_process(pgid), children_cpu_seconds(), count() if count else 0
+    m = run_point()
+    c1, g1 = group_cpu_by_process(pgid), children_cpu_seconds()
+    n = (count() - n0) if count else m.get("n_total") or 0
+    if n:
+        m["server_cpu_ms_per_req"] = (sum(c1.values()) - sum(c0.values())) * 1000.0 / n
+        # where the server's CPU went, by process (tritonserver core vs python-backend stub)
+        m["server_cpu_split_ms_per_req"] = {k: round((v - c0.get(k, 0.0)) * 1000.0 / n, 3) for k, v in c1.items()}
+        # the generator's own figure (its CPU in the measured window) when it has one; else its
+        # whole process (perf_analyzer: C++, negligible start-up)
+        m.setdefault("client_cpu_ms_per_req", (g1 - g0) * 1000.0 / n)
+    return m
+
+
 # -- in-process ORT ---------------------------------------------------------------------------
 def measure_ort(export_dir: Path, X: np.ndarray, batches, seconds: float, providers, seed: int) -> dict:
     """batch -> metrics of back-to-back ``session.run`` calls on random held-out rows."""
@@ -312,7 +419,7 @@ def measure_ort(export_dir: Path, X: np.ndarray, batches, seconds: float, provid
         for x in pool[:3]:
             sess.run(None, {"item_ids": x})
         lat = []
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         i = 0
         while time.perf_counter() - t0 < seconds:
             t = time.perf_counter()
@@ -322,6 +429,7 @@ def measure_ort(export_dir: Path, X: np.ndarray, batches, seconds: float, provid
         el = time.perf_counter() - t0
         m = latency_summary(lat, el)
         m["throughput_rps"] = len(lat) * b / el  # rows (users) per second
+        m["server_cpu_ms_per_req"] = (time.process_time() - c0) * 1000.0 / (len(lat) * b)  # per row
         out[b] = m
         log.info("ort %s batch %d: %.0f rows/s, p50 %.2f ms", export_dir.name, b, m["throughput_rps"], m["p50_ms"])
     return out
@@ -367,7 +475,7 @@ def perf_analyzer_env(work: Path) -> dict:
     spec = importlib.util.find_spec("pytriton")  # the nvidia-pytriton wheel
     if spec is None or not spec.submodule_search_locations:
         return env
-    libs = Path(list(spec.submodule_search_locations)[0]).resolve().parent / "nvidia_pytriton.libs"
+    libs = Path(next(iter(spec.submodule_search_locations))).resolve().parent / "nvidia_pytriton.libs"
     if not libs.is_dir():
         return env
     lib = work / "pa-lib"
@@ -389,7 +497,15 @@ def run_perf_analyzer(pa: Path, env: dict, url: str, model: str, data_json: Path
            "--measurement-interval", str(int(duration * 1000 / 3)), "--max-trials", "3",
            "--stability-percentage", "999", "--percentile", "99", "-f", str(csv_path)]
     before = stats_fn()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration * 8 + 120)
+    for attempt in range(2):  # one retry: a start-up hiccup should not lose the point
+        csv_path.unlink(missing_ok=True)
+        p = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=duration * 8 + 120)
+        (work / f"pa-{conc}.log").write_text(shlex.join(cmd) + "\n" + p.stdout + p.stderr)
+        if p.returncode == 0 and csv_path.exists():
+            break
+        log.warning("perf_analyzer exited with %d (attempt %d), log %s", p.returncode, attempt + 1,
+                    work / f"pa-{conc}.log")
+        time.sleep(1.0)
     after = stats_fn()
     if p.returncode != 0 or not csv_path.exists():
         raise RuntimeError(f"perf_analyzer failed ({p.returncode}): {(p.stdout + p.stderr)[-800:]}")
@@ -397,7 +513,7 @@ def run_perf_analyzer(pa: Path, env: dict, url: str, model: str, data_json: Path
 
     with csv_path.open() as f:
         row = next(csv.DictReader(f))
-    us = lambda k: float(row[k]) / 1000.0  # noqa: E731 - µs -> ms
+    us = lambda k: float(row[k]) / 1000.0
     return {"n": None, "throughput_rps": float(row["Inferences/Second"]), "p50_ms": us("p50 latency"),
             "p95_ms": us("p95 latency"), "p99_ms": us("p99 latency"),
             "mean_batch": mean_batch(before, after), "errors": 0,
@@ -410,7 +526,7 @@ def run_load_process(target: str, url: str, inputs: Path, conc: int, cfg: BenchC
            "--inputs", str(inputs), "--concurrency", str(conc), "--duration", str(cfg.duration),
            "--warmup", str(cfg.warmup), "--seed", str(cfg.seed), "--model-name", model_name]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env,
+    p = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env=env,
                        timeout=cfg.duration + cfg.warmup + 120)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if p.returncode != 0 or line is None:
@@ -421,7 +537,8 @@ def run_load_process(target: str, url: str, inputs: Path, conc: int, cfg: BenchC
 # -- Triton ------------------------------------------------------------------------------------
 def build_repositories(export_dir: Path, work: Path, model_name: str = "fsrec") -> dict[str, Path]:
     """{"triton-cpu": the generator's cpu repository (dynamic batching on), "triton-cpu-dynbatch-off":
-    the same repository with the ``dynamic_batching`` field removed from its ModelConfig}.
+    the same repository with the ``dynamic_batching`` field removed from its ModelConfig,
+    "triton-cpu-2x1thread": two model instances with one ONNX Runtime thread each}.
 
     The generator (``exporters.build_model_repository``) always enables dynamic batching; the OFF
     variant is derived through Triton's ModelConfig protobuf (``load_model_config`` ->
@@ -431,10 +548,13 @@ def build_repositories(export_dir: Path, work: Path, model_name: str = "fsrec") 
     from exporters.repository import build_model_repository, load_model_config
 
     out = {}
-    for method, dyn in (("triton-cpu", True), ("triton-cpu-dynbatch-off", False)):
-        repo = work / f"repo-{'dyn' if dyn else 'nodyn'}"
+    variants = (("triton-cpu", True, {}), ("triton-cpu-dynbatch-off", False, {}),
+                # the generator's own knobs: one ORT thread per instance, one instance per core
+                ("triton-cpu-2x1thread", True, {"intra_op_threads": 1, "instance_count": 2}))
+    for method, dyn, kw in variants:
+        repo = work / f"repo-{method}"
         shutil.rmtree(repo, ignore_errors=True)
-        build_model_repository(repo, export_dir, target="cpu", model_name=model_name)
+        build_model_repository(repo, export_dir, target="cpu", model_name=model_name, **kw)
         if not dyn:
             cfg = load_model_config(repo / model_name)
             cfg.ClearField("dynamic_batching")
@@ -457,19 +577,23 @@ def measure_triton(repo: Path, method: str, cfg: BenchConfig, work: Path, inputs
     try:
         url = server.url_grpc
         stats_client = grpcclient.InferenceServerClient(url)
-        stats = lambda: stats_client.get_inference_statistics("fsrec", as_json=True)  # noqa: E731
+        stats = lambda: stats_client.get_inference_statistics("fsrec", as_json=True)
+        count = lambda: int(stats()["model_stats"][0].get("inference_count", 0))
+        pgid = os.getpgid(server.pid)
         for conc in cfg.concurrency:
             if pa is not None:
-                m = run_perf_analyzer(pa, pa_env, url, "fsrec", pa_json, conc, cfg.duration, work, stats)
+                m = accounted(lambda c=conc: run_perf_analyzer(pa, pa_env, url, "fsrec", pa_json, c, cfg.duration,
+                                                               work, stats), pgid, count)
                 m["load_generator"] = "perf_analyzer"
             else:
-                m = run_load_process("triton", url, inputs, conc, cfg)
+                m = accounted(lambda c=conc: run_load_process("triton", url, inputs, c, cfg), pgid, count)
                 m["load_generator"] = "async-grpc"
             out[conc] = m
-            log.info("%s conc %d: %.0f req/s, p50 %.1f ms, p99 %.1f ms, mean batch %s", method, conc,
-                     m["throughput_rps"], m["p50_ms"], m["p99_ms"], m.get("mean_batch"))
+            log.info("%s conc %d: %.0f req/s, p50 %.1f ms, p99 %.1f ms, mean batch %s, server CPU %.2f ms/req",
+                     method, conc, m["throughput_rps"], m["p50_ms"], m["p99_ms"], m.get("mean_batch"),
+                     m.get("server_cpu_ms_per_req", float("nan")))
         if pa is not None and 32 in cfg.concurrency:  # cross-check with the python generator
-            m = run_load_process("triton", url, inputs, 32, cfg)
+            m = accounted(lambda: run_load_process("triton", url, inputs, 32, cfg), pgid, count)
             m["load_generator"] = "async-grpc"
             out["32-async"] = m
             log.info("%s conc 32 (async-grpc): %.0f req/s, p99 %.1f ms", method, m["throughput_rps"], m["p99_ms"])
@@ -480,19 +604,20 @@ def measure_triton(repo: Path, method: str, cfg: BenchConfig, work: Path, inputs
 
 
 # -- FastAPI -----------------------------------------------------------------------------------
-def measure_fastapi(ckpt: Path, cfg: BenchConfig, work: Path, inputs: Path) -> dict:
+def measure_fastapi(ckpt: Path, cfg: BenchConfig, work: Path, inputs: Path, threads: int | None = None,
+                    method: str = "fastapi-torch") -> dict:
     port = _free_port()
-    logf = (work / "fastapi.log").open("w")
+    logf = (work / f"{method}.log").open("w")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "bench.fastapi_server", "--model", str(ckpt),
-                             "--port", str(port), "--device", cfg.device],
-                            cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [sys.executable, "-m", "bench.fastapi_server", "--model", str(ckpt), "--port", str(port),
+           "--device", cfg.device] + (["--threads", str(threads)] if threads else [])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"FastAPI server exited: {(work / 'fastapi.log').read_text()[-800:]}")
+                raise RuntimeError(f"FastAPI server exited: {(work / f'{method}.log').read_text()[-800:]}")
             try:
                 urllib.request.urlopen(url + "/health", timeout=1).read()
                 break
@@ -502,11 +627,11 @@ def measure_fastapi(ckpt: Path, cfg: BenchConfig, work: Path, inputs: Path) -> d
                 time.sleep(0.3)
         out = {}
         for conc in cfg.concurrency:
-            m = run_load_process("fastapi", url, inputs, conc, cfg)
+            m = accounted(lambda c=conc: run_load_process("fastapi", url, inputs, c, cfg), proc.pid)
             m["load_generator"] = "async-httpx"
             out[conc] = m
-            log.info("fastapi conc %d: %.0f req/s, p50 %.1f ms, p99 %.1f ms", conc, m["throughput_rps"],
-                     m["p50_ms"], m["p99_ms"])
+            log.info("%s conc %d: %.0f req/s, p50 %.1f ms, p99 %.1f ms, server CPU %.2f ms/req", method, conc,
+                     m["throughput_rps"], m["p50_ms"], m["p99_ms"], m.get("server_cpu_ms_per_req", float("nan")))
         return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -525,14 +650,15 @@ def result_rows(points: dict, dataset: str) -> list[dict]:
             continue
         for key, m in pts.items():
             extra = {}
-            if method.startswith("ort") or method.startswith("torch"):
+            if method.startswith(("ort", "torch")):
                 extra["batch"] = key
             else:
                 conc = int(str(key).split("-")[0])
                 extra["concurrency"] = conc
             if m.get("load_generator"):
                 extra["load_generator"] = m["load_generator"]
-            for metric in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms"):
+            for metric in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "server_cpu_ms_per_req",
+                           "client_cpu_ms_per_req"):
                 if m.get(metric) is not None and m[metric] == m[metric]:
                     rows.append({"dataset": dataset, "protocol": PROTOCOL, "method": method, "metric": metric,
                                  "mean": round(float(m[metric]), 3), "std": 0.0, "n": 1, **extra})
@@ -552,7 +678,8 @@ def plot(points: dict, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    styles = {"triton-cpu": "C0", "triton-cpu-dynbatch-off": "C1", "fastapi-torch": "C3",
+    styles = {"triton-cpu": "C0", "triton-cpu-dynbatch-off": "C1", "triton-cpu-2x1thread": "C9", "fastapi-torch": "C3",
+              "fastapi-torch-1thread": "C6",
               "ort-inprocess": "C2", "ort-inprocess-int8": "C4", "torch-inprocess": "C5"}
     for method, pts in points.items():
         if method.startswith("_") or not pts:
@@ -581,8 +708,8 @@ def plot(points: dict, path: Path, title: str) -> Path:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| configuration | load | users/s | p50 ms | p95 ms | p99 ms | mean batch |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| configuration | load | users/s | p50 ms | p95 ms | p99 ms | mean batch | server CPU ms/req |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     table: dict[tuple, dict] = {}
     for r in rows:
         if r["metric"] == "ratio":
@@ -591,14 +718,15 @@ def markdown_table(rows: list[dict]) -> str:
                r.get("load_generator", "in-process"))
         table.setdefault(key, {})[r["metric"]] = r["mean"]
     for (method, load, gen), m in table.items():
-        f = lambda k, fmt="{:.1f}": fmt.format(m[k]) if k in m else ""  # noqa: E731
+        f = lambda k, fmt="{:.1f}", m=m: fmt.format(m[k]) if k in m else ""
         lines.append(f"| {method} | {load} ({gen}) | {f('throughput_rps', '{:.0f}')} | {f('p50_ms', '{:.2f}')} | "
-                     f"{f('p95_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {f('mean_batch_size', '{:.1f}')} |")
-    lines += ["", "| goal | ratio | target | met |", "|---|---:|---|---|"]
+                     f"{f('p95_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {f('mean_batch_size', '{:.1f}')} | "
+                     f"{f('server_cpu_ms_per_req', '{:.2f}')} |")
+    lines += ["", "| goal | basis | ratio | target | met |", "|---|---|---:|---|---|"]
     for r in rows:
         if r["metric"] == "ratio":
             lines.append(f"| {r['method']} (conc {r.get('concurrency')}{', batch ' + str(r['batch']) if 'batch' in r else ''}) "
-                         f"| {r['mean']:.2f} | {r['goal']} | {'yes' if r['met'] else 'NO'} |")
+                         f"| {r.get('basis', 'throughput')} | {r['mean']:.2f} | {r['goal']} | {'yes' if r['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -679,29 +807,43 @@ def run(cfg: BenchConfig, command: str) -> Path:
             repos = build_repositories(export_dir, work)
             for method, repo in repos.items():
                 points[method] = measure_triton(repo, method, cfg, work, inputs, pa_json, pa, pa_env)
-        except Exception as e:  # noqa: BLE001 - record what did not run
+        except Exception as e:
             log.exception("triton section failed")
             cfg.notes.append(f"Triton not measured: {type(e).__name__}: {str(e)[:300]}")
 
-        # the limit at the batch size the batcher formed (conc 32)
-        formed = (points.get("triton-cpu", {}).get(32) or {}).get("mean_batch")
-        if formed and "ort" not in cfg.skip:
-            fb = max(1, int(round(formed)))
-            if fb not in points["ort-inprocess"]:
-                points["ort-inprocess"].update(measure_ort(export_dir, X, [fb], cfg.ort_seconds, providers, cfg.seed))
-            points["_formed_batch"] = fb
+        # the limit at the batch size each batcher formed (conc 32)
+        points["_formed_batch"] = {}
+        for method in TRITON_ON:
+            formed = (points.get(method, {}).get(32) or {}).get("mean_batch")
+            if formed and "ort" not in cfg.skip:
+                fb = max(1, round(formed))
+                if fb not in points["ort-inprocess"]:
+                    points["ort-inprocess"].update(
+                        measure_ort(export_dir, X, [fb], cfg.ort_seconds, providers, cfg.seed))
+                points["_formed_batch"][method] = fb
 
     if "fastapi" not in cfg.skip:
-        try:
-            points["fastapi-torch"] = measure_fastapi(ckpt, cfg, work, inputs)
-        except Exception as e:  # noqa: BLE001
-            log.exception("fastapi section failed")
-            cfg.notes.append(f"fastapi-torch not measured: {type(e).__name__}: {str(e)[:300]}")
+        # as a user writes it (torch's default threads), and with the usual serving tweak
+        # torch.set_num_threads(1) (one OpenMP pool per FastAPI worker thread otherwise)
+        for method, threads in (("fastapi-torch", None), ("fastapi-torch-1thread", 1)):
+            try:
+                points[method] = measure_fastapi(ckpt, cfg, work, inputs, threads=threads, method=method)
+            except Exception as e:
+                log.exception("fastapi section failed")
+                cfg.notes.append(f"{method} not measured: {type(e).__name__}: {str(e)[:300]}")
 
+    for method, pts in points.items():
+        split = (pts.get(32) or {}).get("server_cpu_split_ms_per_req") if not method.startswith("_") else None
+        if split:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1]))
+            cfg.notes.append(f"{method} conc 32: server CPU {pts[32]['server_cpu_ms_per_req']:.2f} ms/request = {parts}")
+    if "ort-inprocess" in points:
+        cfg.notes.append("ONNX Runtime runs with its default threads (intra-op = cores, spinning on) in-process "
+                         "and in the generated repository; triton-cpu-2x1thread = 2 instances x 1 thread")
     rows = result_rows(points, cfg.dataset)
     for r in rows:
         if r["metric"] == "ratio":
-            cfg.notes.append(f"ratio {r['method']}: {r['mean']:.2f} (goal {r['goal']}): "
+            cfg.notes.append(f"ratio {r['method']} ({r['basis']}): {r['mean']:.2f} (goal {r['goal']}): "
                              f"{'met' if r['met'] else 'MISSED'}")
     cfg.notes.append(f"throughput = users (rows) per second; in-process latency is per batch call; "
                      f"server latency per request; {cfg.duration:g} s measured after {cfg.warmup:g} s warm-up "

@@ -29,16 +29,17 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
-import logging  # noqa: E402
-import random  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import logging
+import random
+import sys
+import time
+from typing import ClassVar
 
-from locust import User, events, task  # noqa: E402
-from locust.exception import StopUser  # noqa: E402
+from locust import User, events, task
+from locust.exception import StopUser
 
-from fsrec_serve.client import RecommenderClient  # noqa: E402
-from fsrec_serve.serving.loadtest import (  # noqa: E402
+from fsrec_serve.client import RecommenderClient
+from fsrec_serve.serving.loadtest import (
     add_locust_arguments,
     install_final_stats_writer,
     load_histories,
@@ -61,10 +62,10 @@ def _add_arguments(parser) -> None:
 class Traffic:
     """What every user shares: the histories, the k mix, the options (set once at init)."""
 
-    histories: list[list[str]] = []
-    k_mix: list[tuple[int, float]] = []
-    seed: int = 0
-    users_started: int = 0
+    histories: ClassVar[list[list[str]]] = []
+    k_mix: ClassVar[list[tuple[int, float]]] = []
+    seed: ClassVar[int] = 0
+    users_started: ClassVar[int] = 0
 
 
 @events.init.add_listener

@@ -37,9 +37,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, LoadTestError
@@ -232,9 +232,9 @@ def install_final_stats_writer(environment) -> None:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Thresholds:
-    p95_ms: Optional[float] = None  # 95th percentile response time limit (ms); None = unchecked
-    p99_ms: Optional[float] = None  # 99th percentile response time limit (ms); None = unchecked
-    max_failure_ratio: Optional[float] = None  # failures / requests limit; None = unchecked
+    p95_ms: float | None = None  # 95th percentile response time limit (ms); None = unchecked
+    p99_ms: float | None = None  # 99th percentile response time limit (ms); None = unchecked
+    max_failure_ratio: float | None = None  # failures / requests limit; None = unchecked
     min_requests: int = 0  # a row with fewer requests fails as inconclusive
 
 
@@ -317,20 +317,20 @@ class StatsRow:
     name: str  # request name, "Aggregated" for the total
     requests: int  # requests, failed ones included
     failures: int  # failed requests
-    median_ms: Optional[float]
-    avg_ms: Optional[float]
+    median_ms: float | None
+    avg_ms: float | None
     rps: float  # requests per second over the run
-    percentiles: dict[str, Optional[float]]  # "50%", "95%", "99%", ... -> ms (Locust rounds them)
+    percentiles: dict[str, float | None]  # "50%", "95%", "99%", ... -> ms (Locust rounds them)
 
     @property
     def failure_ratio(self) -> float:
         return self.failures / self.requests if self.requests else 0.0
 
-    def pct(self, q: str) -> Optional[float]:
+    def pct(self, q: str) -> float | None:
         return self.percentiles.get(q)
 
 
-def _num(text: str) -> Optional[float]:
+def _num(text: str) -> float | None:
     text = (text or "").strip()
     if text in ("", "N/A", "nan"):
         return None
@@ -369,7 +369,7 @@ def read_stats_csv(path: str | Path) -> list[StatsRow]:
 class Check:
     scope: str  # "Aggregated" or a request name
     metric: str  # "p95_ms", "p99_ms", "failure_ratio", "requests"
-    value: Optional[float]  # measured (None = no data)
+    value: float | None  # measured (None = no data)
     limit: float  # threshold
     passed: bool
 
@@ -396,7 +396,7 @@ class GateReport:
         return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
 
 
-def check_row(row: Optional[StatsRow], t: Thresholds, scope: str) -> list[Check]:
+def check_row(row: StatsRow | None, t: Thresholds, scope: str) -> list[Check]:
     """The checks of one row against one set of thresholds (a missing row = no requests)."""
     n = row.requests if row else 0
     checks = []
@@ -440,24 +440,24 @@ def evaluate_gate(rows: Sequence[StatsRow], config: GateConfig) -> GateReport:
 class LoadTestConfig:
     host: str  # the server: 127.0.0.1:PORT or localhost:PORT (anything else is refused)
     protocol: str = "grpc"  # "grpc" (GrpcRecommenderUser) or "http" (HttpRecommenderUser)
-    gate: Optional[Path] = DEFAULT_GATE  # thresholds file; None = report only, no gate
+    gate: Path | None = DEFAULT_GATE  # thresholds file; None = report only, no gate
     report_dir: Path = Path("loadtests/reports")  # CSV, HTML, gate.json and the locust log go here
-    users: Optional[int] = None  # concurrent users; None = the gate's load.users
-    spawn_rate: Optional[float] = None  # users started per second; None = the gate's
-    run_time: Optional[str] = None  # '10s', '1m'; None = the gate's
-    k_mix: Optional[str] = None  # '10:0.8,20:0.2'; None = the gate's
-    think_time_s: Optional[float] = None  # pause between a user's requests; None = the gate's
-    histories: Optional[Path] = None  # JSON histories file; None = written from the data set
+    users: int | None = None  # concurrent users; None = the gate's load.users
+    spawn_rate: float | None = None  # users started per second; None = the gate's
+    run_time: str | None = None  # '10s', '1m'; None = the gate's
+    k_mix: str | None = None  # '10:0.8,20:0.2'; None = the gate's
+    think_time_s: float | None = None  # pause between a user's requests; None = the gate's
+    histories: Path | None = None  # JSON histories file; None = written from the data set
     dataset: str = "ml-100k"  # data set whose held-out users make the histories
-    data_dir: Optional[Path] = None  # data folder (env FSREC_DATA_DIR)
+    data_dir: Path | None = None  # data folder (env FSREC_DATA_DIR)
     model_name: str = "fsrec"  # Triton model name
-    repository: Optional[Path] = None  # served model repository: the client reads item_map.json from it
-    item_map: Optional[Path] = None  # or the served model's item_map.json directly
+    repository: Path | None = None  # served model repository: the client reads item_map.json from it
+    item_map: Path | None = None  # or the served model's item_map.json directly
     retries: int = 0  # client retries on unavailable/overloaded (0 = every error is a failure)
     request_timeout_s: float = 10.0  # client timeout per request
     locustfile: Path = DEFAULT_LOCUSTFILE  # the Locust file to run
     seed: int = 0  # traffic seed (history and k sampling)
-    timeout_s: Optional[float] = None  # kill Locust after this long; None = run time + 60 s
+    timeout_s: float | None = None  # kill Locust after this long; None = run time + 60 s
 
 
 @dataclass
@@ -467,14 +467,14 @@ class LoadTestResult:
     stats_csv: Path
     html: Path
     rows: list[StatsRow]
-    gate: Optional[GateReport]  # None when no gate file was given
+    gate: GateReport | None  # None when no gate file was given
     seconds: float
 
     @property
     def passed(self) -> bool:
         return self.gate.passed if self.gate else True
 
-    def aggregated(self) -> Optional[StatsRow]:
+    def aggregated(self) -> StatsRow | None:
         return next((r for r in self.rows if r.name == AGGREGATED and not r.type), None)
 
 
@@ -560,7 +560,7 @@ def run_loadtest(cfg: LoadTestConfig) -> LoadTestResult:
     t0 = time.perf_counter()
     with log_path.open("w") as logf:
         try:
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+            proc = subprocess.run(cmd, check=False, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise LoadTestError(f"Locust did not finish within {timeout:.0f} s (log: {log_path}); "
                                 "raise --timeout or shorten --run-time") from None

@@ -297,30 +297,42 @@ def test_runner_writes_reports_and_gate_fails_with_exit_1(tmp_path):
 
 # -- the serving benchmark's pure helpers (bench/serving.py) ------------------------------------
 def test_bench_ratios_and_batch_statistics():
-    from bench.serving import compute_ratios, latency_summary, markdown_table, mean_batch, result_rows
+    from bench.serving import (
+        compute_ratios,
+        latency_summary,
+        markdown_table,
+        mean_batch,
+        result_rows,
+    )
 
     s = latency_summary([0.001] * 98 + [0.010, 0.020], seconds=2.0)
     assert s["n"] == 100 and s["throughput_rps"] == 50.0
     assert s["p50_ms"] == pytest.approx(1.0) and s["p99_ms"] > 9.0
-    snap = lambda inf, ex: {"model_stats": [{"inference_count": inf, "execution_count": ex}]}  # noqa: E731
+    snap = lambda inf, ex: {"model_stats": [{"inference_count": inf, "execution_count": ex}]}
     assert mean_batch(snap(100, 40), snap(1700, 140)) == pytest.approx(16.0)
     assert mean_batch(snap(5, 5), snap(5, 5)) is None  # nothing executed in the window
 
-    pt = lambda rps, p99: {"throughput_rps": rps, "p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99}  # noqa: E731
+    pt = lambda rps, p99, cpu=None: {"throughput_rps": rps, "p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99,
+                                     "server_cpu_ms_per_req": cpu}
     points = {
-        "ort-inprocess": {1: pt(300, 5), 16: pt(1000, 20)},
-        "triton-cpu": {32: {**pt(700, 80), "mean_batch": 15.6, "load_generator": "perf_analyzer"}},
-        "triton-cpu-dynbatch-off": {32: pt(200, 300)},
-        "fastapi-torch": {32: pt(100, 60)},
-        "_formed_batch": 16,
+        "ort-inprocess": {1: pt(300, 5, 1.0), 16: pt(1000, 20, 1.0)},
+        "triton-cpu": {32: {**pt(700, 80, 2.0), "mean_batch": 15.6, "load_generator": "perf_analyzer"}},
+        "triton-cpu-dynbatch-off": {32: pt(200, 300, 3.0)},
+        "fastapi-torch": {32: pt(100, 60, 12.0)},
+        "_formed_batch": {"triton-cpu": 16},
     }
-    r = {x["method"]: x for x in compute_ratios(points)}
-    assert r["triton-cpu/ort-inprocess"]["mean"] == pytest.approx(0.7) and r["triton-cpu/ort-inprocess"]["met"]
-    assert r["triton-cpu/ort-inprocess"]["batch"] == 16
-    assert r["triton-cpu/triton-cpu-dynbatch-off"]["mean"] == pytest.approx(3.5)
-    fa = r["triton-cpu/fastapi-torch"]
+    got = {(x["method"], x["basis"]): x for x in compute_ratios(points)}
+    assert set(got) == {(m, b) for b in ("throughput", "cpu_per_request") for m in
+                        ("triton-cpu/ort-inprocess", "triton-cpu/triton-cpu-dynbatch-off", "triton-cpu/fastapi-torch")}
+    lim = got[("triton-cpu/ort-inprocess", "throughput")]
+    assert lim["mean"] == pytest.approx(0.7) and lim["met"] and lim["batch"] == 16
+    assert got[("triton-cpu/ort-inprocess", "cpu_per_request")]["mean"] == pytest.approx(0.5)  # 1.0 / 2.0 ms
+    assert got[("triton-cpu/triton-cpu-dynbatch-off", "throughput")]["mean"] == pytest.approx(3.5)
+    assert got[("triton-cpu/triton-cpu-dynbatch-off", "cpu_per_request")]["met"] is False  # 1.5x < 3
+    fa = got[("triton-cpu/fastapi-torch", "throughput")]
     # 7x the throughput, but a higher p99 than FastAPI's: the goal is not met
     assert fa["mean"] == pytest.approx(7.0) and fa["p99_ok"] is False and fa["met"] is False
+    assert got[("triton-cpu/fastapi-torch", "cpu_per_request")]["mean"] == pytest.approx(6.0)
 
     rows = result_rows(points, "ml-100k")
     assert all(x["protocol"] == "serving" and x["dataset"] == "ml-100k" for x in rows)
