@@ -257,7 +257,7 @@ class ModelControl:
     def _explain(self, name: str, err: Exception | None, missing: Sequence[int] = (), log_from: int = 0) -> str:
         """Triton's error, the index rows of the versions that are not READY, and the server
         log's lines about ``name`` (when a log source is known)."""
-        parts = [str(err)] if err is not None else [f"model {name!r}: version(s) {list(missing)} did not become READY"]
+        parts = [str(err).strip()] if err is not None else [f"model {name!r}: version(s) {list(missing)} did not become READY"]
         try:
             rows = [s for s in self.index() if s.name == name and s.state != READY]
         except Exception:  # noqa: BLE001 - the explanation must not hide the original error
@@ -265,10 +265,16 @@ class ModelControl:
         for s in rows:
             if s.reason and s.reason != "unloaded" and s.reason not in parts[0]:
                 parts.append(f"version {s.version}: {s.state}: {s.reason}")
-        lines = [ln.strip() for ln in self._log()[log_from:].splitlines()
-                 if ln.startswith("E") and f"'{name}'" in ln and "modification time" not in ln]
+        lines = []
+        for ln in self._log()[log_from:].splitlines():
+            if not (ln.startswith("E") and f"'{name}'" in ln and "modification time" not in ln):
+                continue
+            msg = _glog_message(ln.strip()).split("\\n", 1)[0].strip()  # drop the stub's traceback
+            core = msg.split(": ", 1)[-1][:60]
+            if core and core not in parts[0] and msg not in lines:  # only what the API did not say
+                lines.append(msg)
         if lines:
-            parts.append("server log: " + " | ".join(_glog_message(ln) for ln in lines[-4:]))
+            parts.append("server log: " + " | ".join(lines[-4:]))
         elif "failed to poll from model repository" in parts[0]:
             parts.append(
                 "Triton refused the model's configuration (its API does not say why: the server log has a line "

@@ -237,12 +237,14 @@ def rollout(
 
     def fail(status: str, err: BaseException | str) -> RolloutError:
         report.status, report.failed_step = status, step.current
-        report.message = str(err)
+        report.message = str(err).strip()
+        err = report.message
         report.seconds = time.perf_counter() - t0
         what = "refused, nothing changed" if status == "refused" else "rolled back"
         keep = report.serving_versions or report.previous_versions
+        which = f"version {report.version}" if report.version is not None else "a new version"
         e = RolloutError(
-            f"rollout of {model!r} version {report.version} {what} at step '{step.current}': {err}. "
+            f"rollout of {model!r} {which} {what} at step '{step.current}': {err.rstrip('.')}. "
             f"Serving version(s): {keep or 'none'}"
         )
         e.report = report  # type: ignore[attr-defined]

@@ -174,6 +174,9 @@ def test_rollout_under_load_zero_failures_and_switch(live, second_export, e2e_sp
                          valid_examples=_examples_favoring(second_export, e2e_splits, 64, e2e_limits.max_seq_len))
         time.sleep(1.5)  # traffic on version 2
     seconds = time.monotonic() - t0
+    print("rollout:", json.dumps({"seconds": round(report.seconds, 2), "steps": report.steps,
+                                  "requests": len(load.records), "errors": len(load.errors()),
+                                  "smoke": report.smoke}, default=str))
     assert report.status == "rolled-out" and report.version == 2, report
     assert report.previous_versions == [1] and report.serving_versions == [2]
     assert report.guard is not None and report.guard["passed"] and report.guard["batch_invariance"]["invariant"]
@@ -343,6 +346,8 @@ def test_corrupt_onnx_and_bad_config_fail_clearly_while_serving(live, second_exp
             rollout(random_export, repo, control,
                     valid_examples=_examples_favoring(repo / MODEL / "1", e2e_splits, 64, e2e_limits.max_seq_len))
         assert e4.value.report.failed_step == "guard"
+        for e in (e1, e2, e3, e4):
+            print("refused:", e.value.report.failed_step, "|", e.value)
         time.sleep(0.5)
         assert control.ready_versions() == [1]
         assert not any(s.name.endswith("__candidate") and s.state == "READY" for s in control.index())
