@@ -223,11 +223,14 @@ def test_rollout_with_publish_to_a_runtime_copy(repository_copy, server_factory,
     x = _histories(e2e_splits, 4, e2e_limits.max_seq_len)
     with server.client("grpc", admin=True, retries=0) as admin:
         control = ModelControl(client=admin)
-        report = rollout(second_export, src, control, RolloutConfig(smoke_users=4),
+        report = rollout(second_export, src, control, RolloutConfig(smoke_users=4, keep_previous=True),
                          publish=server.refresh_repository)
-        assert report.serving_versions == [2]
+        assert report.serving_versions == [1, 2]  # keep_previous: 1 stays loaded, reachable by number
         assert admin.infer_indices(x)[2] == "2"
+    with server.client("grpc", model_version=1) as v1:
+        assert v1.infer_indices(x)[2] == "1"
     assert (src / MODEL / "2" / "model.onnx").is_file()
+    assert re.search(r"versions:\s*1\s+versions:\s*2", (src / MODEL / "config.pbtxt").read_text())
 
 
 # -- restricted model control ----------------------------------------------------------------------
