@@ -1,10 +1,11 @@
 """Exporters: FsRec -> ONNX (Optimum) -> optimized / quantized under guards -> Triton repository.
 
 Public API (imported lazily, so that ``from exporters import runtime_repository`` does not load
-torch or Optimum):
+torch or Optimum). The quantize *function* is ``from exporters.quantize import quantize``
+(``exporters.quantize`` is its module's name):
 
 - ``export_onnx``, ``validate_export``, ``ExportResult``          (exporters.export)
-- ``optimize``, ``quantize``, ``check_guard``, ``check_batch_invariance``,
+- ``optimize``, ``check_guard``, ``check_batch_invariance``,
   ``select_served_model``, ``measure_latency``                     (exporters.quantize)
 - ``build_model_repository``, ``runtime_repository``, ``load_model_config``,
   ``write_default_repository``, ``check_repository``, ``RepositorySpec``  (exporters.repository)
@@ -18,7 +19,7 @@ import importlib
 _EXPORTS = {
     "export": ["export_onnx", "validate_export", "ExportResult", "ValidationReport", "FsRecTopKModule",
                "ExportDriftWarning", "FILLER_ITEM"],
-    "quantize": ["optimize", "quantize", "check_guard", "check_batch_invariance", "select_served_model",
+    "quantize": ["optimize", "check_guard", "detect_preset", "check_batch_invariance", "select_served_model",
                  "measure_latency", "GuardReport", "BatchInvarianceReport", "ServedModelDecision"],
     "repository": ["build_model_repository", "runtime_repository", "load_model_config", "model_config",
                    "render_config", "write_default_repository", "check_repository", "RepositorySpec",

@@ -130,6 +130,7 @@ def export_onnx(
     source: str = "",
     fail_factor: float = 10.0,
     min_top10_overlap: float = 0.99,
+    extra: dict | None = None,
 ) -> ExportResult:
     """Export ``model`` (an FsRecModel, or a PEFT model already ``merge_and_unload()``-ed) to
     ``output_dir/model.onnx`` through Optimum, with ``config.json``, ``item_map.json`` and
@@ -138,7 +139,8 @@ def export_onnx(
     ``validate_with``: held-out histories (index lists, or ``Example`` objects) to compare the
     graph with PyTorch on (:func:`validate_export`); ``None`` skips that step (Optimum's own
     dummy-input check always runs). Raises :class:`ExportValidationError` when the graph does not
-    reproduce PyTorch.
+    reproduce PyTorch. ``source`` and ``extra`` (e.g. the data set and split config) are recorded
+    in ``fsrec_meta.json``.
     """
     from optimum.exporters.onnx import export as optimum_export
     from optimum.exporters.onnx import validate_model_outputs
@@ -179,7 +181,7 @@ def export_onnx(
     meta = ExportMeta(
         max_seq_len=int(cfg.max_seq_len), max_top_k=int(max_top_k), num_items=int(cfg.num_items),
         objective=str(cfg.objective), precision="fp32", source=str(source), opset=int(opset),
-        mask_value=float(MASK_VALUE),
+        mask_value=float(MASK_VALUE), extra=dict(extra or {}),
     )
     meta.save(out)
 

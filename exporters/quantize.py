@@ -58,6 +58,24 @@ GUARD_FILE = "guard_decision.json"
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def detect_preset() -> str:
+    """The AutoQuantizationConfig preset for this CPU: arm64 on ARM, else the best of
+    avx512_vnni / avx512 / avx2 from /proc/cpuinfo's flags (avx2 when unknown)."""
+    import platform
+
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "avx2"
+    if "avx512_vnni" in flags or "avx512vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
 def _export_dir(path: str | Path) -> Path:
     p = Path(path)
     p = p.parent if p.suffix == ".onnx" else p
@@ -177,13 +195,20 @@ def quantize(
 
     ``mode``: ``int8-dynamic`` | ``int8-static`` (needs ``calibration_histories``) |
     ``int8-weight-only`` | ``fp16``. ``preset``: ``AutoQuantizationConfig`` preset (avx2, avx512,
-    avx512_vnni, arm64). Quantize the un-optimized FP32 graph: ORTQuantizer fails on fused graphs
+    avx512_vnni, arm64; "auto" = detect_preset()). Quantize the un-optimized FP32 graph: ORTQuantizer fails on fused graphs
     (``shared/STACK.md``); ONNX Runtime fuses the quantized graph itself when it loads it.
     """
     if mode not in QUANT_MODES:
         raise ConfigError(f"mode must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
+    if preset == "auto":
+        preset = detect_preset()
     if preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    if mode == "int8-static" and not calibration_histories:
+        raise ConfigError(
+            "int8-static needs calibration_histories (e.g. training users' histories): "
+            "pass some hundreds of real histories"
+        )
     src = _export_dir(onnx_dir)
     if mode == "fp16":
         return optimize(src, output_dir, level=2, for_gpu=True, fp16=True)
@@ -516,7 +541,7 @@ def select_served_model(
 
 
 __all__ = [
-    "QUANT_MODES", "PRESETS", "GUARD_FILE", "BatchInvarianceReport", "GuardReport",
+    "QUANT_MODES", "PRESETS", "GUARD_FILE", "detect_preset", "BatchInvarianceReport", "GuardReport",
     "ServedModelDecision", "optimize", "quantize", "check_guard", "check_batch_invariance",
     "measure_latency", "select_served_model",
 ]

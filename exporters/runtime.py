@@ -114,7 +114,7 @@ def ndcg_at_k_from_topk(top_items: np.ndarray, targets: Sequence[int], k: int = 
     t = np.asarray(targets, dtype=np.int64)[:, None]
     hit = top_items[:, :k] == t  # [B, k]
     rank = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-    return np.where(rank >= 0, 1.0 / np.log2(rank + 2.0), 0.0)
+    return np.where(rank >= 0, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0)
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> np.ndarray:
