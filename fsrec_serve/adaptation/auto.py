@@ -26,8 +26,8 @@ import numpy as np
 from ..data.splits import UserSequence
 from .config import DEFAULT_AUTO_CANDIDATES, TRAINED_STRATEGIES, AdaptConfig, check_strategy
 from ..errors import ConfigError
-from .core import (SELECTION_METRIC, AdaptResult, fit_strategy, has_pairs, inner_score, inner_split,
-                   train_strategy, zero_shot_result)
+from .core import (SELECTION_METRIC, AdaptResult, fit_strategy, has_pairs, inner_min_len, inner_score,
+                   inner_split, train_strategy, zero_shot_result)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,10 @@ def auto_adapt(base, support: Sequence[UserSequence], cfg: AdaptConfig, *, valid
                fingerprint: str, info: dict, t0: Optional[float] = None) -> AdaptResult:
     t0 = time.perf_counter() if t0 is None else t0
     cands = [{"strategy": "zero_shot"}] + [dict(c) for c in (cfg.auto_candidates or DEFAULT_AUTO_CANDIDATES)]
-    if not has_pairs(support) and not valid:
-        msg = ("auto: no user has 2 or more support items, so there is nothing to validate a "
-               "trained candidate on; using zero_shot (support items as history only)")
+    objective = base.config.objective
+    if not has_pairs(support, objective) and not valid:
+        msg = ("auto: a causal model needs users with 2 or more support items to train and validate "
+               "a candidate; every user has 1, so using zero_shot (support items as history only)")
         log.warning(msg)
         res = zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg, chosen={"strategy": "zero_shot"}))
         res.info["seconds"] = time.perf_counter() - t0
@@ -56,13 +57,25 @@ def auto_adapt(base, support: Sequence[UserSequence], cfg: AdaptConfig, *, valid
     if valid:
         folds = [(list(support), list(valid))]
     else:
-        n_eligible = sum(1 for s in support if len(s) >= 2)
+        min_len = inner_min_len(objective)
+        n_eligible = sum(1 for s in support if len(s) >= min_len)
         n_folds = max(1, min(cfg.auto_folds, n_eligible))
         if n_folds == 1:
-            folds = [inner_split(support, cfg.inner_valid_frac, cfg.seed)]
+            folds = [inner_split(support, cfg.inner_valid_frac, cfg.seed, min_len=min_len)]
         else:
-            folds = [inner_split(support, seed=cfg.seed, fold=f, folds=n_folds) for f in range(n_folds)]
+            folds = [inner_split(support, seed=cfg.seed, fold=f, folds=n_folds, min_len=min_len)
+                     for f in range(n_folds)]
 
+    from .core import training_windows
+
+    folds = [(tr, va) for tr, va in folds if training_windows(tr, cfg, base.config.objective)]
+    if not folds:
+        msg = ("auto: too few support items to both train and validate a candidate; using "
+               "zero_shot (support items as history only)")
+        log.warning(msg)
+        res = zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg, chosen={"strategy": "zero_shot"}))
+        res.info["seconds"] = time.perf_counter() - t0
+        return res
     records: list[dict[str, Any]] = []
     for cand in cands:
         strategy, ccfg = _candidate_config(cfg, cand)

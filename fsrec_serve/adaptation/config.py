@@ -54,8 +54,12 @@ class AdaptConfig:
     seed: int = 0  # seeds the inner split, masking, augmentation and initialisation
     device: str = "cpu"  # "cpu", "cuda" or "auto"
     num_threads: Optional[int] = None  # torch CPU threads; None = leave as is
-    # -- batches on the support sequences (cloze: random masks + last-item masks) -------------
-    last_item_mask_ratio: float = 0.5  # cloze: share of support sequences whose LAST item is masked
+    # -- batches on the support sequences ----------------------------------------------------
+    examples: str = "prefixes"  # "prefixes": every support prefix (>= 2 items) is a window whose
+    #   LAST item is the target (= "predict item t from items < t", the inference situation);
+    #   "sequences": the support sequences as they are, with the model's own objective (cloze:
+    #   random masks + last_item_mask_ratio; causal: every position predicts the next item)
+    last_item_mask_ratio: float = 0.5  # "sequences" + cloze: share of windows whose LAST item is masked
     mask_prob: Optional[float] = None  # cloze: share of positions masked otherwise; None = model's
     crop_prob: float = 0.0  # augmentation: probability of cropping a support sequence
     reorder_prob: float = 0.0  # augmentation: probability of shuffling a part of a support sequence
@@ -80,6 +84,8 @@ class AdaptConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.examples not in ("prefixes", "sequences"):
+            raise ConfigError(f"examples must be 'prefixes' or 'sequences', got {self.examples!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.lr is not None and self.lr <= 0:

@@ -86,20 +86,26 @@ def check_support(support: Sequence, num_items: int) -> list[UserSequence]:
     return out
 
 
-def has_pairs(support: Sequence[UserSequence]) -> bool:
-    """True when some user has >= 2 support items (a (history, target) pair exists)."""
+def has_pairs(support: Sequence[UserSequence], objective: str = "causal") -> bool:
+    """True when the support holds a (history, target) pair to learn from: any item for a cloze
+    model (the first item is predicted from an empty history, i.e. from [MASK] alone), a user
+    with >= 2 items for a causal model (its first position already holds an item)."""
+    if objective == "cloze":
+        return any(len(s) >= 1 for s in support)
     return any(len(s) >= 2 for s in support)
 
 
 def inner_split(
-    support: Sequence[UserSequence], frac: float = 0.5, seed: int = 0, fold: int = 0, folds: int = 1
+    support: Sequence[UserSequence], frac: float = 0.5, seed: int = 0, fold: int = 0, folds: int = 1,
+    min_len: int = 2,
 ) -> tuple[list[UserSequence], list[Example]]:
     """Hold out the LAST support item of some users as inner-validation targets.
 
-    ``folds == 1``: a random ``frac`` of the users with >= 2 items (at least one);
+    ``folds == 1``: a random ``frac`` of the users with >= ``min_len`` items (at least one);
     ``folds > 1``: those users are cut into ``folds`` disjoint groups and group ``fold`` is held out.
-    Returns (training sequences, validation examples)."""
-    eligible = [i for i, s in enumerate(support) if len(s) >= 2]
+    ``min_len=1`` (cloze models) also holds out single-item users: their item becomes a target
+    with an EMPTY history. Returns (training sequences, validation examples)."""
+    eligible = [i for i, s in enumerate(support) if len(s) >= max(1, min_len)]
     if not eligible:
         return list(support), []
     perm = np.random.default_rng(seed).permutation(eligible)
@@ -111,11 +117,16 @@ def inner_split(
     train, valid = [], []
     for i, s in enumerate(support):
         if i in held_set:
-            train.append(UserSequence(s.user, s.items[:-1], s.ratings[:-1]))
+            if len(s) > 1:
+                train.append(UserSequence(s.user, s.items[:-1], s.ratings[:-1]))
             valid.append(Example(s.user, s.items[:-1], s.items[-1], s.ratings[-1], s.ratings[:-1]))
         else:
             train.append(s)
     return train, valid
+
+
+def inner_min_len(objective: str) -> int:
+    return 1 if objective == "cloze" else 2
 
 
 # -- training one strategy ----------------------------------------------------------------------
@@ -146,33 +157,112 @@ def train_config_for(cfg: AdaptConfig, strategy: str, epochs: Optional[int] = No
     )
 
 
+def training_windows(sequences: Sequence[UserSequence], cfg: AdaptConfig, objective: str) -> list[UserSequence]:
+    """What train_loop sees: every prefix of the support sequences (``examples="prefixes"``,
+    cloze: the prefix's last item is masked and predicted from the items before it) or the
+    sequences themselves. Causal models already predict every next item of a sequence."""
+    if cfg.examples == "sequences" or objective == "causal":
+        return list(sequences)
+    out = []
+    for s in sequences:
+        for t in range(1, len(s) + 1):  # t = 1: the first item from [MASK] alone
+            out.append(UserSequence(s.user, s.items[:t], s.ratings[:t]))
+    return out
+
+
 def _n_windows(sequences: Sequence[UserSequence], objective: str) -> int:
     min_len = 1 if objective == "cloze" else 2
     return sum(1 for s in sequences if len(s) >= min_len)
+
+
+class _StopAdaptation(Exception):
+    """Raised from train_loop's epoch callback when the inner validation stops improving."""
+
+
+@dataclass
+class InnerRun:
+    """Summary of one training run on (part of) the support set."""
+
+    best_epoch: int = 0  # pass whose state was kept (0 = none better than before training)
+    best_valid: dict = field(default_factory=dict)  # {"ndcg@10": ...} of that pass
+    epochs_run: int = 0  # passes actually run
+    history: list = field(default_factory=list)  # per-pass {"epoch", "loss", "valid_ndcg@10"}
+    stopped_early: bool = False
+
+
+class _InnerTracker:
+    """Early stopping on the inner validation (which may hold empty-history targets, something
+    train_loop's own validation refuses): scores after every pass, keeps the best state."""
+
+    def __init__(self, model, examples, patience: int):
+        self.model, self.examples, self.patience = model, list(examples), int(patience)
+        self.best, self.best_state, self.bad = -1.0, None, 0
+        self.run = InnerRun()
+
+    def __call__(self, rec: dict) -> None:
+        score = inner_score(self.model, self.examples)
+        self.model.train()
+        self.run.epochs_run = int(rec["epoch"])
+        self.run.history.append({"epoch": rec["epoch"], "loss": rec.get("loss"), "valid_ndcg@10": score})
+        if score > self.best:
+            self.best, self.bad = score, 0
+            self.run.best_epoch, self.run.best_valid = int(rec["epoch"]), {SELECTION_METRIC: score}
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad += 1
+            if self.patience and self.bad >= self.patience:
+                self.run.stopped_early = True
+                raise _StopAdaptation()
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
 
 
 def train_strategy(
     base, strategy: str, cfg: AdaptConfig, sequences: Sequence[UserSequence],
     valid_examples: Optional[Sequence[Example]] = None, epochs: Optional[int] = None,
 ):
-    """Copy ``base``, make it trainable for ``strategy`` and train it on ``sequences``.
+    """Copy ``base``, make it trainable for ``strategy`` and train it on ``sequences`` with the
+    training package's ``train_loop``.
 
-    Returns (Prepared, TrainLoopResult). With ``valid_examples`` the best pass is restored."""
+    Returns (Prepared, InnerRun). With ``valid_examples`` every pass is scored (inner NDCG@10),
+    training stops after ``cfg.patience`` passes without improvement and the best pass is restored."""
     from ..training import set_seed, train_loop
 
     base = fsrec_of(base)
     n_epochs = int(epochs or cfg.epochs)
+    objective = base.config.objective
+    windows = training_windows(sequences, cfg, objective)
     set_seed(cfg.seed)  # PEFT initialises its adapters from torch's RNG
     model = copy.deepcopy(base)
-    total = n_epochs * steps_per_epoch(_n_windows(sequences, base.config.objective), cfg.batch_size)
+    total = n_epochs * steps_per_epoch(_n_windows(windows, objective), cfg.batch_size)
     prep: Prepared = prepare(model, strategy, cfg, total_steps=total)
     tc = train_config_for(cfg, strategy, n_epochs)
-    res = train_loop(
-        prep.model, list(sequences), tc, valid_examples=list(valid_examples) if valid_examples else None,
-        model_config=base.config, use_ratings=cfg.use_ratings, on_epoch_end=prep.on_epoch_end,
-    )
+    if cfg.examples == "prefixes" and objective == "cloze":
+        tc.last_item_mask_ratio = 1.0  # each prefix predicts its last item
+    tracker = _InnerTracker(prep.model, valid_examples, cfg.patience) if valid_examples else None
+    run = InnerRun()
+
+    def on_epoch_end(rec: dict) -> None:
+        if prep.on_epoch_end is not None:
+            prep.on_epoch_end(rec)  # AdaLoRA's rank allocation
+        if tracker is not None:
+            tracker(rec)  # may raise _StopAdaptation
+        else:
+            run.epochs_run = run.best_epoch = int(rec["epoch"])
+            run.history.append({"epoch": rec["epoch"], "loss": rec.get("loss")})
+
+    try:
+        train_loop(prep.model, windows, tc, valid_examples=None, model_config=base.config,
+                   use_ratings=cfg.use_ratings, on_epoch_end=on_epoch_end)
+    except _StopAdaptation:
+        pass
+    if tracker is not None:
+        tracker.restore()
+        run = tracker.run
     prep.model.eval()
-    return prep, res
+    return prep, run
 
 
 def _artifact(prep: Optional[Prepared], strategy: str, cfg: AdaptConfig, fingerprint: str,
@@ -201,12 +291,35 @@ def zero_shot_result(model, cfg: AdaptConfig, fingerprint: str, info: dict) -> A
                        strategy="zero_shot", info=info)
 
 
-def inner_score(model, examples: Sequence[Example]) -> float:
-    from ..evaluation import evaluate_next_item
+@torch.no_grad()
+def inner_score(model, examples: Sequence[Example], batch_size: int = 256) -> float:
+    """Mean NDCG@10 of ``examples`` (full ranking, history and padding excluded, pessimistic
+    ties) -- the same numbers as evaluate_next_item, but an EMPTY history is allowed (a cloze
+    model then reads [MASK] alone)."""
+    from ..evaluation.metrics import ndcg_at_k, rank_of_targets
+    from ..model import pad_histories
 
     if not examples:
         return float("nan")
-    return float(evaluate_next_item(model, list(examples), ks=(10,))[SELECTION_METRIC])
+    base = fsrec_of(model)
+    L = base.config.max_seq_len
+    dev = next(base.parameters()).device
+    was = model.training
+    model.eval()
+    ranks = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        scores = model.next_item_scores(pad_histories([e.history for e in chunk], L).to(dev)).float().cpu()
+        exclude = torch.zeros_like(scores, dtype=torch.bool)  # [B, N]
+        exclude[:, 0] = True
+        for j, e in enumerate(chunk):
+            if e.history:
+                exclude[j, torch.as_tensor(e.history, dtype=torch.long)] = True
+        targets = torch.tensor([e.target for e in chunk], dtype=torch.long)
+        ranks.append(rank_of_targets(scores, targets, exclude))
+    if was:
+        model.train()
+    return float(ndcg_at_k(torch.cat(ranks), 10).mean())
 
 
 # -- the public entry point --------------------------------------------------------------------
@@ -238,11 +351,11 @@ def adapt(
         res = zero_shot_result(base, cfg, fingerprint, info)
         res.info["seconds"] = time.perf_counter() - t0
         return res
-    if not has_pairs(support) and not valid:
+    if not has_pairs(support, base.config.objective) and not valid:
         msg = (
-            f"strategy {strategy!r} needs at least one user with 2 or more support items (a "
-            "history and a target to learn from); every user here has 1, so the support items are "
-            "used as history only and the model is NOT updated (zero_shot)"
+            f"strategy {strategy!r} on a causal model needs at least one user with 2 or more "
+            "support items (a history and a target to learn from); every user here has 1, so the "
+            "support items are used as history only and the model is NOT updated (zero_shot)"
         )
         log.warning(msg)
         res = zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg))
@@ -263,7 +376,14 @@ def fit_strategy(base, support, strategy: str, cfg: AdaptConfig, *, valid=None, 
         if valid:
             train_seqs, inner_valid = list(support), list(valid)
         else:
-            train_seqs, inner_valid = inner_split(support, cfg.inner_valid_frac, cfg.seed)
+            train_seqs, inner_valid = inner_split(support, cfg.inner_valid_frac, cfg.seed,
+                                                  min_len=inner_min_len(base.config.objective))
+        if not training_windows(train_seqs, cfg, base.config.objective):
+            msg = (f"strategy {strategy!r}: after holding out the inner-validation items no "
+                   "(history, target) pair is left to train on (too few support items); the model "
+                   "is NOT updated (zero_shot)")
+            log.warning(msg)
+            return zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg))
         prep, res = train_strategy(base, strategy, cfg, train_seqs, inner_valid)
         zs = inner_score(base, inner_valid)
         best = float(res.best_valid.get(SELECTION_METRIC, float("nan")))
@@ -274,6 +394,7 @@ def fit_strategy(base, support, strategy: str, cfg: AdaptConfig, *, valid=None, 
             "best_epoch": int(res.best_epoch),
             "epochs_run": int(res.epochs_run),
             "curve": [round(float(r.get("valid_ndcg@10", float("nan"))), 5) for r in res.history],
+            "stopped_early": bool(res.stopped_early),
         }
         if best < zs:
             log.warning("%s: inner-validation NDCG@10 %.4f is below zero-shot %.4f; consider "
