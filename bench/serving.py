@@ -96,6 +96,9 @@ def mean_batch(before: dict, after: dict) -> float | None:
 
 
 TRITON_ON = ("triton-cpu", "triton-cpu-2x1thread")  # Triton configurations with dynamic batching
+# the in-process limit each Triton configuration is held to: the same ONNX Runtime threading
+LIMIT_OF = {"triton-cpu": "ort-inprocess", "triton-cpu-2x1thread": "ort-inprocess-2x1thread"}
+FASTAPI = ("fastapi-torch", "fastapi-torch-1thread")
 CPU = "server_cpu_ms_per_req"
 
 
@@ -125,22 +128,21 @@ def compute_ratios(points: dict) -> list[dict]:
     Each comparison is made on two bases: ``throughput`` (wall clock, what the goals name) and
     ``cpu_per_request`` (server CPU per request: what a CPU-bound server on dedicated cores turns
     into throughput; robust to the other jobs of a shared machine).
-    Rows: every dynamic-batching Triton configuration against the limit (ORT at its formed batch)
-    and against ``fastapi-torch``; ``triton-cpu`` against ``triton-cpu-dynbatch-off`` and against
-    the tuned ``fastapi-torch-1thread``."""
+    Rows: every dynamic-batching Triton configuration against its in-process limit (ORT with the
+    same threading, at the batch its batcher formed) and against both FastAPI servers;
+    ``triton-cpu`` against ``triton-cpu-dynbatch-off``."""
     at32 = lambda m: points.get(m, {}).get(32)
     formed = points.get("_formed_batch") or {}
     pairs = []  # (numerator, denominator, a, b, goal, extra)
     for t in TRITON_ON:
         fb = formed.get(t)
-        ort = points.get("ort-inprocess", {}).get(fb) if fb else None
-        pairs.append((t, "ort-inprocess", at32(t), ort, "triton-vs-ort-limit", {"batch": fb}))
+        ort = points.get(LIMIT_OF[t], {}).get(fb) if fb else None
+        pairs.append((t, LIMIT_OF[t], at32(t), ort, "triton-vs-ort-limit", {"batch": fb}))
     pairs.append(("triton-cpu", "triton-cpu-dynbatch-off", at32("triton-cpu"), at32("triton-cpu-dynbatch-off"),
                   "dynbatch-on-vs-off", {}))
     for t in TRITON_ON:
-        pairs.append((t, "fastapi-torch", at32(t), at32("fastapi-torch"), "triton-vs-fastapi", {}))
-    pairs.append(("triton-cpu", "fastapi-torch-1thread", at32("triton-cpu"), at32("fastapi-torch-1thread"),
-                  "triton-vs-fastapi", {}))
+        for f in FASTAPI:
+            pairs.append((t, f, at32(t), at32(f), "triton-vs-fastapi", {}))
     out = []
     for basis in ("throughput", "cpu_per_request"):
         for num, den, a, b, goal, extra in pairs:
@@ -407,31 +409,51 @@ def accounted(run_point, pgid: int, count=None) -> dict:
 
 
 # -- in-process ORT ---------------------------------------------------------------------------
-def measure_ort(export_dir: Path, X: np.ndarray, batches, seconds: float, providers, seed: int) -> dict:
-    """batch -> metrics of back-to-back ``session.run`` calls on random held-out rows."""
+def _ort_loop(sess, pool: list, offset: int, t0: float, seconds: float, lat: list) -> None:
+    i = offset
+    while time.perf_counter() - t0 < seconds:
+        t = time.perf_counter()
+        sess.run(None, {"item_ids": pool[i % len(pool)]})
+        lat.append(time.perf_counter() - t)  # list.append is atomic under the GIL
+        i += 1
+
+
+def measure_ort(export_dir: Path, X: np.ndarray, batches, seconds: float, providers, seed: int,
+                parallel: int = 1) -> dict:
+    """batch -> metrics of back-to-back ``session.run`` calls on random held-out rows.
+
+    ``parallel=1``: one session with ONNX Runtime's default threads (intra-op = cores, as in the
+    generated repository). ``parallel=n``: n sessions of one intra-op thread each, run by n
+    Python threads at once (ORT releases the GIL): the in-process twin of n Triton instances."""
+    import threading
+
     from exporters.runtime import make_session
 
-    sess = make_session(export_dir, providers=providers)
+    sessions = ([make_session(export_dir, providers=providers)] if parallel == 1 else
+                [make_session(export_dir, intra_op_threads=1, providers=providers) for _ in range(parallel)])
     rng = np.random.default_rng(seed)
     out = {}
     for b in batches:
         pool = [X[rng.integers(0, len(X), size=b)] for _ in range(16)]
-        for x in pool[:3]:
-            sess.run(None, {"item_ids": x})
-        lat = []
+        for sess in sessions:
+            for x in pool[:3]:
+                sess.run(None, {"item_ids": x})
+        lat: list[float] = []
         c0, t0 = time.process_time(), time.perf_counter()
-        i = 0
-        while time.perf_counter() - t0 < seconds:
-            t = time.perf_counter()
-            sess.run(None, {"item_ids": pool[i % len(pool)]})
-            lat.append(time.perf_counter() - t)
-            i += 1
+
+        threads = [threading.Thread(target=_ort_loop, args=(sess, pool, k * 7, t0, seconds, lat))
+                   for k, sess in enumerate(sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         el = time.perf_counter() - t0
         m = latency_summary(lat, el)
         m["throughput_rps"] = len(lat) * b / el  # rows (users) per second
         m["server_cpu_ms_per_req"] = (time.process_time() - c0) * 1000.0 / (len(lat) * b)  # per row
         out[b] = m
-        log.info("ort %s batch %d: %.0f rows/s, p50 %.2f ms", export_dir.name, b, m["throughput_rps"], m["p50_ms"])
+        log.info("ort %s x%d batch %d: %.0f rows/s, p50 %.2f ms, CPU %.2f ms/row", export_dir.name, parallel, b,
+                 m["throughput_rps"], m["p50_ms"], m["server_cpu_ms_per_req"])
     return out
 
 
@@ -680,7 +702,8 @@ def plot(points: dict, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     styles = {"triton-cpu": "C0", "triton-cpu-dynbatch-off": "C1", "triton-cpu-2x1thread": "C9", "fastapi-torch": "C3",
               "fastapi-torch-1thread": "C6",
-              "ort-inprocess": "C2", "ort-inprocess-int8": "C4", "torch-inprocess": "C5"}
+              "ort-inprocess": "C2", "ort-inprocess-int8": "C4", "ort-inprocess-2x1thread": "C8",
+              "torch-inprocess": "C5"}
     for method, pts in points.items():
         if method.startswith("_") or not pts:
             continue
@@ -781,8 +804,12 @@ def run(cfg: BenchConfig, command: str) -> Path:
         else:
             cfg.notes.append("ort-inprocess ran on the CPU: this onnxruntime has no CUDAExecutionProvider "
                              "(install onnxruntime-gpu instead of onnxruntime)")
+    ncores = os.cpu_count() or 1
     if "ort" not in cfg.skip:
         points["ort-inprocess"] = measure_ort(export_dir, X, cfg.batches, cfg.ort_seconds, providers, cfg.seed)
+        if ncores > 1 and not gpu:
+            points["ort-inprocess-2x1thread"] = measure_ort(export_dir, X, cfg.batches, cfg.ort_seconds,
+                                                            providers, cfg.seed, parallel=2)
         if int8_dir is not None:
             points["ort-inprocess-int8"] = measure_ort(int8_dir, X, cfg.batches, cfg.ort_seconds,
                                                        ["CPUExecutionProvider"], cfg.seed)
@@ -815,11 +842,12 @@ def run(cfg: BenchConfig, command: str) -> Path:
         points["_formed_batch"] = {}
         for method in TRITON_ON:
             formed = (points.get(method, {}).get(32) or {}).get("mean_batch")
-            if formed and "ort" not in cfg.skip:
+            limit = LIMIT_OF[method]
+            if formed and limit in points:
                 fb = max(1, round(formed))
-                if fb not in points["ort-inprocess"]:
-                    points["ort-inprocess"].update(
-                        measure_ort(export_dir, X, [fb], cfg.ort_seconds, providers, cfg.seed))
+                if fb not in points[limit]:
+                    points[limit].update(measure_ort(export_dir, X, [fb], cfg.ort_seconds, providers, cfg.seed,
+                                                     parallel=2 if limit.endswith("2x1thread") else 1))
                 points["_formed_batch"][method] = fb
 
     if "fastapi" not in cfg.skip:
@@ -838,8 +866,10 @@ def run(cfg: BenchConfig, command: str) -> Path:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1]))
             cfg.notes.append(f"{method} conc 32: server CPU {pts[32]['server_cpu_ms_per_req']:.2f} ms/request = {parts}")
     if "ort-inprocess" in points:
-        cfg.notes.append("ONNX Runtime runs with its default threads (intra-op = cores, spinning on) in-process "
-                         "and in the generated repository; triton-cpu-2x1thread = 2 instances x 1 thread")
+        cfg.notes.append("ONNX Runtime threading: ort-inprocess and triton-cpu use ORT's defaults (intra-op = "
+                         "cores, spinning on; the generated repository's setting); triton-cpu-2x1thread = 2 model "
+                         "instances x 1 intra-op thread, held to ort-inprocess-2x1thread = 2 sessions x 1 thread "
+                         "run by 2 threads at once")
     rows = result_rows(points, cfg.dataset)
     for r in rows:
         if r["metric"] == "ratio":
