@@ -154,17 +154,33 @@ def _prepare_prompt_learning(model, strategy: str, cfg: AdaptConfig) -> Prepared
 
 @torch.no_grad()
 def _init_virtual_tokens(model, pm, strategy: str, seed: int) -> None:
-    """Start the virtual tokens at the scale of the model's own vectors instead of PEFT's N(0, 1):
-    prompt tokens = random real item vectors; prefix keys/values = small noise."""
-    emb = pm.prompt_encoder["default"].embedding.weight  # [P(*layers*2), D]
-    g = torch.Generator().manual_seed(seed)
+    """Start the virtual tokens as the model's own view of real items instead of PEFT's N(0, 1)
+    (which, at this model's scale, wrecks the first passes): the P items with the highest output
+    bias (the model's most popular items) act as a pseudo-history.
+
+    prompt: their item vectors; prefix: the keys and values every layer computes for them (PEFT's
+    prefix row layout: for each layer l, key then value: index 2 * l + {0, 1})."""
+    emb = pm.prompt_encoder["default"].embedding.weight  # prompt: [P, H]; prefix: [P, layers * 2 * H]
+    P = emb.shape[0]
+    n = model.config.num_items
+    bias = model.output_bias.bias.detach()[1: n + 1]
+    top = torch.topk(bias + 1e-6 * torch.randn(bias.shape, generator=torch.Generator().manual_seed(seed)),
+                     min(P, n)).indices + 1  # [P] item indices
+    table = model.item_vectors().detach()
     if strategy == "prompt":
-        table = model.item_vectors().detach()[1: model.config.num_items + 1]  # [I, H]
-        idx = torch.randint(0, table.shape[0], (emb.shape[0],), generator=g)
-        emb.copy_(table[idx].to(emb.dtype))
-    else:
-        std = float(model.config.initializer_range)
-        emb.copy_(torch.randn(emb.shape, generator=g) * std)
+        emb.copy_(table[top].to(emb.dtype))
+        return
+    bert = pm.base_model.bert  # the wrapped BertModel
+    x = table[top].unsqueeze(0)  # [1, P, H] the items as a (right-aligned) history
+    L = model.config.max_seq_len
+    pos = (torch.arange(P) + (L - P)).clamp(min=0).unsqueeze(0)
+    out = bert(inputs_embeds=x, position_ids=pos, token_type_ids=torch.zeros_like(pos),
+               output_hidden_states=True, return_dict=True)
+    rows = []
+    for layer, h in zip(bert.encoder.layer, out.hidden_states[:-1]):  # input of each layer
+        att = layer.attention.self
+        rows += [att.key(h)[0], att.value(h)[0]]  # each [P, H]
+    emb.copy_(torch.cat(rows, dim=-1).to(emb.dtype))  # [P, layers * 2 * H]
 
 
 def attach_adapter(model, strategy: str, adapter_dir: str, cfg: AdaptConfig):

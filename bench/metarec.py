@@ -1,0 +1,192 @@
+"""RecBole-MetaRec cold-start protocol on ML-100K, 10 random splits (see
+fsrec_serve/evaluation/metarec.py for the protocol and the metric definitions).
+
+Per split: users with 13..100 ratings split 8:1:1 (train / validation / test users); our model is
+pretrained on the TRAINING users' sequences only (rating head on, rating loss weight 1.0; early
+stopping on the training users' last item); validation and test users are never trained on.
+A test user's support (all but 10 random interactions) is the history; the 10 query items are
+ranked by
+
+* ``item-mean``: the item's mean rating over the training users (the baseline of the issue);
+* ``fsrec-rating-head``: the model's predicted rating of the item given the support history;
+* ``fsrec-blend``: per-user standardised rating head + shrunk item mean + next-item logit, with
+  blend weights and the item-mean shrinkage chosen on the VALIDATION users of the split;
+* ``fsrec-adapted-blend`` (unless --no-adapt): as fsrec-blend, with the rating head first adapted
+  (head_only: output bias + rating head) on the test users' SUPPORT ratings (cohort adaptation).
+
+Results: bench/results/metarec.json (mean ± std over the splits).
+
+    python -m bench.metarec --splits 10
+    python -m bench.metarec --quick              # 1 split, tiny model (a smoke run)
+    python -m bench.metarec --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import summarize, write_results  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*[Pp]osition ids.*")
+PUBLISHED = {"melu": 0.5331, "mamo": 0.5929, "tanp": 0.5994}
+METRICS = ("ndcg@5", "precision@5", "mrr@5", "graded_ndcg@5", "rmse")
+SHRINKAGE_GRID = (0.0, 2.0, 5.0, 10.0, 20.0)
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def pretrained(sp, seed: int, args, log):
+    from fsrec_serve.data import Example, UserSequence
+    from fsrec_serve.model import FsRecModel
+    from fsrec_serve.training import default_model_config, default_train_config, pretrain
+
+    tag = "quick" if args.quick else f"L{args.max_seq_len}"
+    out = Path(args.cache) / f"metarec-s{seed}-{tag}"
+    if (out / "model.safetensors").exists():
+        log(f"  cached model {out}")
+        return FsRecModel.from_pretrained(str(out)).eval()
+    train = sp.train_sequences()
+    seqs = [UserSequence(s.user, s.items[:-1], s.ratings[:-1]) for s in train]
+    valid = [Example(s.user, s.items[:-1], s.items[-1], s.ratings[-1], s.ratings[:-1]) for s in train]
+    mo = dict(max_seq_len=args.max_seq_len, rating_head=True, rating_loss_weight=1.0)
+    to = dict(seed=seed, device=args.device, num_threads=args.num_threads, progress=False,
+              max_train_seconds=args.pretrain_seconds, output_dir=str(out))
+    if args.quick:
+        mo.update(max_seq_len=20, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
+        to.update(epochs=2, patience=0, max_train_seconds=None)
+    mc = default_model_config(sp.splits, "cloze", **mo)
+    tc = default_train_config(sp.splits, "cloze", **to)
+    log(f"  pretraining on {len(seqs)} training users -> {out}")
+    return pretrain(sp.splits, mc, tc, train_sequences=seqs, valid_examples=valid).model.eval()
+
+
+def run_split(data, seed: int, args, log) -> dict:
+    import torch
+
+    from fsrec_serve.evaluation.metarec import (BlendScorer, ItemMeanScorer, MetaRecConfig,
+                                                ModelNextItemScorer, ModelRatingScorer,
+                                                evaluate_metarec, make_metarec_split, tune_blend)
+
+    torch.set_num_threads(args.num_threads)
+    sp = make_metarec_split(data, MetaRecConfig(seed=seed))
+    model = pretrained(sp, seed, args, log)
+    train = sp.train_sequences()
+    item_mean = ItemMeanScorer(train, sp.num_items)
+    rh = ModelRatingScorer(model)
+    ni = ModelNextItemScorer(model)
+    out = {"seed": seed, "n_train": len(sp.train_users), "n_valid": len(sp.valid_users),
+           "n_test": len(sp.test_users), "methods": {}}
+    out["methods"]["item-mean"] = evaluate_metarec(item_mean, sp.test_tasks)
+    out["methods"]["fsrec-rating-head"] = evaluate_metarec(rh, sp.test_tasks)
+
+    def blend_for(rating_scorer, tag: str) -> None:
+        best = None
+        for shrink in SHRINKAGE_GRID:
+            im = ItemMeanScorer(train, sp.num_items, shrinkage=shrink)
+            w, score, _ = tune_blend({"rating_head": rating_scorer, "item_mean": im, "next_item": ni},
+                                     sp.valid_tasks, grid=WEIGHT_GRID, anchor="item_mean")
+            if best is None or score > best[2] + 1e-12:
+                best = (shrink, w, score, im)
+        shrink, w, vscore, im = best
+        comps = {"rating_head": rating_scorer, "item_mean": im, "next_item": ni}
+        res = evaluate_metarec(BlendScorer(comps, w), sp.test_tasks, rating_scorer=rating_scorer)
+        res.update(valid_ndcg5=vscore, weights=w, shrinkage=shrink)
+        out["methods"][tag] = res
+
+    blend_for(rh, "fsrec-blend")
+    if not args.no_adapt:
+        from fsrec_serve.adaptation import AdaptConfig, adapt
+        from fsrec_serve.data import UserSequence
+
+        support = [UserSequence(t.user, t.support_items, t.support_ratings) for t in sp.test_tasks]
+        t0 = time.perf_counter()
+        cfg = AdaptConfig(seed=seed, device=args.device, num_threads=args.num_threads,
+                          **({"epochs": 2} if args.quick else {}))
+        res = adapt(model, support, "head_only", cfg)
+        secs = time.perf_counter() - t0
+        arh = ModelRatingScorer(res.model)
+        out["methods"]["fsrec-adapted-rating-head"] = evaluate_metarec(arh, sp.test_tasks)
+        # the blend weights of the unadapted model are reused (validation users are not adapted on)
+        w = out["methods"]["fsrec-blend"]["weights"]
+        im = ItemMeanScorer(train, sp.num_items, shrinkage=out["methods"]["fsrec-blend"]["shrinkage"])
+        r2 = evaluate_metarec(BlendScorer({"rating_head": arh, "item_mean": im, "next_item": ModelNextItemScorer(res.model)}, w),
+                              sp.test_tasks, rating_scorer=arh)
+        r2["seconds"] = secs
+        out["methods"]["fsrec-adapted-blend"] = r2
+    log("  " + ", ".join(f"{m} {v['ndcg@5']:.4f}" for m, v in out["methods"].items()))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--splits", type=int, default=10, help="number of random splits (seeds 0..n-1)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="explicit split seeds")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-threads", type=int, default=int(os.environ.get("FSREC_BENCH_THREADS", 2)))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--max-seq-len", type=int, default=50)
+    p.add_argument("--pretrain-seconds", type=float, default=600.0, help="budget per split (CPU); 0 = none")
+    p.add_argument("--no-adapt", action="store_true", help="skip the adapted rating head")
+    p.add_argument("--cache", default="runs/bench-cache")
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.pretrain_seconds == 0:
+        args.pretrain_seconds = None
+    seeds = args.seeds if args.seeds is not None else list(range(1 if args.quick else args.splits))
+    from fsrec_serve.data import load_dataset
+
+    data = load_dataset("ml-100k", args.data_dir)
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
+
+    recs = []
+    tag = "quick" if args.quick else "full"
+    for seed in seeds:
+        path = Path(args.cache) / f"metarec-s{seed}-{tag}.json"
+        if path.exists() and not args.fresh:
+            recs.append(json.loads(path.read_text()))
+            log(f"split {seed}: cached")
+            continue
+        log(f"split {seed}")
+        rec = run_split(data, seed, args, log)
+        path.write_text(json.dumps(rec, indent=1, default=float) + "\n")
+        recs.append(rec)
+    rows = []
+    methods = list(dict.fromkeys(m for r in recs for m in r["methods"]))
+    for m in methods:
+        for met in METRICS:
+            vals = [r["methods"][m][met] for r in recs if met in r["methods"].get(m, {})]
+            if vals:
+                rows.append(summarize(vals, dataset="ml-100k", protocol="metarec", method=m, metric=met,
+                                      test_users_per_split=[r["n_test"] for r in recs]))
+    name = args.out or ("metarec-quick" if args.quick else "metarec")
+    command = "python -m bench.metarec " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    out = write_results(name, command, rows, extra={
+        "published_ndcg@5": PUBLISHED,
+        "goal_ndcg@5": 0.66,
+        "blend_weights": [{"seed": r["seed"], **{m: {k: r["methods"][m].get(k) for k in ("weights", "shrinkage", "valid_ndcg5")}
+                                                  for m in r["methods"] if "blend" in m}} for r in recs],
+        "ties": "positives = torch.topk(true ratings of the query in random draw order, 5), as "
+                "RecBole-MetaRec's MetaCollector",
+        "wall_seconds": time.time() - t0,
+    })
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""``fsrec adapt``: few-shot adaptation of a pretrained model, merging, k-shot evaluation, report."""
+
+from __future__ import annotations
+
+import json
+
+STRATEGY_CHOICES = ["auto", "zero_shot", "head_only", "full", "lora", "adalora", "ia3", "prefix", "prompt"]
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("adapt", help="few-shot adaptation: adapt, merge, k-shot evaluation, report")
+    asub = p.add_subparsers(dest="adapt_command", metavar="ACTION")
+    asub.required = True
+
+    r = asub.add_parser("run", help="adapt a pretrained model to a cohort's support sets and save the artifact")
+    r.add_argument("--base", required=True, help="pretrained model folder (save_pretrained)")
+    r.add_argument("--out", required=True, help="artifact folder to write")
+    r.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES)
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--support-file", help="one user a line: 'user_id item_id item_id ...' (raw ids, time order)")
+    src.add_argument("--cold-users", metavar="DATASET",
+                     help="use the cold users of DATASET's default split as the cohort (first --k items)")
+    r.add_argument("--k", type=int, default=5, help="support size with --cold-users")
+    r.add_argument("--seed", type=int, default=0, help="split seed (--cold-users) and adaptation seed")
+    r.add_argument("--data-dir", default=None, help="data folder (env FSREC_DATA_DIR)")
+    r.add_argument("--config", default=None, help="AdaptConfig JSON file")
+    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override an AdaptConfig field (JSON value), e.g. --set lr=0.01 --set lora_r=16")
+    r.add_argument("--merged-out", default=None, help="also write the merged model (LoRA-family) here")
+    r.set_defaults(func=_run)
+
+    m = asub.add_parser("merge", help="fold a saved LoRA / AdaLoRA / IA3 artifact into the base weights")
+    m.add_argument("--base", required=True, help="pretrained model folder")
+    m.add_argument("--artifact", required=True, help="artifact folder (fsrec adapt run --out)")
+    m.add_argument("--out", required=True, help="folder for the merged model (save_pretrained)")
+    m.set_defaults(func=_merge)
+
+    k = asub.add_parser("kshot", help="cold-start-user k-shot evaluation of strategies on a split")
+    k.add_argument("--base", required=True, help="model pretrained WITHOUT the split's cold users")
+    k.add_argument("--dataset", required=True, help="ml-100k or beauty")
+    k.add_argument("--ks", nargs="+", type=int, default=[1, 3, 5, 10])
+    k.add_argument("--strategies", nargs="+", default=["popularity", "zero_shot", "lora", "auto"],
+                   choices=["popularity"] + STRATEGY_CHOICES)
+    k.add_argument("--seed", type=int, default=0, help="split seed (must be the pretraining's)")
+    k.add_argument("--data-dir", default=None)
+    k.set_defaults(func=_kshot)
+
+    rep = asub.add_parser("report", help="markdown table + PNG plots from bench results JSON files")
+    rep.add_argument("results", nargs="+", help="bench/results/fewshot.json, bench/results/metarec.json ...")
+    rep.add_argument("--out", default="bench/results", help="folder for adaptation_report.md and PNGs")
+    rep.add_argument("--metric", default="ndcg@10")
+    rep.set_defaults(func=_report)
+
+
+def _config(args):
+    from ..adaptation import AdaptConfig
+
+    cfg = AdaptConfig.load(args.config) if args.config else AdaptConfig(seed=args.seed)
+    over = {}
+    for s in args.set:
+        if "=" not in s:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--set expects FIELD=VALUE, got {s!r}")
+        key, val = s.split("=", 1)
+        try:
+            over[key] = json.loads(val)
+        except json.JSONDecodeError:
+            over[key] = val
+    return cfg.with_overrides(**over) if over else cfg
+
+
+def _read_support(path, model):
+    from ..data import UserSequence, read_sequences
+    from ..errors import ConfigError
+
+    if model.item_map is None:
+        raise ConfigError("the base model has no item_map.json; raw ids cannot be mapped")
+    log = read_sequences(path)
+    out = []
+    for user, events in log.sequences().items():
+        items = model.item_map.indices([i for i, _, _ in events])
+        out.append(UserSequence(user, items, [1.0] * len(items)))
+    return out
+
+
+def _run(args) -> int:
+    from ..adaptation import adapt
+    from ..model import FsRecModel
+
+    model = FsRecModel.from_pretrained(args.base)
+    if args.support_file:
+        support = _read_support(args.support_file, model)
+        query = None
+    else:
+        from ..data import SplitConfig, load_dataset, make_splits
+        from ..settings import get_settings
+
+        data = load_dataset(args.cold_users, get_settings(data_dir=args.data_dir).data_dir)
+        splits = make_splits(data, SplitConfig(seed=args.seed))
+        support, query = splits.support_query(args.k)
+    res = adapt(model, support, strategy=args.strategy, config=_config(args))
+    path = res.save(args.out)
+    out = {"strategy": res.strategy, "artifact": str(path), "size_kb": round(res.artifact.size_kb(), 1),
+           "seconds": round(res.info.get("seconds", 0.0), 2), "n_users": res.info.get("n_users")}
+    if "chosen" in res.info:
+        out["auto_candidates"] = [{k: c.get(k) for k in ("strategy", "lr", "lora_r", "inner_ndcg@10")}
+                                  for c in res.info.get("candidates", [])]
+    if res.info.get("degraded"):
+        out["note"] = res.info["degraded"]
+    if query:
+        from ..evaluation import evaluate_next_item
+
+        out["query"] = {k: v for k, v in evaluate_next_item(res.model, query, ks=(10,)).items()}
+    if args.merged_out:
+        merged = res.merged_model()
+        merged.save_pretrained(args.merged_out)
+        out["merged"] = args.merged_out
+    print(json.dumps(out, indent=2, default=float))
+    return 0
+
+
+def _merge(args) -> int:
+    from ..adaptation import load_adapted
+
+    merged = load_adapted(args.base, args.artifact, merged=True)
+    merged.save_pretrained(args.out)
+    print(f"merged model written to {args.out}")
+    return 0
+
+
+def _kshot(args) -> int:
+    from ..adaptation import AdaptConfig
+    from ..data import SplitConfig, load_dataset, make_splits
+    from ..evaluation.fewshot import coldstart_users
+    from ..model import FsRecModel
+    from ..settings import get_settings
+
+    data = load_dataset(args.dataset, get_settings(data_dir=args.data_dir).data_dir)
+    splits = make_splits(data, SplitConfig(seed=args.seed))
+    model = FsRecModel.from_pretrained(args.base).eval()
+    print("| k | method | HR@10 | NDCG@10 | seconds | KB |")
+    print("|---|---|---|---|---|---|")
+    for k in args.ks:
+        for r in coldstart_users(model, splits, k, args.strategies, AdaptConfig(seed=args.seed)):
+            name = r.strategy + (f" ({r.info['chosen']['strategy']})" if r.strategy == "auto" else "")
+            print(f"| {k} | {name} | {r.metrics['hr@10']:.4f} | {r.metrics['ndcg@10']:.4f} | "
+                  f"{r.seconds:.1f} | {r.size_kb:.1f} |", flush=True)
+    return 0
+
+
+def _report(args) -> int:
+    from ..evaluation.report import write_report
+
+    for p in write_report(args.results, args.out, metric=args.metric):
+        print(p)
+    return 0
