@@ -16,7 +16,7 @@ One run, one machine, side by side (closed-loop load, one user per request):
   wheel) when found, else an asyncio ``tritonclient.grpc.aio`` loop in a separate process. The
   mean batch the batcher formed comes from Triton's statistics (inference / execution count).
 - ``fastapi-torch``: ``bench/fastapi_server.py`` (FastAPI + PyTorch, one forward pass per
-  request) under the same closed-loop load (asyncio ``httpx`` loop in a separate process).
+  request) under the same closed-loop load (asyncio ``aiohttp`` loop in a separate process).
 - every server point also records the server's CPU per request (``server_cpu_ms_per_req``:
   user + system CPU of the server's process group over the run / requests it answered) and the
   load generator's (``client_cpu_ms_per_req``); in-process ORT records its CPU per row. CPU per
@@ -216,14 +216,24 @@ async def _triton_load(url: str, model: str, X: np.ndarray, conc: int, warmup: f
 
 async def _http_load(url: str, hist: list[list[int]], conc: int, warmup: float, duration: float,
                      seed: int, k: int) -> dict:
-    import httpx
+    # aiohttp, not httpx: measured here, httpx's client cost 1.5-4.5 ms CPU per request (as much
+    # as the server it drives), aiohttp a fraction of it; the generator shares the cores
+    import aiohttp
 
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
+    connector = aiohttp.TCPConnector(limit=conc, limit_per_host=conc)
+    timeout = aiohttp.ClientTimeout(total=60.0)
+    endpoint = url.rstrip("/") + "/recommend"
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
         bodies = [json.dumps({"item_ids": h, "k": k}).encode() for h in hist]
         headers = {"content-type": "application/json"}
+
+        async def post(body: bytes) -> None:
+            async with client.post(endpoint, data=body, headers=headers) as r:
+                await r.read()
+                r.raise_for_status()
+
         for b in bodies[:4]:
-            (await client.post("/recommend", content=b, headers=headers)).raise_for_status()
+            await post(b)
         t_start = time.perf_counter()
         t_meas, t_end = t_start + warmup, t_start + warmup + duration
         lat: list[float] = []
@@ -237,8 +247,7 @@ async def _http_load(url: str, hist: list[list[int]], conc: int, warmup: float, 
                 if t0 >= t_end:
                     return
                 try:
-                    r = await client.post("/recommend", content=bodies[rng.randrange(len(bodies))], headers=headers)
-                    r.raise_for_status()
+                    await post(bodies[rng.randrange(len(bodies))])
                 except Exception as e:  # noqa: BLE001
                     errors.append(repr(e)[:200])
                     continue
@@ -650,7 +659,7 @@ def measure_fastapi(ckpt: Path, cfg: BenchConfig, work: Path, inputs: Path, thre
         out = {}
         for conc in cfg.concurrency:
             m = accounted(lambda c=conc: run_load_process("fastapi", url, inputs, c, cfg), proc.pid)
-            m["load_generator"] = "async-httpx"
+            m["load_generator"] = "async-aiohttp"
             out[conc] = m
             log.info("%s conc %d: %.0f req/s, p50 %.1f ms, p99 %.1f ms, server CPU %.2f ms/req", method, conc,
                      m["throughput_rps"], m["p50_ms"], m["p99_ms"], m.get("server_cpu_ms_per_req", float("nan")))
