@@ -104,6 +104,7 @@ def run_seed(dataset: str, seed: int, args, log) -> dict:
         runs = coldstart_users(model, splits, k, args.strategies, cfg)
         rec["kshot"][str(k)] = [{
             "strategy": r.strategy, "metrics": r.metrics, "seconds": r.seconds, "size_kb": r.size_kb,
+            "cpu_seconds": r.cpu_seconds,
             "chosen": r.info.get("chosen", {}).get("strategy") if r.strategy == "auto" else None,
             "inner": r.info.get("inner"), "degraded": r.info.get("degraded"),
             "candidates": [{kk: c.get(kk) for kk in ("strategy", "lr", "lora_r", "inner_ndcg@10", "passes")}
@@ -158,7 +159,10 @@ def aggregate(records: list[dict]) -> list[dict]:
                                           method=method_name(st), metric=met, **extra))
                 if st not in ("popularity", "zero_shot"):
                     rows.append(summarize([e["seconds"] for e in es], dataset=ds, protocol=proto,
-                                          method=method_name(st), metric="seconds"))
+                                          method=method_name(st), metric="seconds",
+                                          cpu_seconds=[round(e.get("cpu_seconds", 0.0), 2) for e in es],
+                                          note="wall-clock per cohort adaptation (inner split + "
+                                               "refit); cpu_seconds = process CPU time, all threads"))
                     if any(e["size_kb"] for e in es):
                         rows.append(summarize([e["size_kb"] for e in es], dataset=ds, protocol=proto,
                                               method=method_name(st), metric="size_kb"))

@@ -56,6 +56,7 @@ class StrategyRun:
     seconds: float  # adaptation wall-clock seconds (0 for popularity / zero_shot)
     size_kb: float  # saved adapter / tensor size (0 when nothing is saved)
     info: dict  # AdaptResult.info (chosen strategy, inner scores, ...)
+    cpu_seconds: float = 0.0  # CPU time of this process during adaptation (all threads)
 
 
 def coldstart_users(
@@ -77,7 +78,7 @@ def coldstart_users(
         if strategy == POPULARITY:
             out.append(StrategyRun(strategy, _metrics(popularity_for(splits), query), 0.0, 0.0, {}))
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if per_user:
             ranks, infos = [], []
             by_user = {e.user: e for e in query}
@@ -99,7 +100,8 @@ def coldstart_users(
             m = _metrics(res.model, query)
             info = res.info
             size = res.artifact.size_kb() if measure_size else 0.0
-        out.append(StrategyRun(strategy, m, seconds, size, info))
+        cpu = (time.process_time() - c0) / (max(1, len(infos)) if per_user else 1)
+        out.append(StrategyRun(strategy, m, seconds, size, info, cpu))
     return out
 
 

@@ -239,13 +239,33 @@ def test_empty_support_is_refused_with_a_clear_message():
 
 
 @pytest.mark.parametrize("strategy", ["lora", "full", "auto"])
-def test_one_item_supports_degrade_to_zero_shot(strategy):
-    model = tiny_model()
+def test_one_item_supports_on_a_causal_model_degrade_to_zero_shot(strategy):
+    model = tiny_model("causal")
     support = [UserSequence(f"u{i}", [i + 1], [4.0]) for i in range(5)]
     res = adapt(model, support, strategy, fast())
     assert res.strategy == "zero_shot"
     assert "2 or more support items" in res.info["degraded"]
     assert torch.equal(res.model.next_item_scores(histories()), model.next_item_scores(histories()))
+
+
+def test_one_item_supports_on_a_cloze_model_learn_the_first_item():
+    """k = 1 with a cloze model: each support item is predicted from [MASK] alone (an empty
+    history) and the inner validation holds out whole single-item users."""
+    model = tiny_model("cloze")
+    support = [UserSequence(f"u{i}", [1 + i % 3], [4.0]) for i in range(30)]  # cohort items 1..3
+    res = adapt(model, support, "head_only", fast(epochs=6, lr=0.3, patience=6))
+    assert res.strategy == "head_only" and "degraded" not in res.info
+    inner = res.info["inner"]
+    assert inner["n_valid"] == 15 and inner["ndcg@10"] > inner["zero_shot_ndcg@10"]
+    # the cohort's items now lead the ranking for an unseen user's first history item
+    s = res.model.next_item_scores(pad_histories([[20]], L))[0]
+    top3 = set(torch.topk(s, 3).indices.tolist())
+    assert top3 == {1, 2, 3}
+
+
+def test_a_single_user_with_one_item_is_handled():
+    res = adapt(tiny_model("cloze"), [UserSequence("u", [5], [1.0])], "lora", fast())
+    assert res.strategy == "zero_shot" and "too few support items" in res.info["degraded"]
 
 
 def test_inner_split_holds_out_last_support_items_only():
