@@ -703,40 +703,56 @@ def result_rows(points: dict, dataset: str) -> list[dict]:
 
 
 def plot(points: dict, path: Path, title: str) -> Path:
+    """Two panels (p99 left, p50 right): latency against throughput, one line per configuration
+    (servers: one point per concurrency, c1/c8/c32; in-process: one per batch size, b1...)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    styles = {"triton-cpu": "C0", "triton-cpu-dynbatch-off": "C1", "triton-cpu-2x1thread": "C9", "fastapi-torch": "C3",
-              "fastapi-torch-1thread": "C6",
-              "ort-inprocess": "C2", "ort-inprocess-int8": "C4", "ort-inprocess-2x1thread": "C8",
-              "torch-inprocess": "C5"}
-    for method, pts in points.items():
-        if method.startswith("_") or not pts:
-            continue
-        keys = [k for k in pts if isinstance(k, int)]
-        keys.sort()
-        xs = [pts[k]["throughput_rps"] for k in keys]
-        color = styles.get(method, None)
-        for q, ls, mk in (("p99_ms", "-", "o"), ("p50_ms", "--", ".")):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    styles = {"triton-cpu": ("C0", "-"), "triton-cpu-dynbatch-off": ("C1", "-"),
+              "triton-cpu-2x1thread": ("C9", "-"), "fastapi-torch": ("C3", "-"),
+              "fastapi-torch-1thread": ("C6", "-"), "ort-inprocess": ("C2", ":"),
+              "ort-inprocess-int8": ("C4", ":"), "ort-inprocess-2x1thread": ("C8", ":"),
+              "torch-inprocess": ("C5", ":")}
+    for ax, q in zip(axes, ("p99_ms", "p50_ms")):
+        for method, pts in points.items():
+            if method.startswith("_") or not pts:
+                continue
+            keys = sorted(k for k in pts if isinstance(k, int))
+            xs = [pts[k]["throughput_rps"] for k in keys]
             ys = [pts[k][q] for k in keys]
-            ax.plot(xs, ys, ls, marker=mk, color=color, label=f"{method} {q[:3]}")
-        for k, x, y in zip(keys, xs, [pts[k]["p99_ms"] for k in keys]):
-            label = f"b{k}" if method.startswith(("ort", "torch")) else f"c{k}"
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, color=color)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("throughput (users / s)")
-    ax.set_ylabel("latency per request or batch call (ms)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+            color, ls = styles.get(method, (None, "-"))
+            ax.plot(xs, ys, ls, marker="o", ms=4, color=color, label=method)
+            for k, x, y in zip(keys, xs, ys):
+                label = f"b{k}" if method.startswith(("ort", "torch")) else f"c{k}"
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, color=color)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("throughput (users / s)")
+        ax.set_title(f"{q[:3]} latency", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("latency per request (servers) or per batch call (in-process), ms")
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def replot(results_json: Path) -> None:
+    """Re-render the PNG and the markdown table of a results file (from its ``raw`` points)."""
+    data = json.loads(Path(results_json).read_text())
+    points = {m: {int(k) if k.isdigit() else k: v for k, v in pts.items()} for m, pts in data.get("raw", {}).items()}
+    plot(points, Path(results_json).with_suffix(".png"),
+         f"{data['benchmark']}: latency vs throughput ({data['machine']}, {data['date']})")
+    Path(results_json).with_suffix(".md").write_text(markdown_table(data["results"]))
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -891,8 +907,7 @@ def run(cfg: BenchConfig, command: str) -> Path:
     raw = {m: {str(k): v for k, v in p.items()} for m, p in points.items() if not m.startswith("_")}
     write_results(name, command, rows, machine=machine_description(),
                   extra={"notes": cfg.notes, "raw": raw}, path=out)
-    plot(points, out.with_suffix(".png"), f"{name}: latency vs throughput ({machine_description()})")
-    out.with_suffix(".md").write_text(markdown_table(rows))
+    replot(out)
     log.info("wrote %s, %s, %s", out, out.with_suffix(".png"), out.with_suffix(".md"))
     return out
 
@@ -930,6 +945,9 @@ def measure_torch(model, X: np.ndarray, batches, seconds: float, device: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["replot"]:
+        replot(Path(argv[1]) if len(argv) > 1 else RESULTS / "serving.json")
+        return 0
     if argv[:1] == ["fetch-perf-analyzer"]:
         print(fetch_perf_analyzer())
         return 0
