@@ -336,10 +336,10 @@ def _prepare_model(cfg: BenchConfig, work: Path):
 
         ckpt = work / "model"
         tc = default_train_config(splits, epochs=cfg.epochs, patience=0, progress=False,
-                                  output_dir=str(ckpt), device="cpu", max_train_seconds=180.0)
+                                  output_dir=str(ckpt), device=cfg.device, max_train_seconds=180.0)
         t0 = time.perf_counter()
         res = pretrain(splits, default_model_config(splits), tc)
-        model = res.model.eval()
+        model = res.model.to("cpu").eval()
         cfg.notes.append(f"model: pretrained {cfg.epochs} epochs on {cfg.dataset} in "
                          f"{time.perf_counter() - t0:.0f} s (serving speed does not depend on quality)")
     c = model.config
