@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fsrec_serve.errors import ConfigError, ExportError, ExportValidationError
@@ -60,9 +61,17 @@ class FsRecTopKModule(nn.Module):
 
     ``config`` is the wrapped model's FsRecConfig (Optimum reads it); the module holds no
     weights of its own.
+
+    ``last_position_only``: the scores read only the LAST position's hidden state, so the last
+    transformer block needs keys/values of every position but the query, attention output and
+    feed-forward of that one position only. With it the graph runs the last block as
+    "attention of the last position over all positions" (BERT's own modules, the key/value
+    projections fed through ``encoder_hidden_states``): mathematically the same scores, about
+    40 % fewer FLOPs for a 2-block model. Exactness is checked like any export (Optimum's check
+    and :func:`validate_export`); ``False`` traces ``FsRecModel.next_item_scores`` as is.
     """
 
-    def __init__(self, model: FsRecModel, max_top_k: int = 100):
+    def __init__(self, model: FsRecModel, max_top_k: int = 100, last_position_only: bool = False):
         super().__init__()
         n = int(model.config.num_items)
         if not 1 <= max_top_k <= n:
@@ -72,10 +81,37 @@ class FsRecTopKModule(nn.Module):
         self.model = model
         self.config = model.config
         self.max_top_k = int(max_top_k)
+        self.last_position_only = bool(last_position_only)
+
+    def _user_state_last_only(self, history_ids: torch.Tensor) -> torch.Tensor:
+        """history [B, L] -> user state [B, H], the last block computed for the last position."""
+        m = self.model
+        x = m.prepare_history(history_ids)  # [B, L]
+        B, L = x.shape
+        mask = (x != 0).long()
+        embeds = F.embedding(x, m.item_vectors())  # [B, L, H]
+        offset = m.config.max_seq_len - L  # right-aligned positions, as FsRecModel.encode
+        position_ids = (torch.arange(L, device=x.device) + offset).unsqueeze(0).expand(B, L)
+        bert = m.encoder
+        h = bert.embeddings(inputs_embeds=embeds, position_ids=position_ids)  # [B, L, H]
+        ext = bert.get_extended_attention_mask(mask, (B, L))  # [B, 1, 1|L, L] additive
+        layers = bert.encoder.layer
+        for layer in layers[:-1]:
+            h = layer(h, attention_mask=ext)[0]
+        last = layers[-1]
+        q_in = h[:, -1:]  # [B, 1, H]
+        # the last row of the (causal or padding) mask: every real position is visible
+        ctx = last.attention.self(q_in, attention_mask=ext[:, :, -1:, :], encoder_hidden_states=h)[0]
+        a = last.attention.output(ctx, q_in)  # [B, 1, H]
+        return last.feed_forward_chunk(a)[:, 0]  # [B, H]
 
     def masked_scores(self, item_ids: torch.Tensor) -> torch.Tensor:
         """item_ids [B, L] -> scores [B, N] with padding and every history item at MASK_VALUE."""
-        scores = self.model.next_item_scores(item_ids)  # [B, N]
+        if self.last_position_only:
+            m = self.model
+            scores = m._scores(self._user_state_last_only(item_ids), m.item_vectors())  # [B, N]
+        else:
+            scores = self.model.next_item_scores(item_ids)  # [B, N]
         n_cols = scores.shape[1]
         # ids outside the score table ([MASK] = num_items + 1, or anything invalid) go to the
         # padding column, which is masked anyway; valid ids mask their own column
@@ -131,6 +167,7 @@ def export_onnx(
     fail_factor: float = 10.0,
     min_top10_overlap: float = 0.99,
     extra: dict | None = None,
+    last_position_only: bool = True,
 ) -> ExportResult:
     """Export ``model`` (an FsRecModel, or a PEFT model already ``merge_and_unload()``-ed) to
     ``output_dir/model.onnx`` through Optimum, with ``config.json``, ``item_map.json`` and
@@ -139,7 +176,9 @@ def export_onnx(
     ``validate_with``: held-out histories (index lists, or ``Example`` objects) to compare the
     graph with PyTorch on (:func:`validate_export`); ``None`` skips that step (Optimum's own
     dummy-input check always runs). Raises :class:`ExportValidationError` when the graph does not
-    reproduce PyTorch. ``source`` and ``extra`` (e.g. the data set and split config) are recorded
+    reproduce PyTorch. ``last_position_only`` (default) computes the last transformer block for
+    the scored position only (same scores, fewer FLOPs: :class:`FsRecTopKModule`); ``False``
+    traces ``next_item_scores`` as is. ``source`` and ``extra`` (e.g. the data set and split config) are recorded
     in ``fsrec_meta.json``.
     """
     from optimum.exporters.onnx import export as optimum_export
@@ -157,7 +196,7 @@ def export_onnx(
     cfg = model.config
     # export a CPU copy in eval mode: the caller's model (device, train mode) is left alone
     ref = copy.deepcopy(model).to("cpu").eval()
-    wrapper = FsRecTopKModule(ref, max_top_k).eval()
+    wrapper = FsRecTopKModule(ref, max_top_k, last_position_only=last_position_only).eval()
     onnx_config = FsRecOnnxConfig(cfg, max_top_k=max_top_k)
     shapes = {"batch_size": 3, "sequence_length": int(cfg.max_seq_len)}
     try:
@@ -181,14 +220,16 @@ def export_onnx(
     meta = ExportMeta(
         max_seq_len=int(cfg.max_seq_len), max_top_k=int(max_top_k), num_items=int(cfg.num_items),
         objective=str(cfg.objective), precision="fp32", source=str(source), opset=int(opset),
-        mask_value=float(MASK_VALUE), extra=dict(extra or {}),
+        mask_value=float(MASK_VALUE),
+        extra={**dict(extra or {}), "last_position_only": bool(last_position_only)},
     )
     meta.save(out)
 
     report = None
     if validate_with is not None:
+        # the reference is the model's own next_item_scores, not the wrapper's shortcut
         report = validate_export(
-            path, wrapper, validate_with, atol=atol, fail_factor=fail_factor,
+            path, FsRecTopKModule(ref, max_top_k), validate_with, atol=atol, fail_factor=fail_factor,
             min_top10_overlap=min_top10_overlap,
         )
     result = ExportResult(

@@ -34,6 +34,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--validate-users", type=int, default=0,
                    help="held-out users compared with PyTorch (0 = all test users)")
     e.add_argument("--no-validate", action="store_true", help="skip validation on real users")
+    e.add_argument("--full-graph", action="store_true",
+                   help="trace next_item_scores as is (default: the last block for the scored position only)")
     _add_data(e)
     e.set_defaults(func=_export)
 
@@ -118,7 +120,7 @@ def _export(args) -> int:
             users = users[: args.validate_users]
     res = export_onnx(model, args.output, max_top_k=args.max_top_k, opset=args.opset,
                       validate_with=None if args.no_validate else users, atol=args.atol,
-                      source=str(model_dir), extra=extra)
+                      source=str(model_dir), extra=extra, last_position_only=not args.full_graph)
     print(json.dumps(res.to_dict(), indent=2, default=str))
     return 0
 

@@ -175,3 +175,28 @@ def test_merged_lora_adapter_exports_the_same_way(tmp_path):
     base_items, _ = run_topk(make_session(res.output_dir), pad_left(histories(30), SEQ))
     ref_items, _, _ = torch_topk(tiny_model(), pad_left(histories(30), SEQ), max_top_k=K)
     assert not np.array_equal(base_items, ref_items)
+
+
+@pytest.mark.parametrize("objective", ["cloze", "causal"])
+def test_last_position_shortcut_equals_next_item_scores(objective):
+    """The default graph computes the last block for the scored position only: same scores."""
+    model = tiny_model(objective=objective, num_item_features=3)
+    model.set_item_features(torch.rand(NUM_ITEMS + 1, 3))
+    full, short = FsRecTopKModule(model, K), FsRecTopKModule(model, K, last_position_only=True)
+    for length in (1, 6, SEQ):
+        x = torch.as_tensor(pad_left(histories(9, seed=length, max_len=length), length))
+        with torch.no_grad():
+            np.testing.assert_allclose(short.masked_scores(x).numpy(), full.masked_scores(x).numpy(), atol=1e-5)
+
+
+def test_full_graph_export_is_equivalent(exported, tmp_path):
+    model, res = exported
+    full = export_onnx(model, tmp_path / "full", max_top_k=K, last_position_only=False,
+                       validate_with=histories(40))
+    assert full.validation.passed and full.meta.extra["last_position_only"] is False
+    assert res.meta.extra["last_position_only"] is True
+    x = pad_left(histories(20, seed=9), SEQ)
+    a = run_topk(make_session(full.output_dir), x)
+    b = run_topk(make_session(res.output_dir), x)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5)
