@@ -108,7 +108,6 @@ def main(argv=None) -> int:
     valid, test = splits.loo_valid(), splits.loo_test()
     calib = [s.items for s in splits.loo_train()]
     preset = detect_preset()
-    L = model.config.max_seq_len
     _log(f"model {prov['model_config']}, {len(valid)} validation / {len(test)} test users, preset {preset}")
 
     # 1. export + validation on every held-out test user
@@ -156,7 +155,7 @@ def main(argv=None) -> int:
         _log(f"latency round {r + 1}/{args.rounds} done")
 
     # 4. accuracy, guard, batch invariance
-    results, rows = [], {}
+    results, rows, guards = [], {}, {}
 
     def add(method, metric, values, **extra):
         vals = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
@@ -172,6 +171,7 @@ def main(argv=None) -> int:
     for n, d in dirs.items():
         gpu_only = n == "onnx-fp16"
         g = check_guard(d, fp32, valid, raise_on_fail=False, batch_invariance=not gpu_only)
+        guards[n] = g
         g_test = check_guard(d, fp32, test, raise_on_fail=False, batch_invariance=False)
         inv = g.batch_invariance or check_batch_invariance(d, valid)
         try:
@@ -205,7 +205,9 @@ def main(argv=None) -> int:
     cpu_cands = {n: dirs[n] for n in dirs
                  if n not in ("onnx-fp32", "onnx-fp16", "onnx-opt-rightpad-fusion", "onnx-fp32-fullgraph")}
     decision = select_served_model(cpu_cands, fp32, valid, batch_size=64, repeats=args.repeats,
-                                   intra_op_threads=args.threads)
+                                   rounds=args.rounds, intra_op_threads=args.threads,
+                                   guard_reports={"reference": guards["onnx-fp32"],
+                                                  **{n: guards[n] for n in cpu_cands}})
     _log(f"served: {decision.chosen} — {decision.reason}")
     int8 = {n: r for n, r in rows.items() if "int8" in n}
     full_b64 = rows["onnx-fp32-fullgraph"]["p50_ms_b64"]

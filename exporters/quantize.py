@@ -38,7 +38,6 @@ from fsrec_serve.errors import ConfigError, ExportError, QuantizationGuardError
 from .runtime import (
     CONFIG_FILE,
     ITEM_MAP_FILE,
-    META_FILE,
     ONNX_FILE,
     ExportMeta,
     as_histories,
@@ -195,8 +194,9 @@ def quantize(
 
     ``mode``: ``int8-dynamic`` | ``int8-static`` (needs ``calibration_histories``) |
     ``int8-weight-only`` | ``fp16``. ``preset``: ``AutoQuantizationConfig`` preset (avx2, avx512,
-    avx512_vnni, arm64; "auto" = detect_preset()). Quantize the un-optimized FP32 graph: ORTQuantizer fails on fused graphs
-    (``shared/STACK.md``); ONNX Runtime fuses the quantized graph itself when it loads it.
+    avx512_vnni, arm64; "auto" = detect_preset()). Quantize the un-optimized FP32 graph:
+    ORTQuantizer fails on fused graphs (``shared/STACK.md``); ONNX Runtime fuses the quantized
+    graph itself when it loads it.
     """
     if mode not in QUANT_MODES:
         raise ConfigError(f"mode must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
@@ -501,34 +501,61 @@ def select_served_model(
     reference_dir: str | Path,
     valid_examples: Sequence,
     batch_size: int = 64,
-    repeats: int = 20,
+    repeats: int = 10,
+    rounds: int = 3,
+    min_speedup: float = 1.05,
     intra_op_threads: int = 0,
+    guard_reports: Mapping[str, GuardReport] | None = None,
     **guard_kwargs,
 ) -> ServedModelDecision:
     """Guard every candidate (name -> export dir) against the FP32 reference, time each at
-    ``batch_size``, and pick the fastest that passes (the reference itself, FP32, when none
-    does). The decision is written as ``guard_decision.json`` in the chosen directory."""
+    ``batch_size`` and pick the fastest that passes, if it is at least ``min_speedup`` times
+    faster than the reference; otherwise the reference (FP32) is served: a quantized model that
+    is not clearly faster is not worth its accuracy loss.
+
+    Latency: ``rounds`` interleaved rounds (every candidate once per round, ``repeats`` timed
+    calls each), the median of the rounds' p50s, so that a busy machine slows all candidates
+    alike. ``guard_reports`` (name -> GuardReport, e.g. from an earlier ``check_guard``) skips
+    re-checking those candidates. The decision, with every candidate's numbers and refusal
+    reasons, is written as ``guard_decision.json`` in the chosen directory."""
+    import statistics
+
     ref = _export_dir(reference_dir)
     ex = list(valid_examples)
+    hist = [e.history for e in ex]
+    all_c = {"reference": ref, **{k: _export_dir(v) for k, v in candidates.items()}}
+    reports = dict(guard_reports or {})
+    sessions = {n: make_session(d, intra_op_threads=intra_op_threads) for n, d in all_c.items()}
+    times: dict[str, list[float]] = {n: [] for n in all_c}
+    for _ in range(max(1, rounds)):
+        for n, d in all_c.items():
+            times[n].append(measure_latency(d, hist, batch_size=batch_size, repeats=repeats,
+                                            session=sessions[n])["p50_ms"])
     rows: dict[str, dict] = {}
-    all_c = {"reference": ref, **{k: Path(v) for k, v in candidates.items()}}
     for name, d in all_c.items():
-        d = _export_dir(d)
-        rep = check_guard(d, ref, ex, raise_on_fail=False, batch_size=batch_size, **guard_kwargs)
-        lat = measure_latency(d, [e.history for e in ex], batch_size=batch_size, repeats=repeats,
-                              intra_op_threads=intra_op_threads)
-        rows[name] = {"dir": str(d), "precision": rep.precision, "p50_ms": lat["p50_ms"],
+        rep = reports.get(name) or check_guard(d, ref, ex, raise_on_fail=False, batch_size=batch_size,
+                                               **guard_kwargs)
+        p50 = statistics.median(times[name])
+        rows[name] = {"dir": str(d), "precision": rep.precision, "p50_ms": p50, "p50_ms_rounds": times[name],
                       "passed": rep.passed, "reasons": rep.reasons, "guard": rep.to_dict()}
-        logger.info("candidate %s: p50 %.2f ms at batch %d, %s", name, lat["p50_ms"], batch_size,
+        logger.info("candidate %s: p50 %.2f ms at batch %d, %s", name, p50, batch_size,
                     "passed" if rep.passed else "refused: " + "; ".join(rep.reasons))
-    passing = {k: v for k, v in rows.items() if v["passed"]}
-    if passing:
-        chosen = min(passing, key=lambda k: passing[k]["p50_ms"])
-        reason = (f"fastest candidate that passed the guard ({rows[chosen]['p50_ms']:.2f} ms p50 at "
-                  f"batch {batch_size}, vs FP32 {rows['reference']['p50_ms']:.2f} ms)")
+    ref_ms = rows["reference"]["p50_ms"]
+    passing = {k: v for k, v in rows.items() if v["passed"] and k != "reference"}
+    fastest = min(passing, key=lambda k: passing[k]["p50_ms"]) if passing else None
+    if fastest is not None and ref_ms / rows[fastest]["p50_ms"] >= min_speedup:
+        chosen = fastest
+        reason = (f"{fastest} is the fastest candidate that passed the guard: "
+                  f"{rows[fastest]['p50_ms']:.2f} ms p50 at batch {batch_size} vs FP32 {ref_ms:.2f} ms "
+                  f"({ref_ms / rows[fastest]['p50_ms']:.2f}x)")
+    elif fastest is not None:
+        chosen = "reference"
+        reason = (f"serving FP32: the fastest candidate that passed the guard, {fastest} "
+                  f"({rows[fastest]['p50_ms']:.2f} ms), is not {min_speedup:g}x faster than FP32 "
+                  f"({ref_ms:.2f} ms) at batch {batch_size}")
     else:
         chosen = "reference"
-        reason = "no candidate passed the guard (not even the reference: see its reasons); serving FP32"
+        reason = "serving FP32: no candidate passed the guard"
     refused = [f"{k}: {'; '.join(v['reasons'])}" for k, v in rows.items() if not v["passed"]]
     if refused:
         reason += ". Refused: " + " | ".join(refused)

@@ -135,8 +135,9 @@ def test_select_served_model_picks_a_passing_candidate_and_records_why(setup, tm
     damaged = tiny_model(seed=3)
     bad = export_onnx(damaged, tmp_path / "bad", max_top_k=K).output_dir
     decision = select_served_model({"int8-dynamic": dyn, "damaged": bad}, fp32, valid, batch_size=32,
-                                   repeats=3, invariance_users=8)
+                                   repeats=3, rounds=1, invariance_users=8)
     assert decision.chosen == "reference"  # both candidates refused -> FP32 served
+    assert "no candidate passed" in decision.reason
     assert not decision.candidates["int8-dynamic"]["passed"]
     assert any("batch-invariant" in r for r in decision.candidates["int8-dynamic"]["reasons"])
     assert not decision.candidates["damaged"]["passed"]
@@ -156,3 +157,20 @@ def test_bad_arguments(setup):
     with pytest.raises(ConfigError, match="differ"):
         optimize(fp32, fp32)
     assert detect_preset() in ("avx2", "avx512", "avx512_vnni", "arm64")
+
+
+def test_select_needs_a_real_speedup(setup, tmp_path):
+    """A passing candidate that is not min_speedup x faster than FP32 is not served."""
+    import shutil
+
+    _, _, fp32, valid = setup
+    twin = tmp_path / "twin"
+    shutil.copytree(fp32, twin)  # passes the guard, same speed
+    rep = check_guard(twin, fp32, valid, invariance_users=4)
+    d = select_served_model({"twin": twin}, fp32, valid, batch_size=16, repeats=2, rounds=1,
+                            min_speedup=10.0, guard_reports={"twin": rep})
+    assert d.chosen == "reference" and "not 10x faster" in d.reason
+    d = select_served_model({"twin": twin}, fp32, valid, batch_size=16, repeats=2, rounds=1,
+                            min_speedup=0.0, guard_reports={"twin": rep})
+    assert d.chosen == "twin" and (twin / GUARD_FILE).exists()
+    assert json.loads((twin / GUARD_FILE).read_text())["candidates"]["twin"]["passed"]
