@@ -110,7 +110,7 @@ def run_split(data, seed: int, args, log) -> dict:
         support = [UserSequence(t.user, t.support_items, t.support_ratings) for t in sp.test_tasks]
         t0 = time.perf_counter()
         cfg = AdaptConfig(seed=seed, device=args.device, num_threads=args.num_threads,
-                          **({"epochs": 2} if args.quick else {}))
+                          train_rating_head=True, **({"epochs": 2} if args.quick else {}))
         res = adapt(model, support, "head_only", cfg)
         secs = time.perf_counter() - t0
         arh = ModelRatingScorer(res.model)

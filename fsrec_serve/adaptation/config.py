@@ -69,7 +69,8 @@ class AdaptConfig:
     refit: bool = True  # after early stopping, retrain on the whole support for the best #passes
     # -- what is trained -------------------------------------------------------------------
     train_output_bias: bool = True  # PEFT strategies also train the per-item output bias
-    train_rating_head: bool = True  # head_only / PEFT strategies also train the rating head (if any)
+    train_rating_head: bool = False  # also train the rating head (if any): for rating predictions;
+    #   off by default because serving ranks by next-item scores (keeps adapters small)
     lora_r: int = 8  # LoRA rank (AdaLoRA: the final average rank)
     lora_alpha: Optional[int] = None  # LoRA scaling numerator; None = 2 * r
     lora_dropout: float = 0.0  # dropout on the LoRA input

@@ -43,9 +43,13 @@ def continual_adapt(
     config: Optional[AdaptConfig] = None,
     replay: Optional[Sequence[UserSequence]] = None,  # old training sequences to rehearse
     replay_ratio: float = 1.0,  # replayed old sequences per new sequence
+    examples: str = "sequences",  # long sequences: the model's own objective, not every prefix
 ) -> AdaptResult:
-    """Adapt ``model`` to ``new_sequences`` mixed with replayed old sequences."""
-    cfg = config or AdaptConfig()
+    """Adapt ``model`` to ``new_sequences`` mixed with replayed old sequences.
+
+    Unlike a few-shot support set, a slice of the log holds long sequences, so the default is the
+    model's own objective on them (``examples="sequences"``) rather than one window per prefix."""
+    cfg = (config or AdaptConfig()).with_overrides(examples=examples)
     mix = replay_mix(new_sequences, replay, replay_ratio, cfg.seed)
     res = adapt(model, mix, strategy=strategy, config=cfg)
     res.info.update(n_new=len(new_sequences), n_replay=len(mix) - len(new_sequences),

@@ -4,11 +4,11 @@
 strategy       trained parameters (everything else frozen, bit-identical)
 =============  ===========================================================================
 zero_shot      nothing: the support items are only the history
-head_only      ``output_bias`` (per-item score bias) and ``rating_head`` (if the model has one);
+head_only      ``output_bias`` (per-item score bias), + ``rating_head`` with train_rating_head;
                the tied item table, the encoder and the side-feature projection stay frozen
 full           every parameter (small learning rate)
 lora           PEFT LoRA on BERT's ``query``/``value`` (``lora_targets``), plus
-               ``modules_to_save`` = ``output_bias`` (+ ``rating_head``)
+               ``modules_to_save`` = ``output_bias`` (+ ``rating_head`` with train_rating_head)
 adalora        PEFT AdaLoRA on the same layers (rank budget pruned from ``adalora_init_r`` to
                ``lora_r`` during training), same ``modules_to_save``
 ia3            PEFT IA3: learned rescaling of ``key``, ``value`` and the feed-forward output
