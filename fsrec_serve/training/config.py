@@ -42,7 +42,7 @@ class TrainConfig:
     use_ratings: bool = True  # pass rating labels (rating head loss) when ratings are not constant
     # -- evaluation / checkpoints / logging ------------------------------------------------
     eval_every: int = 1  # evaluate on the validation examples every this many epochs
-    eval_batch_size: int = 256  # histories per evaluation batch
+    eval_batch_size: int = 64  # histories per evaluation batch (eager attention: B*heads*L*L floats)
     output_dir: Optional[str] = None  # where the best checkpoint and metrics.jsonl go; None = nowhere
     progress: bool = True  # tqdm progress bar
     max_train_seconds: Optional[float] = None  # wall-clock budget; training stops after it

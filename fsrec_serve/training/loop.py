@@ -194,7 +194,7 @@ def train_loop(
                 loss = out.loss
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"loss became {float(loss)} at epoch {epoch}: lower lr (now {tc.lr}) or "
+                        f"loss became {float(loss.detach())} at epoch {epoch}: lower lr (now {tc.lr}) or "
                         "raise max_grad_norm clipping"
                     )
                 optimizer.zero_grad(set_to_none=True)
