@@ -180,7 +180,7 @@ def quantize(
     onnx_dir: str | Path,
     output_dir: str | Path | None = None,
     mode: str = "int8-static",
-    preset: str = "avx2",
+    preset: str = "auto",
     per_channel: bool = True,
     reduce_range: bool = False,
     calibration_histories: Sequence | None = None,
