@@ -164,7 +164,7 @@ def _init_virtual_tokens(model, pm, strategy: str, seed: int) -> None:
     P = emb.shape[0]
     n = model.config.num_items
     bias = model.output_bias.bias.detach()[1: n + 1]
-    top = torch.topk(bias + 1e-6 * torch.randn(bias.shape, generator=torch.Generator().manual_seed(seed)),
+    top = torch.topk(bias + 1e-6 * torch.randn(bias.shape, generator=torch.Generator().manual_seed(seed)).to(bias.device),
                      min(P, n)).indices + 1  # [P] item indices
     table = model.item_vectors().detach()
     if strategy == "prompt":
