@@ -202,9 +202,18 @@ def test_server_errors_are_mapped(triton_server, client):
     with RecommenderClient(client.url, client.protocol, model_name="nope", item_map=client.item_map, spec=client.spec) as c:
         with pytest.raises(InferenceServerError, match="nope"):
             c.recommend(["1"], k=3)
+    # a 0.1 ms budget: gRPC's deadline always fires; HTTP's per-connection gevent timeout can let
+    # an already-buffered answer through on a loaded machine, so it gets a few tries, and any
+    # outcome other than an answer or RequestTimeoutError fails the test
     with RecommenderClient(client.url, client.protocol, repository=client.repository, timeout_s=1e-4, retries=3) as c:
-        with pytest.raises(RequestTimeoutError):
-            c.recommend(["1"], k=3)
+        timed_out = 0
+        for _ in range(1 if client.protocol == "grpc" else 5):
+            try:
+                c.recommend(["1"], k=3)
+            except RequestTimeoutError:
+                timed_out += 1
+                break
+        assert timed_out == 1
     with triton_server.client(client.protocol, admin=True) as admin:
         with pytest.raises(ModelControlError, match="nope"):
             admin.load_model("nope")
