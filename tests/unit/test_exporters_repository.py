@@ -68,7 +68,7 @@ def test_generated_config_parses_as_model_config(tmp_path, target):
     if target == "cpu":
         assert cfg.backend == "python" and kind == mc.ModelInstanceGroup.KIND_CPU
         assert "EXECUTION_ENV_PATH" not in cfg.parameters  # machine-specific: never generated
-        assert cfg.parameters["intra_op_num_threads"].string_value == "0"
+        assert cfg.parameters["intra_op_num_threads"].string_value == str(spec.intra_op_threads)
         assert not cfg.optimization.execution_accelerators.gpu_execution_accelerator
     else:
         assert cfg.backend == "onnxruntime" and kind == mc.ModelInstanceGroup.KIND_GPU
