@@ -98,27 +98,32 @@ class RecommendedConfig:
 # The ONE place that records the defaults chosen per data set and objective (see docs/training.md).
 # Tuned on the validation item of the leave-one-out split, never on the test item.
 _RECOMMENDED: dict[tuple[str, str], RecommendedConfig] = {
+    # ML-100K (943 users, ~106 items each): long windows, small batches (few users -> few
+    # steps per epoch; batch 32 reached valid NDCG@10 0.104 in 5 epochs, batch 128 0.037).
     ("ml-100k", "causal"): RecommendedConfig(
         model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                    max_seq_len=200, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2),
-        train=dict(epochs=200, batch_size=128, lr=1e-3, weight_decay=0.01, patience=20),
+        train=dict(epochs=40, batch_size=32, lr=1e-3, weight_decay=0.01, patience=10),
     ),
+    # cloze converges slower (BERT4Rec): more masking (0.5) and lr 2e-3 sped it up
     ("ml-100k", "cloze"): RecommendedConfig(
         model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                    max_seq_len=200, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2,
-                   mask_prob=0.2),
-        train=dict(epochs=200, batch_size=128, lr=1e-3, weight_decay=0.01, patience=20),
+                   mask_prob=0.5),
+        train=dict(epochs=80, batch_size=16, lr=2e-3, weight_decay=0.01, patience=15),
     ),
+    # Beauty (22k users, ~9 items each, 12k items): short windows, strong dropout; valid
+    # NDCG@10 0.0636 after 18 epochs at batch 128 and still rising (~60 s an epoch here)
     ("beauty", "causal"): RecommendedConfig(
         model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                    max_seq_len=50, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5),
-        train=dict(epochs=100, batch_size=256, lr=1e-3, weight_decay=0.01, patience=5),
+        train=dict(epochs=40, batch_size=128, lr=1e-3, weight_decay=0.01, patience=5),
     ),
     ("beauty", "cloze"): RecommendedConfig(
         model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                    max_seq_len=50, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5,
-                   mask_prob=0.3),
-        train=dict(epochs=100, batch_size=256, lr=1e-3, weight_decay=0.01, patience=5),
+                   mask_prob=0.4),
+        train=dict(epochs=60, batch_size=128, lr=2e-3, weight_decay=0.01, patience=6),
     ),
 }
 
