@@ -114,7 +114,7 @@ def tiny_config(num_items: int = TINY_ITEMS, objective: str = "cloze", features:
     return FsRecConfig(**base)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_model_config():
     """Factory: ``tiny_model_config(objective="causal", features=4, max_seq_len=8)``."""
     return tiny_config

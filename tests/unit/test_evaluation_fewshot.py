@@ -17,10 +17,11 @@ from fsrec_serve.training import pretrain
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_splits):
+def pretrained(tiny_splits, tiny_model_config):
     """A tiny model pretrained on the warm users of the default tiny split (seconds)."""
-    from conftest import tiny_config
     from fsrec_serve.training import TrainConfig
+
+    tiny_config = tiny_model_config
 
     torch.manual_seed(0)
     nf = tiny_splits.item_features.shape[1]
