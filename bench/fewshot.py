@@ -62,7 +62,7 @@ def pretrained_model(dataset: str, splits, seed: int, args, log):
         to.update(epochs=2, patience=0, max_train_seconds=None)
     tag = "quick" if args.quick else f"L{mo['max_seq_len']}"
     out = Path(args.cache) / f"{dataset}-cloze-s{seed}-{tag}"
-    if (out / "model.safetensors").exists():
+    if (out / "model.safetensors").exists() and (out / "fsrec_run.json").exists():  # finished runs only
         log(f"  using cached pretrained model {out}")
         return FsRecModel.from_pretrained(str(out)).eval(), json.loads((out / "fsrec_run.json").read_text())
     log(f"  pretraining {dataset} seed {seed} -> {out}")

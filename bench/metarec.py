@@ -51,7 +51,7 @@ def pretrained(sp, seed: int, args, log):
 
     tag = "quick" if args.quick else f"L{args.max_seq_len}"
     out = Path(args.cache) / f"metarec-s{seed}-{tag}"
-    if (out / "model.safetensors").exists():
+    if (out / "model.safetensors").exists() and (out / "fsrec_run.json").exists():  # finished runs only
         log(f"  cached model {out}")
         return FsRecModel.from_pretrained(str(out)).eval()
     train = sp.train_sequences()

@@ -81,7 +81,13 @@ class AdaptArtifact:
         d.mkdir(parents=True, exist_ok=True)
         files = []
         if self.peft_model is not None:
-            self.peft_model.save_pretrained(str(d / ADAPTER_DIR))
+            import warnings
+
+            with warnings.catch_warnings():
+                # AdaLoRA may prune a layer's rank to 0; PEFT then warns about "zero-sized"
+                # tensors as if they were unsharded DeepSpeed/FSDP weights. They reload fine.
+                warnings.filterwarnings("ignore", message=".*invalid shape.*")
+                self.peft_model.save_pretrained(str(d / ADAPTER_DIR))
             files.append(ADAPTER_DIR)
         if self.tensors:
             from safetensors.torch import save_file

@@ -316,6 +316,20 @@ def test_artifact_save_load_round_trip(tmp_path, strategy):
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_adalora_with_pruned_ranks_round_trips(tmp_path):
+    """AdaLoRA can prune a layer's rank to 0 (zero-sized tensors); save + reload still works."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "base")
+    res = adapt(model, pattern_support(), "adalora",
+                fast(epochs=8, patience=8, lora_r=1, adalora_init_r=4, refit=False))
+    ranks = {n: p.shape for n, p in res.model.named_parameters() if "lora_E" in n}
+    assert ranks
+    path = res.save(tmp_path / "art")
+    loaded = load_adapted(tmp_path / "base", path)
+    h = histories()
+    torch.testing.assert_close(loaded.next_item_scores(h), res.model.next_item_scores(h), atol=1e-6, rtol=0)
+
+
 def test_artifact_refuses_another_base_model(tmp_path):
     res = adapt(tiny_model(seed=0), pattern_support(), "lora", fast(epochs=1))
     path = res.save(tmp_path / "art")
