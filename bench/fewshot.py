@@ -134,9 +134,18 @@ def run_seed(dataset: str, seed: int, args, log) -> dict:
     return rec
 
 
-def aggregate(records: list[dict]) -> list[dict]:
-    """Per-seed records -> BENCH_SCHEMA rows (mean ± std over seeds)."""
-    rows = []
+def aggregate(records: list[dict]) -> tuple[list[dict], dict]:
+    """Per-seed records -> (BENCH_SCHEMA rows with mean ± std over seeds, details per row key).
+
+    Rows carry only the schema fields so that each method renders as one table row; the rest
+    (users per seed, auto's choices, CPU seconds, new-user numbers) goes into ``details``."""
+    rows, details = [], {}
+
+    def add(vals, ds, proto, method, metric, **info):
+        rows.append(summarize(vals, dataset=ds, protocol=proto, method=method, metric=metric))
+        if info:
+            details.setdefault(f"{ds}/{proto}/{method}", {}).update(info)
+
     by_ds: dict[str, list[dict]] = {}
     for r in records:
         by_ds.setdefault(r["dataset"], []).append(r)
@@ -150,56 +159,55 @@ def aggregate(records: list[dict]) -> list[dict]:
                         strategies.append(e["strategy"])
             for st in strategies:
                 es = [e for r in recs for e in r["kshot"].get(str(k), []) if e["strategy"] == st]
-                proto = f"coldstart-k{k}"
-                extra = {"users_per_seed": [int(e["metrics"]["n"]) for e in es]}
+                proto, m = f"coldstart-k{k}", method_name(st)
+                info = {"users_per_seed": [int(e["metrics"]["n"]) for e in es]}
                 if st == "auto":
-                    extra["chosen"] = [e["chosen"] for e in es]
+                    info["chosen_per_seed"] = [e["chosen"] for e in es]
                 for met in ("hr@10", "ndcg@10"):
-                    rows.append(summarize([e["metrics"][met] for e in es], dataset=ds, protocol=proto,
-                                          method=method_name(st), metric=met, **extra))
+                    add([e["metrics"][met] for e in es], ds, proto, m, met, **info)
                 if st not in ("popularity", "zero_shot"):
-                    rows.append(summarize([e["seconds"] for e in es], dataset=ds, protocol=proto,
-                                          method=method_name(st), metric="seconds",
-                                          cpu_seconds=[round(e.get("cpu_seconds", 0.0), 2) for e in es],
-                                          note="wall-clock per cohort adaptation (inner split + "
-                                               "refit); cpu_seconds = process CPU time, all threads"))
+                    add([e["seconds"] for e in es], ds, proto, m, "seconds",
+                        cpu_seconds_per_seed=[round(e.get("cpu_seconds", 0.0), 2) for e in es],
+                        wall_seconds_per_seed=[round(e["seconds"], 2) for e in es])
                     if any(e["size_kb"] for e in es):
-                        rows.append(summarize([e["size_kb"] for e in es], dataset=ds, protocol=proto,
-                                              method=method_name(st), metric="size_kb"))
+                        add([e["size_kb"] for e in es], ds, proto, m, "size_kb")
         items = [r["items"] for r in recs if r.get("items")]
         if items:
-            n_eval = [i["n_eval"] for i in items]
             for method, key in (("popularity", "popularity"), ("zero-shot", "before"),
                                 ("item-embeddings", "after")):
                 for met in ("hr@10", "ndcg@10"):
-                    rows.append(summarize([i[key][met] for i in items], dataset=ds,
-                                          protocol="coldstart-items", method=method, metric=met,
-                                          events_per_seed=n_eval))
-            rows.append(summarize([i["seconds"] for i in items], dataset=ds, protocol="coldstart-items",
-                                  method="item-embeddings", metric="seconds"))
-            rows.append(summarize([i["size_kb"] for i in items], dataset=ds, protocol="coldstart-items",
-                                  method="item-embeddings", metric="size_kb"))
-            rows.append(summarize([i["warm_after"]["ndcg@10"] / i["warm_before"]["ndcg@10"] for i in items],
-                                  dataset=ds, protocol="coldstart-items", method="item-embeddings",
-                                  metric="ratio", note="warm-user LOO NDCG@10 after / before"))
+                    add([i[key][met] for i in items], ds, "coldstart-items", method, met,
+                        events_per_seed=[i["n_eval"] for i in items])
+            add([i["seconds"] for i in items], ds, "coldstart-items", "item-embeddings", "seconds")
+            add([i["size_kb"] for i in items], ds, "coldstart-items", "item-embeddings", "size_kb")
+            add([i["warm_after"]["ndcg@10"] / i["warm_before"]["ndcg@10"] for i in items], ds,
+                "coldstart-items", "item-embeddings", "ratio",
+                ratio="warm users' LOO NDCG@10 after / before learning the cold items")
         fg = [r["forgetting"] for r in recs if r.get("forgetting")]
         if fg:
-            rows.append(summarize([f[next(iter(f))]["warm_before"]["ndcg@10"] for f in fg], dataset=ds,
-                                  protocol="forgetting", method="zero-shot", metric="ndcg@10",
-                                  note="warm users' LOO test before re-fine-tuning"))
+            add([f[next(iter(f))]["warm_before"]["ndcg@10"] for f in fg], ds, "forgetting", "zero-shot",
+                "ndcg@10", ndcg="warm users' LOO test before re-fine-tuning")
             for name in fg[0]:
                 vals = [f[name] for f in fg if name in f]
-                rows.append(summarize([v["warm_after"]["ndcg@10"] for v in vals], dataset=ds,
-                                      protocol="forgetting", method=name, metric="ndcg@10",
-                                      note="warm users' LOO test after re-fine-tuning"))
-                rows.append(summarize([v["forgetting_ratio"] for v in vals], dataset=ds,
-                                      protocol="forgetting", method=name, metric="ratio",
-                                      note="forgetting = warm NDCG@10 after / before (goal >= 0.98)",
-                                      new_users_before=[v["new_before"]["ndcg@10"] for v in vals],
-                                      new_users_after=[v["new_after"]["ndcg@10"] for v in vals]))
-                rows.append(summarize([v["seconds"] for v in vals], dataset=ds, protocol="forgetting",
-                                      method=name, metric="seconds"))
-    return rows
+                info = {"new_users_ndcg@10_before": [round(v["new_before"]["ndcg@10"], 4) for v in vals],
+                        "new_users_ndcg@10_after": [round(v["new_after"]["ndcg@10"], 4) for v in vals]}
+                add([v["warm_after"]["ndcg@10"] for v in vals], ds, "forgetting", name, "ndcg@10", **info)
+                add([v["forgetting_ratio"] for v in vals], ds, "forgetting", name, "ratio")
+                add([v["seconds"] for v in vals], ds, "forgetting", name, "seconds")
+    return rows, details
+
+
+NOTES = [
+    "coldstart-k*: cold users (never in pretraining), support = first k interactions, query = the "
+    "(k+1)-th, full ranking, support items excluded; one adaptation per cohort on the support sets "
+    "only; seconds = wall-clock per cohort (inner split + early stopping + refit) on a shared "
+    "2-core machine (see details for CPU seconds).",
+    "coldstart-items: events of warm users whose target is a cold item (first 3 events per item = "
+    "adaptation data, the rest evaluated); zero-shot = side features only; ratio = warm users' "
+    "LOO NDCG@10 after / before.",
+    "forgetting: warm users' LOO test NDCG@10 after re-fine-tuning on the cold users' sequences; "
+    "ratio = after / before (goal >= 0.98).",
+]
 
 
 def main(argv=None) -> int:
@@ -223,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="runs/bench-cache", help="pretrained models + per-seed records")
     p.add_argument("--fresh", action="store_true", help="ignore cached per-seed records")
     p.add_argument("--pretrain-only", action="store_true", help="only pretrain (and cache) the models")
+    p.add_argument("--aggregate-only", action="store_true",
+                   help="only summarise the cached per-seed records that exist (runs nothing)")
     p.add_argument("--out", default=None, help="results name (default fewshot / fewshot-quick)")
     args = p.parse_args(argv)
     if args.pretrain_seconds == 0:
@@ -255,14 +265,19 @@ def main(argv=None) -> int:
                 log(f"{ds} seed {seed}: cached record {path}")
                 records.append(json.loads(path.read_text()))
                 continue
+            if args.aggregate_only:
+                log(f"{ds} seed {seed}: no record, skipped")
+                continue
             log(f"{ds} seed {seed}")
             rec = run_seed(ds, seed, args, log)
             path.write_text(json.dumps(rec, indent=1, default=float) + "\n")
             records.append(rec)
-    rows = aggregate(records)
+    rows, details = aggregate(records)
     name = args.out or ("fewshot-quick" if args.quick else "fewshot")
     command = "python -m bench.fewshot " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = write_results(name, command, rows, extra={
+        "notes": NOTES,
+        "details": details,
         "pretrain": [{"dataset": r["dataset"], "seed": r["seed"], **r["pretrain"]} for r in records],
         "splits": [r["split"] for r in records],
         "wall_seconds": time.time() - t0,
