@@ -383,7 +383,9 @@ def fit_strategy(base, support, strategy: str, cfg: AdaptConfig, *, valid=None, 
                    "(history, target) pair is left to train on (too few support items); the model "
                    "is NOT updated (zero_shot)")
             log.warning(msg)
-            return zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg))
+            res0 = zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg))
+            res0.info["seconds"] = time.perf_counter() - t0
+            return res0
         prep, res = train_strategy(base, strategy, cfg, train_seqs, inner_valid)
         zs = inner_score(base, inner_valid)
         best = float(res.best_valid.get(SELECTION_METRIC, float("nan")))
