@@ -74,7 +74,7 @@ def render_benchmark(data: dict, name: str) -> str:
 
 
 def render() -> str:
-    files = sorted(RESULTS.glob("*.json"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
+    files = sorted((p for p in RESULTS.glob("*.json") if not p.stem.endswith("-quick")), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
     parts = [
         "# Benchmarks",
         "",
