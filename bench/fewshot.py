@@ -57,10 +57,12 @@ def pretrained_model(dataset: str, splits, seed: int, args, log):
     mo = dict(max_seq_len=args.max_seq_len)
     to = dict(seed=seed, device=args.device, num_threads=args.num_threads, progress=False,
               max_train_seconds=args.pretrain_seconds)
+    if args.pretrain_epochs:
+        to.update(epochs=args.pretrain_epochs)
     if args.quick:
         mo.update(max_seq_len=20, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
         to.update(epochs=2, patience=0, max_train_seconds=None)
-    tag = "quick" if args.quick else f"L{mo['max_seq_len']}"
+    tag = "quick" if args.quick else f"L{mo['max_seq_len']}" + (f"-e{args.pretrain_epochs}" if args.pretrain_epochs else "")
     out = Path(args.cache) / f"{dataset}-cloze-s{seed}-{tag}"
     if (out / "model.safetensors").exists() and (out / "fsrec_run.json").exists():  # finished runs only
         log(f"  using cached pretrained model {out}")
@@ -83,8 +85,9 @@ def adapt_config(args, seed: int):
     return AdaptConfig(**kw)
 
 
-def run_seed(dataset: str, seed: int, args, log) -> dict:
-    """All protocols for one (data set, seed); returns the raw per-seed record."""
+def run_seed(dataset: str, seed: int, args, log, partial: Path | None = None) -> dict:
+    """All protocols for one (data set, seed); returns the raw per-seed record. With ``partial``
+    the record is saved after every step and a rerun continues where it stopped."""
     import torch
 
     from fsrec_serve.data import SplitConfig, load_dataset, make_splits
@@ -100,7 +103,18 @@ def run_seed(dataset: str, seed: int, args, log) -> dict:
                  "pretrain": {k: run_info.get(k) for k in ("best_epoch", "best_valid", "seconds",
                                                            "epochs_run")},
                  "kshot": {}, "items": None, "forgetting": {}}
+    if partial is not None and partial.exists():
+        rec.update({k: v for k, v in json.loads(partial.read_text()).items()
+                    if k in ("kshot", "items", "forgetting")})
+        log(f"  resuming from {partial}")
+
+    def save() -> None:
+        if partial is not None:
+            partial.write_text(json.dumps(rec, indent=1, default=float) + "\n")
+
     for k in args.ks:
+        if str(k) in rec["kshot"]:
+            continue
         runs = coldstart_users(model, splits, k, args.strategies, cfg)
         rec["kshot"][str(k)] = [{
             "strategy": r.strategy, "metrics": r.metrics, "seconds": r.seconds, "size_kb": r.size_kb,
@@ -116,21 +130,26 @@ def run_seed(dataset: str, seed: int, args, log) -> dict:
             rec["kshot"][str(k)].append({"strategy": "lora_per_user", "metrics": pu.metrics,
                                          "seconds": pu.seconds, "size_kb": 0.0})
             log(f"  k={k}: lora per user {pu.metrics['ndcg@10']:.4f}")
-    if not args.skip_items:
+        save()
+    if not args.skip_items and rec["items"] is None:
         ts = interaction_times(data) if data.has_timestamps else None
         rec["items"] = coldstart_items(model, splits, n_adapt=3, config=cfg, timestamps=ts,
                                        max_eval=args.max_eval, seed=seed)
         it = rec["items"]
         log(f"  cold items: before {it['before']['ndcg@10']:.4f} after {it['after']['ndcg@10']:.4f} "
             f"(popularity {it['popularity']['ndcg@10']:.4f}, n={it['n_eval']})")
+        save()
     if not args.skip_forgetting:
         for name, strategy, ratio in (("lora-replay", "lora", 1.0), ("full-noreplay", "full", 0.0)):
+            if name in rec["forgetting"]:
+                continue
             f = forgetting(model, splits, strategy, cfg, replay_ratio=ratio, max_warm=args.max_eval,
                            seed=seed)
             rec["forgetting"][name] = f
             log(f"  forgetting {name}: warm {f['warm_before']['ndcg@10']:.4f} -> "
                 f"{f['warm_after']['ndcg@10']:.4f} (ratio {f['forgetting_ratio']:.3f}); new users "
                 f"{f['new_before']['ndcg@10']:.4f} -> {f['new_after']['ndcg@10']:.4f}")
+            save()
     return rec
 
 
@@ -221,8 +240,10 @@ def main(argv=None) -> int:
     p.add_argument("--num-threads", type=int, default=int(os.environ.get("FSREC_BENCH_THREADS", 2)))
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 epochs, k in 1 5")
     p.add_argument("--max-seq-len", type=int, default=50, help="pretrained model's history length")
-    p.add_argument("--pretrain-seconds", type=float, default=1800.0,
-                   help="wall-clock budget of each pretraining (CPU); 0 = none")
+    p.add_argument("--pretrain-epochs", type=int, default=40,
+                   help="pretraining epochs (the lr schedule spans them); 0 = the recommended 200")
+    p.add_argument("--pretrain-seconds", type=float, default=0.0,
+                   help="wall-clock budget of each pretraining; 0 = none")
     p.add_argument("--adapt-override", default="{}", help="JSON of AdaptConfig fields")
     p.add_argument("--per-user", action="store_true", help="also LoRA micro-tuning per user at k=5")
     p.add_argument("--skip-items", action="store_true")
@@ -248,7 +269,7 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
 
     records = []
-    tag = "quick" if args.quick else "full"
+    tag = "quick" if args.quick else f"e{args.pretrain_epochs}"
     if args.pretrain_only:
         from fsrec_serve.data import SplitConfig, load_dataset, make_splits
 
@@ -269,8 +290,10 @@ def main(argv=None) -> int:
                 log(f"{ds} seed {seed}: no record, skipped")
                 continue
             log(f"{ds} seed {seed}")
-            rec = run_seed(ds, seed, args, log)
+            partial = path.with_suffix(".partial.json")
+            rec = run_seed(ds, seed, args, log, partial)
             path.write_text(json.dumps(rec, indent=1, default=float) + "\n")
+            partial.unlink(missing_ok=True)
             records.append(rec)
     rows, details = aggregate(records)
     name = args.out or ("fewshot-quick" if args.quick else "fewshot")

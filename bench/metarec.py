@@ -49,7 +49,7 @@ def pretrained(sp, seed: int, args, log):
     from fsrec_serve.model import FsRecModel
     from fsrec_serve.training import default_model_config, default_train_config, pretrain
 
-    tag = "quick" if args.quick else f"L{args.max_seq_len}"
+    tag = "quick" if args.quick else f"L{args.max_seq_len}-e{args.pretrain_epochs}"
     out = Path(args.cache) / f"metarec-s{seed}-{tag}"
     if (out / "model.safetensors").exists() and (out / "fsrec_run.json").exists():  # finished runs only
         log(f"  cached model {out}")
@@ -59,7 +59,7 @@ def pretrained(sp, seed: int, args, log):
     valid = [Example(s.user, s.items[:-1], s.items[-1], s.ratings[-1], s.ratings[:-1]) for s in train]
     mo = dict(max_seq_len=args.max_seq_len, rating_head=True, rating_loss_weight=1.0)
     to = dict(seed=seed, device=args.device, num_threads=args.num_threads, progress=False,
-              max_train_seconds=args.pretrain_seconds, output_dir=str(out))
+              max_train_seconds=args.pretrain_seconds, output_dir=str(out), epochs=args.pretrain_epochs)
     if args.quick:
         mo.update(max_seq_len=20, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
         to.update(epochs=2, patience=0, max_train_seconds=None)
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-threads", type=int, default=int(os.environ.get("FSREC_BENCH_THREADS", 2)))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--max-seq-len", type=int, default=50)
-    p.add_argument("--pretrain-seconds", type=float, default=600.0, help="budget per split (CPU); 0 = none")
+    p.add_argument("--pretrain-epochs", type=int, default=60, help="pretraining epochs per split")
+    p.add_argument("--pretrain-seconds", type=float, default=0.0, help="wall-clock budget per split; 0 = none")
     p.add_argument("--no-adapt", action="store_true", help="skip the adapted rating head")
     p.add_argument("--cache", default="runs/bench-cache")
     p.add_argument("--fresh", action="store_true")
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
 
     recs = []
-    tag = "quick" if args.quick else "full"
+    tag = "quick" if args.quick else f"e{args.pretrain_epochs}"
     for seed in seeds:
         path = Path(args.cache) / f"metarec-s{seed}-{tag}.json"
         if path.exists() and not args.fresh:
