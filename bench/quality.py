@@ -107,6 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--model-override", default="{}", help="JSON of FsRecConfig fields")
     p.add_argument("--train-override", default="{}", help="JSON of TrainConfig fields")
     p.add_argument("--out", default=None, help="results name (default quality, quality-quick)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other data sets/methods already in the results file (their "
+                        "command is kept next to this one)")
     args = p.parse_args(argv)
     if args.data_dir is None and not os.environ.get("FSREC_DATA_DIR"):
         shared = REPO.parent / "shared" / "data"  # this sandbox's layout
@@ -156,7 +159,20 @@ def main(argv=None) -> int:
             results.append(summarize([r["peak_mb"] for r in per_seed], dataset=dataset,
                                      protocol="loo-full", method=method, metric="peak_mb"))
     command = "python -m bench.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    commands = {d: command for d in args.datasets}
+    if args.merge:
+        from bench.common import RESULTS_DIR
+
+        old_path = RESULTS_DIR / f"{name}.json"
+        if old_path.exists():
+            old = json.loads(old_path.read_text())
+            done = {(r["dataset"], r["method"]) for r in results}
+            results = [r for r in old.get("results", []) if (r["dataset"], r["method"]) not in done] + results
+            runs = [r for r in old.get("runs", []) if (r["dataset"], r["method"]) not in done] + runs
+            commands = {**old.get("commands", {}), **commands}
+            command = " ; ".join(dict.fromkeys(commands.values()))
     path = write_results(name, command, results, extra={
+        "commands": commands,
         "notes": ("leave-one-out over every user, full ranking over the whole catalogue with the "
                   "user's own history excluded; hyperparameters from "
                   "fsrec_serve.training.recommended_config, early stopping on the validation item; "
