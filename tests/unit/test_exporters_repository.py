@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -140,8 +141,12 @@ def test_runtime_repository_adds_machine_specific_values(tmp_path, export_dir):
     assert (repo / "fsrec" / "config.pbtxt").read_text() == committed_before  # source untouched
     rt2 = runtime_repository(repo, tmp_path / "rt2", copy_files=True)
     assert not (rt2 / "fsrec" / "1" / "model.onnx").is_symlink()
+    # the committed layout (configs + python model, no weights) cannot be served: copy it without
+    # any ONNX file a local main-job run may have written there (they are git-ignored)
+    bare = tmp_path / "committed"
+    shutil.copytree(COMMITTED_REPOSITORY, bare, ignore=shutil.ignore_patterns("*.onnx", "*.json"))
     with pytest.raises(RepositoryError, match="no version"):
-        runtime_repository(COMMITTED_REPOSITORY, tmp_path / "rt3")  # weights not built there
+        runtime_repository(bare, tmp_path / "rt3")
 
 
 # -- the committed repository (golden) -----------------------------------------------------------------
