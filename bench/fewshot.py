@@ -297,7 +297,9 @@ def main(argv=None) -> int:
             records.append(rec)
     rows, details = aggregate(records)
     name = args.out or ("fewshot-quick" if args.quick else "fewshot")
-    command = "python -m bench.fewshot " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    # the command that reproduces the numbers (--aggregate-only only re-reads the cached records)
+    command = "python -m bench.fewshot " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--aggregate-only")
     out = write_results(name, command, rows, extra={
         "notes": NOTES,
         "details": details,
