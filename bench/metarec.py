@@ -9,8 +9,12 @@ ranked by
 
 * ``item-mean``: the item's mean rating over the training users (the baseline of the issue);
 * ``fsrec-rating-head``: the model's predicted rating of the item given the support history;
+* ``item-knn``: item-based CF from the test user's support ratings (similarities from the
+  training users), a classic non-neural baseline;
+* ``knn-blend``: item mean + item-knn (no neural model), weights tuned on the validation users;
 * ``fsrec-blend``: per-user standardised rating head + shrunk item mean + next-item logit, with
   blend weights and the item-mean shrinkage chosen on the VALIDATION users of the split;
+* ``fsrec-knn-blend``: fsrec-blend + item-knn (what the model adds on top of the CF baseline);
 * ``fsrec-adapted-blend`` (unless --no-adapt): as fsrec-blend, with the rating head first adapted
   (head_only: output bias + rating head) on the test users' SUPPORT ratings (cohort adaptation).
 
@@ -72,7 +76,7 @@ def pretrained(sp, seed: int, args, log):
 def run_split(data, seed: int, args, log) -> dict:
     import torch
 
-    from fsrec_serve.evaluation.metarec import (BlendScorer, ItemMeanScorer, MetaRecConfig,
+    from fsrec_serve.evaluation.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
                                                 ModelNextItemScorer, ModelRatingScorer,
                                                 evaluate_metarec, make_metarec_split, tune_blend)
 
@@ -88,21 +92,27 @@ def run_split(data, seed: int, args, log) -> dict:
     out["methods"]["item-mean"] = evaluate_metarec(item_mean, sp.test_tasks)
     out["methods"]["fsrec-rating-head"] = evaluate_metarec(rh, sp.test_tasks)
 
-    def blend_for(rating_scorer, tag: str) -> None:
+    knn = ItemKNNScorer(train, sp.num_items)
+    out["methods"]["item-knn"] = evaluate_metarec(knn, sp.test_tasks)
+
+    def blend_for(comps: dict, tag: str, rating_scorer=None) -> dict:
+        """Tune the weights (item mean fixed at 1) and the item-mean shrinkage on the VALIDATION
+        users, then score the test users once."""
         best = None
         for shrink in SHRINKAGE_GRID:
-            im = ItemMeanScorer(train, sp.num_items, shrinkage=shrink)
-            w, score, _ = tune_blend({"rating_head": rating_scorer, "item_mean": im, "next_item": ni},
-                                     sp.valid_tasks, grid=WEIGHT_GRID, anchor="item_mean")
+            c = dict(comps, item_mean=ItemMeanScorer(train, sp.num_items, shrinkage=shrink))
+            w, score, _ = tune_blend(c, sp.valid_tasks, grid=WEIGHT_GRID, anchor="item_mean")
             if best is None or score > best[2] + 1e-12:
-                best = (shrink, w, score, im)
-        shrink, w, vscore, im = best
-        comps = {"rating_head": rating_scorer, "item_mean": im, "next_item": ni}
-        res = evaluate_metarec(BlendScorer(comps, w), sp.test_tasks, rating_scorer=rating_scorer)
+                best = (shrink, w, score, c)
+        shrink, w, vscore, c = best
+        res = evaluate_metarec(BlendScorer(c, w), sp.test_tasks, rating_scorer=rating_scorer)
         res.update(valid_ndcg5=vscore, weights=w, shrinkage=shrink)
         out["methods"][tag] = res
+        return res
 
-    blend_for(rh, "fsrec-blend")
+    blend_for({"item_knn": knn}, "knn-blend", rating_scorer=knn)
+    fb = blend_for({"rating_head": rh, "next_item": ni}, "fsrec-blend", rating_scorer=rh)
+    blend_for({"rating_head": rh, "next_item": ni, "item_knn": knn}, "fsrec-knn-blend", rating_scorer=rh)
     if not args.no_adapt:
         from fsrec_serve.adaptation import AdaptConfig, adapt
         from fsrec_serve.data import UserSequence
@@ -116,9 +126,9 @@ def run_split(data, seed: int, args, log) -> dict:
         arh = ModelRatingScorer(res.model)
         out["methods"]["fsrec-adapted-rating-head"] = evaluate_metarec(arh, sp.test_tasks)
         # the blend weights of the unadapted model are reused (validation users are not adapted on)
-        w = out["methods"]["fsrec-blend"]["weights"]
-        im = ItemMeanScorer(train, sp.num_items, shrinkage=out["methods"]["fsrec-blend"]["shrinkage"])
-        r2 = evaluate_metarec(BlendScorer({"rating_head": arh, "item_mean": im, "next_item": ModelNextItemScorer(res.model)}, w),
+        im = ItemMeanScorer(train, sp.num_items, shrinkage=fb["shrinkage"])
+        r2 = evaluate_metarec(BlendScorer({"rating_head": arh, "item_mean": im,
+                                           "next_item": ModelNextItemScorer(res.model)}, fb["weights"]),
                               sp.test_tasks, rating_scorer=arh)
         r2["seconds"] = secs
         out["methods"]["fsrec-adapted-blend"] = r2

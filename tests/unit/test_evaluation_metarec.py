@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fsrec_serve.data import UserSequence
-from fsrec_serve.evaluation.metarec import (BlendScorer, ItemMeanScorer, MetaRecConfig, MetaRecTask,
+from fsrec_serve.evaluation.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
+                                            MetaRecTask,
                                             ModelRatingScorer, evaluate_metarec, make_metarec_split,
                                             metarec_metrics, split_counts, tune_blend)
 
@@ -131,3 +132,18 @@ def test_model_rating_scorer_reads_the_support_as_history():
     assert np.abs(out[0] - out[1]).max() > 0  # different support -> different predictions
     r = evaluate_metarec(ModelRatingScorer(m), [t1, t2])
     assert "rmse" in r and r["n"] == 2
+
+
+def test_item_knn_follows_the_support_ratings_of_similar_items():
+    # items 1 and 2 are rated alike by every training user, items 3 and 4 alike; 1/2 vs 3/4 opposite
+    train = []
+    for u in range(20):
+        a = 5.0 if u % 2 else 1.0
+        b = 6.0 - a
+        train.append(UserSequence(str(u), [1, 2, 3, 4], [a, a, b, b]))
+    knn = ItemKNNScorer(train, num_items=4, shrinkage=0.0)
+    assert knn.sim[1, 2] == pytest.approx(1.0, abs=1e-5) and knn.sim[1, 3] == pytest.approx(-1.0, abs=1e-5)
+    t = MetaRecTask("x", [1], [5.0], [2, 3, 4], [5.0, 1.0, 1.0])  # likes item 1 -> likes 2, not 3/4
+    pred = knn([t])[0]
+    assert pred[0] > pred[1] and pred[0] > pred[2]
+    assert pred[0] == pytest.approx(3.0 + 2.0, abs=1e-4)  # mean 3 + deviation of item 1 (+2)
