@@ -20,7 +20,9 @@ KSHOT = re.compile(r"^coldstart-k(\d+)$")
 PUBLISHED_METAREC = ("Published under the same protocol (RecBole-MetaRec, ML-100K, nDCG@5): "
                      "MeLU 0.5331, MAMO 0.5929, TaNP 0.5994; random order scores about 0.50.")
 METHOD_ORDER = ["popularity", "zero-shot", "head-only", "full", "lora", "adalora", "ia3", "prefix",
-                "prompt", "auto", "lora-per-user", "item-mean", "fsrec-rating-head", "fsrec-blend"]
+                "prompt", "auto", "lora-per-user", "item-embeddings", "lora-replay", "full-noreplay",
+                "item-mean", "item-knn", "knn-blend", "fsrec-rating-head", "fsrec-blend",
+                "fsrec-knn-blend", "fsrec-adapted-rating-head", "fsrec-adapted-blend"]
 
 
 def load_results(paths: Iterable) -> tuple[list[dict], list[dict]]:
@@ -68,6 +70,8 @@ def simple_table(rows: Sequence[dict], dataset: str, protocol: str, metrics: Seq
     metrics = [m for m in metrics if any(r["metric"] == m for r in sel)]
     lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for m in _order(r["method"] for r in sel):
+        if not any((m, x) in cell for x in metrics):
+            continue  # e.g. popularity in the size table
         lines.append(f"| {m} | " + " | ".join(_fmt(cell[(m, x)], digits) if (m, x) in cell else "–"
                                               for x in metrics) + " |")
     return "\n".join(lines)
@@ -89,7 +93,7 @@ def plot_kshot(rows: Sequence[dict], dataset: str, path, metric: str = "ndcg@10"
         pts = sorted((int(KSHOT.match(r["protocol"]).group(1)), r["mean"], r["std"]) for r in sel
                      if r["method"] == m)
         ks, mean, std = zip(*pts)
-        off = (i - len(methods) / 2) * 0.06  # spread the error bars a little
+        off = (i - len(methods) / 2) * 0.035  # spread the error bars a little
         ax.errorbar([k + off for k in ks], mean, yerr=std, marker="o", capsize=3, label=m,
                     linestyle="--" if m in ("popularity", "zero-shot") else "-")
     ax.set_xlabel("k (support interactions per cold user)")
