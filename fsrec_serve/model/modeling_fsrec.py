@@ -20,11 +20,9 @@ from torch import nn
 from transformers import BertConfig, BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..contract import ITEM_MAP_FILE, MASK_VALUE
 from ..data.idmap import IdMap
 from .configuration_fsrec import FsRecConfig
-
-MASK_VALUE = -1.0e4  # score of items that must never be recommended (fp16-safe)
-ITEM_MAP_FILE = "item_map.json"
 
 
 @dataclass
@@ -169,9 +167,19 @@ class FsRecModel(FsRecPreTrainedModel):
         x = self.prepare_history(history_ids)
         return self.encode(x, (x != 0).long())[:, -1]
 
-    def next_item_scores(self, history_ids: torch.Tensor) -> torch.Tensor:
-        """history [B, L] (left-padded, newest last) -> scores [B, N] for the next item."""
-        return self._scores(self.user_state(history_ids), self.item_vectors())
+    @staticmethod
+    def apply_user_params(state: torch.Tensor, user_params: Optional[torch.Tensor]) -> torch.Tensor:
+        """state [..., H] + per-user parameters [..., H] -> adapted state [..., H].
+
+        The per-user parameter set is an offset of the user state, fitted on that user's own
+        support (``fsrec_serve.adaptation``). ``None`` or zeros give the base model's zero-shot
+        state exactly, so one base model serves every user (contract: ``user_params``)."""
+        return state if user_params is None else state + user_params
+
+    def next_item_scores(self, history_ids: torch.Tensor, user_params: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """history [B, L] (left-padded, newest last), optional user_params [B, H] -> scores [B, N]."""
+        state = self.apply_user_params(self.user_state(history_ids), user_params)
+        return self._scores(state, self.item_vectors())
 
     def predict_ratings(self, history_ids: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """history [B, L], candidate items [B, C] -> predicted ratings [B, C]."""
