@@ -5,10 +5,11 @@ request checks (:mod:`.validation`), the error mapping and retry policy (:mod:`.
 options (:mod:`.base`). Nothing here imports torch.
 """
 
-from ..data.idmap import IdMap
 from .aio import AsyncRecommenderClient
-from .base import ENV_ADMIN_KEY, parse_url
+from ..settings import ENV_ADMIN_KEY
+from .base import parse_url
 from .errors import RetryPolicy, is_retryable, map_exception
+from .idmap import IdMap
 from .sync import RecommenderClient
 from .validation import (
     EncodedHistory,

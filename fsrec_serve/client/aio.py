@@ -89,7 +89,7 @@ class AsyncRecommenderClient(ClientBase):
                     raise
                 err = mapped
             if control:
-                err = self._control_error(err, action)
+                err = self._control_error(err)
             if not (retry and is_retryable(err) and attempt < self.retry.retries):
                 if retry and is_retryable(err) and self.retry.retries:
                     err = type(err)(self.retry.give_up_message(err))

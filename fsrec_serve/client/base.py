@@ -10,11 +10,20 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..data.idmap import IdMap
+from ..contract import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_MODEL_NAME,
+    GRPC_RESTRICTED_KEY_HEADER,
+    ITEM_IDS_DTYPE,
+    RESTRICTED_KEY_HEADER,
+    TRITON_ITEM_IDS_DTYPE,
+)
 from ..errors import ClientError, ConfigError, InferenceServerError, ModelControlError
-from ..serving.constants import GRPC_RESTRICTED_KEY_HEADER, RESTRICTED_KEY_HEADER
-from ..settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME
+from ..settings import find_admin_key
 from .errors import CallContext, RetryPolicy, map_exception
+from .idmap import IdMap
 from .validation import (
     INPUT_NAME,
     OUTPUT_ITEMS,
@@ -33,7 +42,6 @@ from .validation import (
 )
 
 PROTOCOLS = ("grpc", "http")
-ENV_ADMIN_KEY = "FSREC_ADMIN_KEY"  # env: admin key for restricted (model-control) endpoints
 
 
 def parse_url(url: str | None, protocol: str | None) -> tuple[str, str, bool]:
@@ -56,7 +64,7 @@ def parse_url(url: str | None, protocol: str | None) -> tuple[str, str, bool]:
     protocol = protocol or "grpc"
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol {protocol!r}: choose 'grpc' or 'http'")
-    rest = rest.rstrip("/") or os.environ.get("FSREC_HOST", "127.0.0.1")
+    rest = rest.rstrip("/") or os.environ.get("FSREC_HOST", DEFAULT_HOST)
     try:
         port = urlsplit("//" + rest).port
     except ValueError as e:
@@ -114,7 +122,9 @@ class ClientBase:
             raise ConfigError("retries, backoff_s and backoff_max_s must be >= 0")
         self.retry = RetryPolicy(int(retries), float(backoff_s), float(backoff_max_s))  # retry on unavailable only
         self.headers = dict(headers or {})  # sent with every request (a gateway's auth header, ...)
-        self.admin_key = admin_key if admin_key is not None else os.environ.get(ENV_ADMIN_KEY)  # restricted APIs
+        # restricted APIs: explicit, else $FSREC_ADMIN_KEY, else the key file `fsrec serve` wrote on this machine
+        # (read when a model-control call needs it)
+        self._admin_key = admin_key
         self.verbose = verbose  # tritonclient's verbose output
         self.repository = Path(repository).expanduser() if repository is not None else None  # read side files from
         self._explicit_map = coerce_item_map(item_map)
@@ -140,10 +150,21 @@ class ClientBase:
         return map_exception(exc, self._ctx(action))
 
     # -- headers ----------------------------------------------------------------------------
+    @property
+    def admin_key(self) -> str | None:
+        """Key for the restricted (model-control) endpoints: the one given, else $FSREC_ADMIN_KEY,
+        else the key file ``fsrec serve`` generated on this machine (settings.admin_key_path())."""
+        return find_admin_key(self._admin_key)
+
+    @admin_key.setter
+    def admin_key(self, value: str | None) -> None:
+        self._admin_key = value
+
     def _request_headers(self, admin: bool = False) -> dict[str, str] | None:
         h = dict(self.headers)
-        if admin and self.admin_key:
-            h[GRPC_RESTRICTED_KEY_HEADER if self.protocol == "grpc" else RESTRICTED_KEY_HEADER] = self.admin_key
+        key = self.admin_key if admin else None
+        if key:
+            h[GRPC_RESTRICTED_KEY_HEADER if self.protocol == "grpc" else RESTRICTED_KEY_HEADER] = key
         return h or None
 
     # -- requests -----------------------------------------------------------------------------
@@ -200,8 +221,8 @@ class ClientBase:
 
     def _make_inputs(self, batch: np.ndarray):
         m = self._inputs_module()
-        inp = m.InferInput(INPUT_NAME, list(batch.shape), "INT64")
-        inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.int64))
+        inp = m.InferInput(INPUT_NAME, list(batch.shape), TRITON_ITEM_IDS_DTYPE)
+        inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=ITEM_IDS_DTYPE))
         if self.protocol == "grpc":
             outs = [m.InferRequestedOutput(OUTPUT_ITEMS), m.InferRequestedOutput(OUTPUT_SCORES)]
         else:
@@ -214,14 +235,13 @@ class ClientBase:
         a = np.asarray(item_ids)
         if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
             raise ConfigError(f"item_ids must be an integer array [B, max_seq_len], got {a.dtype} {a.shape}")
-        return a.astype(np.int64, copy=False)
+        return a.astype(ITEM_IDS_DTYPE, copy=False)
 
     # -- model-control helpers ----------------------------------------------------------------
     @staticmethod
-    def _control_error(err: ClientError, action: str) -> ClientError:
+    def _control_error(err: ClientError) -> ClientError:
         if type(err) is InferenceServerError:
-            out = ModelControlError(f"{err}")
-            return out
+            return ModelControlError(f"{err}")
         return err
 
     @staticmethod

@@ -103,7 +103,7 @@ class RecommenderClient(ClientBase):
                 if err is None:
                     raise
                 if control:
-                    err = self._control_error(err, action)
+                    err = self._control_error(err)
                 if not (retry and is_retryable(err) and attempt < self.retry.retries):
                     if retry and is_retryable(err) and self.retry.retries:
                         err = type(err)(self.retry.give_up_message(err))

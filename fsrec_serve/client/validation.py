@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..data.idmap import IdMap
 from ..errors import ConfigError, InvalidRequestError
+from .idmap import IdMap
 
 log = logging.getLogger("fsrec_serve.client")
 

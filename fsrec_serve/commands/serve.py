@@ -87,7 +87,8 @@ def _admin_key(args) -> str | None:
 
 
 def _serve(args) -> int:
-    from ..serving import DEFAULT_RESTRICTED_APIS, docker_command, serve
+    from ..contract import DEFAULT_RESTRICTED_APIS
+    from ..serving import docker_command, serve
 
     extra = [a for a in (args.extra or []) if a != "--"]
     key = _admin_key(args)

@@ -30,14 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..contract import DEFAULT_RESTRICTED_APIS, RESTRICTED_KEY_HEADER
 from ..errors import ConfigError, ServerStartError, ServingError
 from ..settings import get_settings
-from .constants import (
-    CONTAINER_REPOSITORY,
-    DEFAULT_RESTRICTED_APIS,
-    RESTRICTED_KEY_HEADER,
-    TRITON_CONTAINER_IMAGE,
-)
+from .constants import CONTAINER_REPOSITORY, TRITON_CONTAINER_IMAGE
 from .triton_install import find_triton, library_path, prepare_backends
 
 log = logging.getLogger(__name__)

@@ -184,7 +184,7 @@ def ddp_train_loop(
     ctx: DistContext,
     valid_examples: Optional[Sequence] = None,  # same on every rank; early stopping on NDCG@10
     candidate_mask: Optional[torch.Tensor] = None,  # [N] bool
-    **loop_kwargs: Any,  # passed on to train_loop (model_config, save_fn, eval_kwargs, ...)
+    **loop_kwargs: Any,  # passed on to train_loop (model_config, save_fn, evaluate_fn, ...)
 ) -> TrainLoopResult:
     """:func:`train_loop` across the process group. ``result.model`` is the unwrapped model;
     each history record gains ``global_loss`` (the loss of the whole batch, averaged over ranks).
@@ -230,8 +230,8 @@ def ddp_pretrain(
     model, data and outputs (rank 0 writes ``output_dir``: weights, item_map.json,
     train_config.json, metrics.jsonl with ``global_loss``, fsrec_run.json)."""
     from .pretrain import (
-        RUN_INFO_FILE, TRAIN_CONFIG_FILE, PretrainResult, build_model, default_model_config,
-        default_train_config, pretrain_candidate_mask,
+        RUN_INFO_FILE, TRAIN_CONFIG_FILE, PretrainResult, build_model, default_evaluate_fn,
+        default_model_config, default_train_config, pretrain_candidate_mask,
     )
 
     ctx = ctx or init_distributed()
@@ -252,7 +252,7 @@ def ddp_pretrain(
     res = ddp_train_loop(
         model, splits.loo_train(), tc, ctx, valid_examples=splits.loo_valid(),
         candidate_mask=pretrain_candidate_mask(splits, cfg.num_items), model_config=cfg,
-        save_fn=save_fn,
+        save_fn=save_fn, evaluate_fn=default_evaluate_fn(),
     )
     if out_dir is not None and ctx.is_main:
         res.model.save_pretrained(out_dir)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError
-from ..evaluation.protocols import evaluate_next_item
 from .batches import make_training_batches
 from .config import TrainConfig
 from .schedules import linear_warmup_decay
@@ -121,7 +120,7 @@ def train_loop(
     model: Any,  # FsRecModel or a PEFT-wrapped FsRecModel
     sequences: Sequence,  # list[UserSequence]: the training sequences
     train_config: Optional[TrainConfig] = None,
-    valid_examples: Optional[Sequence] = None,  # list[Example] for early stopping (NDCG@10)
+    valid_examples: Optional[Sequence] = None,  # list[Example] for early stopping (NDCG@10 via evaluate_fn)
     candidate_mask: Optional[torch.Tensor] = None,  # [N] bool, False = item out of the softmax
     trainable_parameters=None,  # None | iterable of parameters | predicate(name, param)
     *,
@@ -129,17 +128,26 @@ def train_loop(
     use_ratings: Optional[bool] = None,  # None = train_config.use_ratings and ratings vary
     save_fn: Optional[Callable[[Any, int, dict], None]] = None,  # called on every new best
     log_path: Optional[Union[str, Path]] = None,  # JSONL, one line per epoch
-    eval_kwargs: Optional[dict] = None,  # extra arguments for evaluate_next_item
+    eval_kwargs: Optional[dict] = None,  # extra keyword arguments for evaluate_fn
+    evaluate_fn: Optional[Callable[..., dict]] = None,  # (model, valid_examples, **kw) -> {"ndcg@10": ...}
     on_epoch_end: Optional[Callable[[dict], None]] = None,  # sees each epoch's record
 ) -> TrainLoopResult:
     """Train ``model`` on ``sequences`` with the objective of its config.
 
     AdamW (no decay on biases/LayerNorm), linear warmup + decay, gradient clipping, full softmax
     cross-entropy (the model's forward), optional rating loss, early stopping on validation
-    NDCG@10 with the best state restored at the end. The forward is called with keyword
+    NDCG@10 with the best state restored at the end. The validation metric comes from the caller:
+    ``evaluate_fn(model, valid_examples, ks=(10,), batch_size=..., device=..., candidate_mask=...)``
+    returns a dict with ``ndcg@10`` (``fsrec_serve.evaluation.evaluate_next_item`` fits; the
+    training package never imports evaluation). The forward is called with keyword
     arguments only, so a PEFT-wrapped model works.
     """
     tc = train_config or TrainConfig()
+    if valid_examples and evaluate_fn is None:
+        raise TrainingError(
+            "valid_examples needs evaluate_fn= (the validation metric), e.g. "
+            "fsrec_serve.evaluation.evaluate_next_item; or pass valid_examples=None"
+        )
     cfg = model_config or base_model(model).config
     set_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
@@ -221,7 +229,7 @@ def train_loop(
             last = epoch == tc.epochs
             out_of_time = tc.max_train_seconds is not None and time.perf_counter() - start >= tc.max_train_seconds
             if valid_examples and (epoch % max(1, tc.eval_every) == 0 or last or out_of_time):
-                metrics = evaluate_next_item(model, valid_examples, **ekw)
+                metrics = dict(evaluate_fn(model, valid_examples, **ekw))
                 metrics.pop("n", None)
                 rec.update({f"valid_{k}": v for k, v in metrics.items()})
                 score = metrics.get(SELECTION_METRIC, 0.0)

@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -108,6 +108,15 @@ def build_model(splits, model_config: FsRecConfig) -> FsRecModel:
     return model
 
 
+def default_evaluate_fn() -> Callable[..., dict]:
+    """The validation protocol pretraining early-stops on: ``evaluate_next_item`` (NDCG@10 of
+    the validation item, full ranking). pretrain() is the one place where training meets the
+    evaluation protocol; train_loop itself only calls the function it is given."""
+    from ..evaluation.protocols import evaluate_next_item
+
+    return evaluate_next_item
+
+
 def pretrain(
     splits,  # fsrec_serve.data.Splits
     model_config: Optional[FsRecConfig] = None,  # default: default_model_config(splits)
@@ -115,6 +124,7 @@ def pretrain(
     *,
     train_sequences: Optional[Sequence] = None,  # default: splits.loo_train()
     valid_examples: Optional[Sequence] = None,  # default: splits.loo_valid()
+    evaluate_fn: Optional[Callable[..., dict]] = None,  # validation metric; default evaluate_next_item
 ) -> PretrainResult:
     """Pretrain a fresh model on the warm users (leave-one-out training part), early-stopped on
     the validation item's NDCG@10 (full ranking, history excluded, cold items not candidates).
@@ -142,7 +152,7 @@ def pretrain(
 
     res: TrainLoopResult = train_loop(
         model, train_sequences, tc, valid_examples=valid_examples, candidate_mask=cmask,
-        model_config=cfg, save_fn=save_fn,
+        model_config=cfg, save_fn=save_fn, evaluate_fn=evaluate_fn or default_evaluate_fn(),
         log_path=(out_dir / METRICS_FILE) if out_dir is not None else None,
     )
     model = res.model

@@ -21,7 +21,7 @@ from fsrec_serve.errors import (
     RequestTimeoutError,
     ServerUnavailableError,
 )
-from fsrec_serve.serving import GRPC_RESTRICTED_KEY_HEADER, RESTRICTED_KEY_HEADER
+from fsrec_serve.contract import GRPC_RESTRICTED_KEY_HEADER, RESTRICTED_KEY_HEADER
 
 CTX = CallContext("127.0.0.1:1", "grpc", "inference on 'fsrec'")
 SPEC = ModelSpec(max_seq_len=5, max_top_k=10, num_items=3, max_batch_size=4)

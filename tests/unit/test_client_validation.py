@@ -164,7 +164,8 @@ def _repo(tmp_path, versions=(1, 3), meta=None, with_map=True):
 
 def test_repository_info_reads_the_newest_version(tmp_path):
     item_map, spec, version = load_repository_info(_repo(tmp_path), "fsrec")
-    assert version == "3" and item_map == IM
+    # the client reads item_map.json itself (no data package): same ids at the same indices
+    assert version == "3" and item_map.raws(range(1, 6)) == ["a", "b", "c", "242", "302"] and len(item_map) == 5
     assert (spec.max_seq_len, spec.max_top_k, spec.num_items, spec.max_batch_size) == (13, 20, 5, 32)
     assert spec.extra["objective"] == "cloze"
 
@@ -194,7 +195,8 @@ def test_repository_without_id_map_means_index_mode(tmp_path):
 
 def test_coerce_item_map(tmp_path):
     IM.save(tmp_path / "item_map.json")
-    assert coerce_item_map(tmp_path) == IM == coerce_item_map(tmp_path / "item_map.json")
+    for loaded in (coerce_item_map(tmp_path), coerce_item_map(tmp_path / "item_map.json")):
+        assert loaded.raws(range(1, 6)) == IM.raw_ids and loaded.index("242") == IM.index("242") == 4
     assert coerce_item_map(None) is None and coerce_item_map(IM) is IM
     with pytest.raises(DataFormatError):
         coerce_item_map(tmp_path / "missing.json")

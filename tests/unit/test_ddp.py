@@ -57,7 +57,8 @@ WORKER = SETUP + textwrap.dedent(
 
     ctx = init_distributed("gloo")
     model, seqs, valid, tc = make_setup()
-    res = ddp_train_loop(model, seqs, tc, ctx, valid_examples=valid)
+    from fsrec_serve.evaluation import evaluate_next_item
+    res = ddp_train_loop(model, seqs, tc, ctx, valid_examples=valid, evaluate_fn=evaluate_next_item)
     if ctx.is_main:
         out = {"world_size": ctx.world_size,
                "global_loss": [r["global_loss"] for r in res.history],
@@ -75,9 +76,10 @@ def _baseline():
     ns: dict = {}
     exec(SETUP, ns)  # noqa: S102 - our own constant code
     model, seqs, valid, tc = ns["make_setup"]()
+    from fsrec_serve.evaluation import evaluate_next_item
     from fsrec_serve.training import train_loop
 
-    res = train_loop(model, seqs, tc, valid_examples=valid)
+    res = train_loop(model, seqs, tc, valid_examples=valid, evaluate_fn=evaluate_next_item)
     return res
 
 

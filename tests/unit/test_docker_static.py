@@ -154,21 +154,21 @@ def test_promtool_config_and_rules():
 # -- consistency with the code ----------------------------------------------------------------------
 def test_serving_image_matches_launcher_settings_and_repository():
     from exporters.repository import load_model_config
-    from fsrec_serve import settings
+    from fsrec_serve import contract
     from fsrec_serve.serving import constants
 
     lines, env, args = _dockerfile(DOCKER / "Dockerfile.serving")
     froms = [ln.split()[1] for ln in lines if ln.startswith("FROM ")]
     assert froms == [constants.TRITON_CONTAINER_IMAGE] and ":latest" not in froms[0]
-    assert env["FSREC_MODEL_NAME"] == settings.DEFAULT_MODEL_NAME
-    assert int(env["FSREC_HTTP_PORT"]) == settings.DEFAULT_HTTP_PORT
-    assert int(env["FSREC_GRPC_PORT"]) == settings.DEFAULT_GRPC_PORT
-    assert int(env["FSREC_METRICS_PORT"]) == settings.DEFAULT_METRICS_PORT
+    assert env["FSREC_MODEL_NAME"] == contract.DEFAULT_MODEL_NAME
+    assert int(env["FSREC_HTTP_PORT"]) == contract.DEFAULT_HTTP_PORT
+    assert int(env["FSREC_GRPC_PORT"]) == contract.DEFAULT_GRPC_PORT
+    assert int(env["FSREC_METRICS_PORT"]) == contract.DEFAULT_METRICS_PORT
     assert env["FSREC_MODEL_REPOSITORY"] == constants.CONTAINER_REPOSITORY
-    assert env["FSREC_ADMIN_HEADER"] == constants.RESTRICTED_KEY_HEADER
-    assert env["FSREC_RESTRICTED_APIS"] == ",".join(constants.DEFAULT_RESTRICTED_APIS)
+    assert env["FSREC_ADMIN_HEADER"] == contract.RESTRICTED_KEY_HEADER
+    assert env["FSREC_RESTRICTED_APIS"] == ",".join(contract.DEFAULT_RESTRICTED_APIS)
     expose = next(ln for ln in lines if ln.startswith("EXPOSE ")).split()[1:]
-    assert sorted(map(int, expose)) == [settings.DEFAULT_HTTP_PORT, settings.DEFAULT_GRPC_PORT, settings.DEFAULT_METRICS_PORT]
+    assert sorted(map(int, expose)) == [contract.DEFAULT_HTTP_PORT, contract.DEFAULT_GRPC_PORT, contract.DEFAULT_METRICS_PORT]
     copy = next(ln for ln in lines if ln.startswith("COPY") and "MODEL_REPOSITORY" in ln)
     assert copy.split()[-1].rstrip("/") == constants.CONTAINER_REPOSITORY
     assert any(ln.startswith("HEALTHCHECK") and "/v2/health/ready" in ln for ln in lines)
@@ -176,9 +176,9 @@ def test_serving_image_matches_launcher_settings_and_repository():
 
     # the repository baked in is the generator's gpu target of the same model and contract
     repo = ROOT / args["MODEL_REPOSITORY"]
-    gpu = load_model_config(repo / settings.DEFAULT_MODEL_NAME)
-    cpu = load_model_config(ROOT / "model_repository" / settings.DEFAULT_MODEL_NAME)
-    assert gpu.name == settings.DEFAULT_MODEL_NAME and gpu.backend == "onnxruntime"
+    gpu = load_model_config(repo / contract.DEFAULT_MODEL_NAME)
+    cpu = load_model_config(ROOT / "model_repository" / contract.DEFAULT_MODEL_NAME)
+    assert gpu.name == contract.DEFAULT_MODEL_NAME and gpu.backend == "onnxruntime"
     assert all(g.kind == g.KIND_GPU for g in gpu.instance_group)
     io = lambda c: ([(i.name, i.data_type, list(i.dims)) for i in c.input],  # noqa: E731
                     [(o.name, o.data_type, list(o.dims)) for o in c.output], c.max_batch_size)
@@ -189,7 +189,7 @@ def test_serving_image_matches_launcher_settings_and_repository():
 def test_entrypoint_builds_the_launchers_flags(tmp_path):
     """Run the real entrypoint with a stand-in tritonserver that prints its argv: the restricted-API
     flags are exactly the launcher's (which the e2e tests run against the real binary)."""
-    from fsrec_serve.serving.constants import DEFAULT_RESTRICTED_APIS
+    from fsrec_serve.contract import DEFAULT_RESTRICTED_APIS
     from fsrec_serve.serving.server import restricted_args
 
     fake = tmp_path / "bin"
@@ -226,20 +226,20 @@ def test_entrypoint_builds_the_launchers_flags(tmp_path):
 
 
 def test_compose_agrees_with_files_ports_and_services():
-    from fsrec_serve import settings
+    from fsrec_serve import contract
 
     (c,) = _docs(DOCKER / "compose.yaml")
     s = c["services"]
     t = s["triton"]
     assert (DOCKER / t["build"]["context"] / t["build"]["dockerfile"]).resolve() == (DOCKER / "Dockerfile.serving").resolve()
     assert (DOCKER / t["build"]["context"] / t["build"]["args"]["MODEL_REPOSITORY"] / "fsrec" / "config.pbtxt").is_file()
-    ports = {settings.DEFAULT_HTTP_PORT, settings.DEFAULT_GRPC_PORT, settings.DEFAULT_METRICS_PORT}
+    ports = {contract.DEFAULT_HTTP_PORT, contract.DEFAULT_GRPC_PORT, contract.DEFAULT_METRICS_PORT}
     published = {tuple(p.split(":")) for p in t["ports"]}
     assert published == {("127.0.0.1", str(p), str(p)) for p in ports}  # loopback only
     assert any("/v2/health/ready" in part and ":8000/" in part for part in t["healthcheck"]["test"])
     (dev,) = t["deploy"]["resources"]["reservations"]["devices"]
     assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"] and dev["count"] == 1
-    assert t["environment"]["FSREC_MODEL_NAME"] == settings.DEFAULT_MODEL_NAME
+    assert t["environment"]["FSREC_MODEL_NAME"] == contract.DEFAULT_MODEL_NAME
     assert (DOCKER / c["secrets"]["fsrec_admin_key"]["file"]).parent.is_dir()
 
     loc = s["locust"]
@@ -250,7 +250,7 @@ def test_compose_agrees_with_files_ports_and_services():
     assert (mounts["/mnt/loadtests"] / Path(locustfile).name).is_file()
     assert (mounts["/models"] / "fsrec" / "config.pbtxt").is_file()
     assert mounts["/mnt/data"].is_dir()
-    assert cmd[cmd.index("--host") + 1] == f"127.0.0.1:{settings.DEFAULT_GRPC_PORT}" and cmd[-1] == "GrpcRecommenderUser"
+    assert cmd[cmd.index("--host") + 1] == f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}" and cmd[-1] == "GrpcRecommenderUser"
     lf = (mounts["/mnt/loadtests"] / Path(locustfile).name).read_text()
     assert "class GrpcRecommenderUser" in lf
 
@@ -271,12 +271,12 @@ def test_compose_agrees_with_files_ports_and_services():
 
 
 def test_prometheus_scrapes_tritons_metrics_port():
-    from fsrec_serve import settings
+    from fsrec_serve import contract
 
     (p,) = _docs(DOCKER / "prometheus.yml")
     (job,) = p["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"][0]["targets"] == [f"triton:{settings.DEFAULT_METRICS_PORT}"]
+    assert job["static_configs"][0]["targets"] == [f"triton:{contract.DEFAULT_METRICS_PORT}"]
     (c,) = _docs(DOCKER / "compose.yaml")
     assert "triton" in c["services"]
     for f in p["rule_files"]:
@@ -284,7 +284,7 @@ def test_prometheus_scrapes_tritons_metrics_port():
 
 
 def test_kubernetes_manifests_agree_with_each_other_and_the_image():
-    from fsrec_serve import settings
+    from fsrec_serve import contract
     from fsrec_serve.serving import constants
 
     (dep,) = _docs(K8S / "deployment.yaml")
@@ -297,8 +297,8 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_image():
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (ctr,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
-    assert ports == {"http": settings.DEFAULT_HTTP_PORT, "grpc": settings.DEFAULT_GRPC_PORT,
-                     "metrics": settings.DEFAULT_METRICS_PORT}
+    assert ports == {"http": contract.DEFAULT_HTTP_PORT, "grpc": contract.DEFAULT_GRPC_PORT,
+                     "metrics": contract.DEFAULT_METRICS_PORT}
     rp, lp, sp = ctr["readinessProbe"], ctr["livenessProbe"], ctr["startupProbe"]
     assert rp["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert lp["httpGet"] == {"path": "/v2/health/live", "port": "http"}
@@ -306,14 +306,14 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_image():
     assert ctr["resources"]["limits"]["nvidia.com/gpu"] == 1 == ctr["resources"]["requests"]["nvidia.com/gpu"]
     assert ctr["resources"]["requests"]["cpu"]  # the HPA's utilization needs a request
     env = {e["name"]: e.get("value") for e in ctr["env"]}
-    assert env["FSREC_MODEL_NAME"] == settings.DEFAULT_MODEL_NAME
+    assert env["FSREC_MODEL_NAME"] == contract.DEFAULT_MODEL_NAME
     key_file = Path(env["FSREC_ADMIN_KEY_FILE"])
     mount = next(m for m in ctr["volumeMounts"] if m["mountPath"] == str(key_file.parent))
     vol = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
     assert vol["secret"]["secretName"] == secret["metadata"]["name"]
     assert key_file.name in secret["stringData"]
     ann = pod["metadata"]["annotations"]
-    assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == settings.DEFAULT_METRICS_PORT
+    assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == contract.DEFAULT_METRICS_PORT
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     for svc in svcs:
         assert svc["spec"]["selector"].items() <= labels.items()
@@ -324,7 +324,7 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_image():
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert ctr["image"].split(":")[0] == "fsrec-serving"
     _, denv, _ = _dockerfile(DOCKER / "Dockerfile.serving")
-    assert denv["FSREC_ADMIN_HEADER"] == constants.RESTRICTED_KEY_HEADER
+    assert denv["FSREC_ADMIN_HEADER"] == contract.RESTRICTED_KEY_HEADER
 
 
 def test_training_image_installs_the_package_and_pins_torch():

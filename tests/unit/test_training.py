@@ -187,7 +187,7 @@ def test_no_weight_decay_on_biases_and_layernorm(tiny_model):
 def test_tiny_training_run_loss_falls(objective, tiny_model, tiny_loo, fast_train_config):
     model = tiny_model(objective)
     res = train_loop(model, tiny_loo.loo_train(), fast_train_config(epochs=20, lr=2e-2),
-                     valid_examples=tiny_loo.loo_valid())
+                     valid_examples=tiny_loo.loo_valid(), evaluate_fn=evaluate_next_item)
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < losses[0] * 0.8, losses
     assert res.best_valid["ndcg@10"] > 0.3  # the walk i -> i+1 is learnable
@@ -199,22 +199,30 @@ def test_early_stopping_and_best_state_restored(tiny_model, tiny_loo, fast_train
     model = tiny_model("causal")
     # lr so small that validation never improves: stop after `patience` evaluations
     tc = fast_train_config(epochs=30, lr=1e-9, patience=2)
-    res = train_loop(model, tiny_loo.loo_train(), tc, valid_examples=tiny_loo.loo_valid())
+    res = train_loop(model, tiny_loo.loo_train(), tc, valid_examples=tiny_loo.loo_valid(),
+                     evaluate_fn=evaluate_next_item)
     assert res.stopped_early and res.epochs_run == 3 and res.best_epoch == 1
 
     # a real run: the model returned is the best epoch's, not the last one's
     model = tiny_model("causal")
     tc = fast_train_config(epochs=8, lr=2e-2, patience=0)
-    res = train_loop(model, tiny_loo.loo_train(), tc, valid_examples=tiny_loo.loo_valid())
+    res = train_loop(model, tiny_loo.loo_train(), tc, valid_examples=tiny_loo.loo_valid(),
+                     evaluate_fn=evaluate_next_item)
     again = evaluate_next_item(model, tiny_loo.loo_valid(), ks=(10,))
     assert again["ndcg@10"] == pytest.approx(res.best_valid["ndcg@10"])
     assert res.best_valid["ndcg@10"] == max(h["valid_ndcg@10"] for h in res.history)
 
 
+def test_validation_without_a_metric_function_is_refused(tiny_model, tiny_loo, fast_train_config):
+    with pytest.raises(TrainingError, match="evaluate_fn"):
+        train_loop(tiny_model(), tiny_loo.loo_train(), fast_train_config(epochs=1),
+                   valid_examples=tiny_loo.loo_valid())
+
+
 def test_max_train_seconds_stops(tiny_model, tiny_loo, fast_train_config):
     res = train_loop(tiny_model(), tiny_loo.loo_train(),
                      fast_train_config(epochs=500, max_train_seconds=0.01),
-                     valid_examples=tiny_loo.loo_valid())
+                     valid_examples=tiny_loo.loo_valid(), evaluate_fn=evaluate_next_item)
     assert res.epochs_run == 1 and res.best_epoch == 1
 
 
@@ -240,7 +248,7 @@ def test_train_loop_with_a_peft_wrapped_model(tiny_model, tiny_loo, fast_train_c
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
     res = train_loop(peft_model, tiny_loo.loo_train(), fast_train_config(epochs=2),
-                     valid_examples=tiny_loo.loo_valid())
+                     valid_examples=tiny_loo.loo_valid(), evaluate_fn=evaluate_next_item)
     assert res.epochs_run == 2 and "valid_ndcg@10" in res.history[0]
     changed = [n for n, p in peft_model.named_parameters() if "lora_" in n
                and not torch.equal(p, torch.zeros_like(p))]
