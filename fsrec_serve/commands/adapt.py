@@ -132,7 +132,7 @@ def _merge(args) -> int:
 def _kshot(args) -> int:
     from ..adaptation import AdaptConfig
     from ..data import SplitConfig, load_dataset, make_splits
-    from ..evaluation.fewshot import coldstart_users
+    from ..experiments.coldstart import coldstart_users
     from ..model import FsRecModel
     from ..settings import get_settings
 

@@ -10,8 +10,8 @@ import torch
 
 from fsrec_serve.adaptation import AdaptConfig
 from fsrec_serve.adaptation.items import adapt_cold_items
-from fsrec_serve.evaluation.fewshot import (POPULARITY, cold_item_events, coldstart_items, coldstart_users,
-                                            forgetting, interaction_times)
+from fsrec_serve.experiments.coldstart import (POPULARITY, cold_item_events, coldstart_items, coldstart_users,
+                                               forgetting, interaction_times)
 from fsrec_serve.evaluation.report import kshot_table, write_report
 from fsrec_serve.training import pretrain
 

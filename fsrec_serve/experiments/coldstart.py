@@ -25,6 +25,7 @@ Continual re-fine-tuning (``forgetting``)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -32,8 +33,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..data.splits import Example, Splits, UserSequence
-from .baselines import PopularityModel
-from .protocols import evaluate_next_item
+from ..errors import ConfigError
+from ..evaluation.baselines import PopularityModel
+from ..evaluation.protocols import evaluate_next_item
 
 KS = (10,)
 POPULARITY = "popularity"
@@ -86,7 +88,7 @@ def coldstart_users(
                 r = evaluate_next_item(res.model, [by_user[user]], ks=KS, return_ranks=True)
                 ranks.append(r["ranks"][0])
                 infos.append(res.info)
-            from .metrics import summarize_ranks
+            from ..evaluation.metrics import summarize_ranks
 
             m = summarize_ranks(np.asarray(ranks), KS)
             m["n"] = len(ranks)
@@ -102,6 +104,30 @@ def coldstart_users(
             size = res.artifact.size_kb() if measure_size else 0.0
         cpu = (time.process_time() - c0) / (max(1, len(infos)) if per_user else 1)
         out.append(StrategyRun(strategy, m, seconds, size, info, cpu))
+    return out
+
+
+def user_folds(splits: Splits, n_folds: int, seed: int = 0, min_len: int = 11,
+               max_cold: Optional[int] = None) -> list[Splits]:
+    """Cold-user folds: every eligible user (>= ``min_len`` interactions) is a cold user in
+    exactly one fold and a warm (pretraining) user in the others.
+
+    ``splits`` must come from ``make_splits(..., SplitConfig(cold_user_frac=0.0))`` (every user
+    warm). Fold f's ``warm`` = every user outside fold f (their sequences as in ``splits``),
+    its ``cold_users`` = fold f's users' full sequences. ``max_cold`` caps the users per fold
+    (a random subset; the others stay warm everywhere)."""
+    if splits.cold_users:
+        raise ConfigError("user_folds needs splits with no cold users (SplitConfig(cold_user_frac=0.0))")
+    if n_folds < 2:
+        raise ConfigError(f"n_folds must be >= 2, got {n_folds}")
+    eligible = [s.user for s in splits.warm if len(splits.full_sequences[s.user]) >= min_len]
+    perm = np.random.default_rng(seed).permutation(eligible)
+    out = []
+    for f, part in enumerate(np.array_split(perm, n_folds)):
+        cold = set(part.tolist()[:max_cold] if max_cold else part.tolist())
+        out.append(dataclasses.replace(
+            splits, warm=[s for s in splits.warm if s.user not in cold],
+            cold_users=[splits.full_sequences[u] for u in sorted(cold)]))
     return out
 
 
