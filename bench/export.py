@@ -53,7 +53,11 @@ def get_model(args, workdir: Path):
     else:
         ckpt = workdir / "model"
         if not (ckpt / "config.json").exists():
-            from fsrec_serve.training import default_model_config, default_train_config, pretrain
+            from fsrec_serve.training import (
+                default_model_config,
+                default_train_config,
+                pretrain,
+            )
 
             splits = make_splits(load_dataset(DATASET, args.data_dir), SplitConfig(seed=0))
             over = dict(max_seq_len=20, hidden_size=32, num_hidden_layers=1) if args.quick else {}
@@ -96,11 +100,11 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
 
     from exporters.export import export_onnx, validate_export
-    from exporters.quantize import (
-        check_batch_invariance, check_guard, detect_preset, measure_latency, optimize, quantize,
-        select_served_model,
-    )
+    from exporters.guard import check_batch_invariance, check_guard
+    from exporters.optimize import optimize
+    from exporters.quantize import detect_preset, quantize
     from exporters.runtime import make_session
+    from exporters.selection import measure_latency, select_served_model
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

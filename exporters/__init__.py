@@ -5,8 +5,10 @@ torch or Optimum). The quantize *function* is ``from exporters.quantize import q
 (``exporters.quantize`` is its module's name):
 
 - ``export_onnx``, ``validate_export``, ``ExportResult``          (exporters.export)
-- ``optimize``, ``check_guard``, ``check_batch_invariance``,
-  ``select_served_model``, ``measure_latency``                     (exporters.quantize)
+- ``optimize``                                                    (exporters.optimize)
+- ``detect_preset`` (and ``quantize``)                            (exporters.quantize)
+- ``check_guard``, ``check_batch_invariance``                     (exporters.guard)
+- ``select_served_model``, ``measure_latency``                    (exporters.selection)
 - ``build_model_repository``, ``runtime_repository``, ``load_model_config``,
   ``write_default_repository``, ``check_repository``, ``RepositorySpec``  (exporters.repository)
 - ``ExportMeta``, ``make_session``, ``run_topk``                   (exporters.runtime)
@@ -19,12 +21,14 @@ import importlib
 _EXPORTS = {
     "export": ["export_onnx", "validate_export", "ExportResult", "ValidationReport", "FsRecTopKModule",
                "ExportDriftWarning", "FILLER_ITEM"],
-    "quantize": ["optimize", "check_guard", "detect_preset", "check_batch_invariance", "select_served_model",
-                 "measure_latency", "GuardReport", "BatchInvarianceReport", "ServedModelDecision"],
+    "optimize": ["optimize"],
+    "quantize": ["detect_preset"],
+    "guard": ["check_guard", "check_batch_invariance", "GuardReport", "BatchInvarianceReport"],
+    "selection": ["select_served_model", "measure_latency", "ServedModelDecision"],
     "repository": ["build_model_repository", "runtime_repository", "load_model_config", "model_config",
                    "render_config", "write_default_repository", "check_repository", "RepositorySpec",
                    "RepositoryVersion", "DEFAULT_SPEC", "next_version"],
-    "runtime": ["ExportMeta", "make_session", "run_topk", "pad_left"],
+    "runtime": ["ExportMeta", "make_session", "run_topk", "pad_left", "feeds"],
     "onnx_config": ["FsRecOnnxConfig"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

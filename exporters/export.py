@@ -3,7 +3,9 @@
 The served graph (:class:`FsRecTopKModule`) does all the work on scores that serving would
 otherwise do in Python:
 
-    item_ids [B, L] int64 (left-padded, newest last, 0 = padding)
+    item_ids [B, L] int64 (left-padded or at its own length, newest last, 0 = padding;
+             L = 1..max_seq_len, positions right-aligned)
+    user_params [B, H] float32 (per-user offset of the user state; zeros = zero-shot)
       -> next-item scores [B, N] (FsRecModel.next_item_scores, N = num_items + 1)
       -> the user's own history (and padding) set to MASK_VALUE (ScatterElements)
       -> TopK -> top_items [B, K] int64, top_scores [B, K] float32 (best first)
@@ -12,7 +14,7 @@ If fewer than K items are left once the history is masked (only possible when
 num_items - len(history) < K), the remaining slots hold ``top_items = -1`` with
 ``top_scores = MASK_VALUE``; clients drop them. Padding (0) and [MASK] are never returned.
 
-Export path (see ``shared/STACK.md``): ``FsRecOnnxConfig`` (a ``BertOnnxConfig`` subclass)
+Export path: ``FsRecOnnxConfig`` (a ``BertOnnxConfig`` subclass)
 -> ``optimum.exporters.onnx.export`` -> ``optimum.exporters.onnx.validate_model_outputs``
 (dummy histories, atol) -> :func:`validate_export` on real held-out histories.
 """
@@ -29,17 +31,26 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fsrec_serve.errors import ConfigError, ExportError, ExportValidationError
-from fsrec_serve.model import MASK_VALUE, FsRecModel
-
-from .onnx_config import INPUT_NAME, OUTPUT_ITEMS, OUTPUT_SCORES, FsRecOnnxConfig
-from .runtime import (
-    CONFIG_FILE,
+from fsrec_serve.contract import (
+    BATCH_AXIS,
+    DEFAULT_MAX_TOP_K,
     ITEM_MAP_FILE,
+    MASK_VALUE,
     ONNX_FILE,
+    OUTPUT_NAMES,
+    OUTPUT_TOP_ITEMS,
+    OUTPUT_TOP_SCORES,
+    PAD_INDEX,
+    SEQUENCE_AXIS,
+)
+from fsrec_serve.errors import ConfigError, ExportError, ExportValidationError
+from fsrec_serve.model import FsRecModel
+
+from .onnx_config import FsRecOnnxConfig
+from .runtime import (
+    HF_CONFIG_FILE,
     ExportMeta,
     as_histories,
     make_session,
@@ -57,21 +68,16 @@ class ExportDriftWarning(UserWarning):
 
 
 class FsRecTopKModule(nn.Module):
-    """The served graph: history -> masked next-item scores -> top-K (items, scores).
+    """The served graph: (history, per-user parameters) -> masked next-item scores -> top-K.
 
     ``config`` is the wrapped model's FsRecConfig (Optimum reads it); the module holds no
-    weights of its own.
-
-    ``last_position_only``: the scores read only the LAST position's hidden state, so the last
-    transformer block needs keys/values of every position but the query, attention output and
-    feed-forward of that one position only. With it the graph runs the last block as
-    "attention of the last position over all positions" (BERT's own modules, the key/value
-    projections fed through ``encoder_hidden_states``): mathematically the same scores, about
-    40 % fewer FLOPs for a 2-block model. Exactness is checked like any export (Optimum's check
-    and :func:`validate_export`); ``False`` traces ``FsRecModel.next_item_scores`` as is.
+    weights of its own. ``last_position_only`` runs the last transformer block for the scored
+    position only (:meth:`FsRecModel.user_state`: same scores, about 40 % fewer FLOPs for a
+    2-block model); ``False`` traces the full encoder. Exactness is checked like any export
+    (Optimum's check and :func:`validate_export`).
     """
 
-    def __init__(self, model: FsRecModel, max_top_k: int = 100, last_position_only: bool = False):
+    def __init__(self, model: FsRecModel, max_top_k: int = DEFAULT_MAX_TOP_K, last_position_only: bool = False):
         super().__init__()
         n = int(model.config.num_items)
         if not 1 <= max_top_k <= n:
@@ -83,48 +89,23 @@ class FsRecTopKModule(nn.Module):
         self.max_top_k = int(max_top_k)
         self.last_position_only = bool(last_position_only)
 
-    def _user_state_last_only(self, history_ids: torch.Tensor) -> torch.Tensor:
-        """history [B, L] -> user state [B, H], the last block computed for the last position."""
-        m = self.model
-        x = m.prepare_history(history_ids)  # [B, L]
-        B, L = x.shape
-        mask = (x != 0).long()
-        embeds = F.embedding(x, m.item_vectors())  # [B, L, H]
-        offset = m.config.max_seq_len - L  # right-aligned positions, as FsRecModel.encode
-        position_ids = (torch.arange(L, device=x.device) + offset).unsqueeze(0).expand(B, L)
-        bert = m.encoder
-        h = bert.embeddings(inputs_embeds=embeds, position_ids=position_ids)  # [B, L, H]
-        ext = bert.get_extended_attention_mask(mask, (B, L))  # [B, 1, 1|L, L] additive
-        layers = bert.encoder.layer
-        for layer in layers[:-1]:
-            h = layer(h, attention_mask=ext)[0]
-        last = layers[-1]
-        q_in = h[:, -1:]  # [B, 1, H]
-        # the last row of the (causal or padding) mask: every real position is visible
-        ctx = last.attention.self(q_in, attention_mask=ext[:, :, -1:, :], encoder_hidden_states=h)[0]
-        a = last.attention.output(ctx, q_in)  # [B, 1, H]
-        return last.feed_forward_chunk(a)[:, 0]  # [B, H]
-
-    def masked_scores(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """item_ids [B, L] -> scores [B, N] with padding and every history item at MASK_VALUE."""
-        if self.last_position_only:
-            m = self.model
-            scores = m._scores(self._user_state_last_only(item_ids), m.item_vectors())  # [B, N]
-        else:
-            scores = self.model.next_item_scores(item_ids)  # [B, N]
+    def masked_scores(self, item_ids: torch.Tensor, user_params: torch.Tensor | None = None) -> torch.Tensor:
+        """item_ids [B, L], user_params [B, H] or None -> scores [B, N] with padding and every
+        history item at MASK_VALUE."""
+        scores = self.model.next_item_scores(item_ids, user_params, last_position_only=self.last_position_only)
         n_cols = scores.shape[1]
         # ids outside the score table ([MASK] = num_items + 1, or anything invalid) go to the
         # padding column, which is masked anyway; valid ids mask their own column
-        valid = (item_ids > 0) & (item_ids < n_cols)
-        idx = torch.where(valid, item_ids, torch.zeros_like(item_ids))  # [B, L]
+        valid = (item_ids > PAD_INDEX) & (item_ids < n_cols)
+        idx = torch.where(valid, item_ids, torch.full_like(item_ids, PAD_INDEX))  # [B, L]
         return scores.scatter(1, idx, MASK_VALUE)
 
-    def forward(self, item_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        scores = self.masked_scores(item_ids)  # [B, N]
+    def forward(self, item_ids: torch.Tensor, user_params: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        scores = self.masked_scores(item_ids, user_params)  # [B, N]
         top_scores, top_items = torch.topk(scores, self.max_top_k, dim=1)  # [B, K] each
         filler = top_scores <= MASK_VALUE * 0.5  # a masked item reached the list
         top_items = torch.where(filler, torch.full_like(top_items, FILLER_ITEM), top_items)
-        return {OUTPUT_ITEMS: top_items, OUTPUT_SCORES: top_scores}
+        return {OUTPUT_TOP_ITEMS: top_items, OUTPUT_TOP_SCORES: top_scores}
 
 
 @dataclass
@@ -159,7 +140,7 @@ class ExportResult:
 def export_onnx(
     model: FsRecModel,
     output_dir: str | Path,
-    max_top_k: int = 100,
+    max_top_k: int = DEFAULT_MAX_TOP_K,
     opset: int = 17,
     validate_with: Sequence | None = None,
     atol: float = 1e-4,
@@ -198,14 +179,14 @@ def export_onnx(
     ref = copy.deepcopy(model).to("cpu").eval()
     wrapper = FsRecTopKModule(ref, max_top_k, last_position_only=last_position_only).eval()
     onnx_config = FsRecOnnxConfig(cfg, max_top_k=max_top_k)
-    shapes = {"batch_size": 3, "sequence_length": int(cfg.max_seq_len)}
+    shapes = {BATCH_AXIS: 3, SEQUENCE_AXIS: int(cfg.max_seq_len)}
     try:
         optimum_export(wrapper, onnx_config, path, opset=opset, input_shapes=shapes)
     except Exception as e:  # noqa: BLE001 - torch/onnx raise many types
         raise ExportError(f"Optimum ONNX export of the FsRec graph failed: {e}") from e
     try:
         validate_model_outputs(
-            onnx_config, wrapper, path, [OUTPUT_ITEMS, OUTPUT_SCORES], atol=atol,
+            onnx_config, wrapper, path, list(OUTPUT_NAMES), atol=atol,
             input_shapes=shapes, use_subprocess=False,
         )
     except Exception as e:  # noqa: BLE001 - optimum's ShapeError/AtolError/OutputMatchError
@@ -214,13 +195,13 @@ def export_onnx(
         ) from e
 
     # side files: config.json (FsRecConfig; the optimizer reads it), id map, serving metadata
-    cfg.to_json_file(out / CONFIG_FILE)
+    cfg.to_json_file(out / HF_CONFIG_FILE)
     if getattr(model, "item_map", None) is not None:
         model.item_map.save(out / ITEM_MAP_FILE)
     meta = ExportMeta(
         max_seq_len=int(cfg.max_seq_len), max_top_k=int(max_top_k), num_items=int(cfg.num_items),
         objective=str(cfg.objective), precision="fp32", source=str(source), opset=int(opset),
-        mask_value=float(MASK_VALUE),
+        mask_value=float(MASK_VALUE), user_params_dim=int(cfg.hidden_size),
         extra={**dict(extra or {}), "last_position_only": bool(last_position_only)},
     )
     meta.save(out)
@@ -232,6 +213,11 @@ def export_onnx(
             path, FsRecTopKModule(ref, max_top_k), validate_with, atol=atol, fail_factor=fail_factor,
             min_top10_overlap=min_top10_overlap,
         )
+        # the per-user path too: small random offsets, same tolerance
+        rng = np.random.default_rng(0)
+        up = (0.1 * rng.standard_normal((len(as_histories(validate_with)), int(cfg.hidden_size)))).astype(np.float32)
+        validate_export(path, FsRecTopKModule(ref, max_top_k), validate_with, atol=atol,
+                        fail_factor=fail_factor, min_top10_overlap=min_top10_overlap, user_params=up)
     result = ExportResult(
         output_dir=out, onnx_path=path, meta=meta, validation=report,
         seconds=time.perf_counter() - t0, size_kb=path.stat().st_size / 1024,
@@ -240,20 +226,21 @@ def export_onnx(
     return result
 
 
-def torch_topk(model: FsRecModel | FsRecTopKModule, item_ids: np.ndarray, max_top_k: int = 100,
-               batch_size: int = 256):
+def torch_topk(model: FsRecModel | FsRecTopKModule, item_ids: np.ndarray, max_top_k: int = DEFAULT_MAX_TOP_K,
+               batch_size: int = 256, user_params: np.ndarray | None = None):
     """PyTorch reference of the served graph: (top_items [B, K], top_scores [B, K],
-    masked_scores [B, N]) for int64 item_ids [B, L]."""
+    masked_scores [B, N]) for int64 item_ids [B, L] and optional float32 user_params [B, H]."""
     wrapper = model if isinstance(model, FsRecTopKModule) else FsRecTopKModule(model, max_top_k)
     wrapper = wrapper.eval()
     items, scores, full = [], [], []
     with torch.inference_mode():
         for s in range(0, len(item_ids), batch_size):
             x = torch.as_tensor(item_ids[s:s + batch_size], dtype=torch.long)
-            out = wrapper(x)
-            items.append(out[OUTPUT_ITEMS].numpy())
-            scores.append(out[OUTPUT_SCORES].numpy())
-            full.append(wrapper.masked_scores(x).numpy())
+            up = None if user_params is None else torch.as_tensor(user_params[s:s + batch_size], dtype=torch.float32)
+            out = wrapper(x, up)
+            items.append(out[OUTPUT_TOP_ITEMS].numpy())
+            scores.append(out[OUTPUT_TOP_SCORES].numpy())
+            full.append(wrapper.masked_scores(x, up).numpy())
     return np.concatenate(items), np.concatenate(scores), np.concatenate(full)
 
 
@@ -297,22 +284,25 @@ def validate_export(
     fail_factor: float = 10.0,
     min_top10_overlap: float = 0.99,
     batch_size: int = 64,
+    user_params: np.ndarray | None = None,
 ) -> ValidationReport:
     """Compare the exported graph with PyTorch on real histories.
 
     Passes silently when max |score diff| <= ``atol``; warns (:class:`ExportDriftWarning`) up to
     ``fail_factor * atol``; raises :class:`ExportValidationError` beyond that, or when the
-    (tie-aware) top-10 agreement falls under ``min_top10_overlap``.
+    (tie-aware) top-10 agreement falls under ``min_top10_overlap``. ``user_params`` (float32
+    [n, H], one row per history) checks the per-user path; ``None`` feeds zeros.
     """
     sess = make_session(onnx_model)
     max_len = int((model.config if hasattr(model, "config") else model.model.config).max_seq_len)
-    k = int(sess.get_outputs()[0].shape[1]) if isinstance(sess.get_outputs()[0].shape[1], int) else 100
+    k_dim = sess.get_outputs()[0].shape[1]
+    k = int(k_dim) if isinstance(k_dim, int) else DEFAULT_MAX_TOP_K
     hist = as_histories(histories)
     if not hist:
         raise ExportValidationError("validate_export got no histories: pass held-out users' histories")
     x = pad_left(hist, max_len)
-    items, scores = run_topk(sess, x, batch_size=batch_size)
-    ref_items, _, ref_full = torch_topk(model, x, max_top_k=k)
+    items, scores = run_topk(sess, x, batch_size=batch_size, user_params=user_params)
+    ref_items, _, ref_full = torch_topk(model, x, max_top_k=k, user_params=user_params)
     cmp = compare_topk(ref_full, ref_items, items, scores, k=min(10, k), tie_tol=max(atol, 1e-6) * 2)
     report = ValidationReport(
         n_users=len(hist), max_abs_diff=cmp["max_abs_diff"], top10_overlap=cmp["top10_overlap"],
@@ -350,5 +340,5 @@ def validate_export(
 
 __all__ = [
     "ExportDriftWarning", "ExportResult", "FsRecTopKModule", "ValidationReport", "FILLER_ITEM",
-    "compare_topk", "export_onnx", "torch_topk", "validate_export", "INPUT_NAME",
+    "compare_topk", "export_onnx", "torch_topk", "validate_export",
 ]

@@ -31,6 +31,7 @@ copy when a server starts. Adapter variants are new versions of the same model.
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import logging
 import os
@@ -43,17 +44,29 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from fsrec_serve.contract import (
+    CONFIG_FILE as CONFIG_PBTXT,
+)
+from fsrec_serve.contract import (
+    DEFAULT_MAX_TOP_K,
+    DEFAULT_MODEL_NAME,
+    GUARD_FILE,
+    INPUT_ITEM_IDS,
+    ITEM_MAP_FILE,
+    META_FILE,
+    ONNX_FILE,
+    OUTPUT_TOP_ITEMS,
+    OUTPUT_TOP_SCORES,
+    PYTHON_MODEL_FILE,
+)
 from fsrec_serve.errors import ConfigError, RepositoryError
 
-from .runtime import CONFIG_FILE, ITEM_MAP_FILE, META_FILE, ONNX_FILE, ExportMeta, onnx_path
+from .runtime import HF_CONFIG_FILE, ExportMeta, onnx_path
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("cpu", "gpu")
-CONFIG_PBTXT = "config.pbtxt"
-PYTHON_MODEL_FILE = "model.py"
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python" / "model.py"
-GUARD_FILE = "guard_decision.json"
 # the committed repository (golden): <project>/model_repository
 COMMITTED_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 GPU_SUBDIR = "gpu"  # <repo>/gpu/<model>: the gpu target's repository root
@@ -68,9 +81,9 @@ HEADER = (
 class RepositorySpec:
     """Everything that goes into config.pbtxt; one description renders both targets."""
 
-    model_name: str = "fsrec"  # Triton model name (Settings.model_name)
+    model_name: str = DEFAULT_MODEL_NAME  # Triton model name (Settings.model_name)
     max_seq_len: int = 200  # item_ids width (the ML-100K model's max_seq_len)
-    max_top_k: int = 100  # top_items / top_scores width
+    max_top_k: int = DEFAULT_MAX_TOP_K  # top_items / top_scores width
     max_batch_size: int = 64  # largest batch Triton forms (dynamic batching)
     max_queue_delay_us: int = 500  # how long Triton waits to grow a batch
     preferred_batch_sizes: list[int] = field(default_factory=list)  # only where measured to help
@@ -115,9 +128,9 @@ def model_config(spec: RepositorySpec, target: str = "cpu") -> mc.ModelConfig:
         raise ConfigError(f"target must be 'cpu' or 'gpu', got {target!r}")
     cfg = mc.ModelConfig(name=spec.model_name, max_batch_size=spec.max_batch_size)
     cfg.backend = "python" if target == "cpu" else "onnxruntime"
-    cfg.input.append(mc.ModelInput(name="item_ids", data_type=mc.TYPE_INT64, dims=[spec.max_seq_len]))
-    cfg.output.append(mc.ModelOutput(name="top_items", data_type=mc.TYPE_INT64, dims=[spec.max_top_k]))
-    cfg.output.append(mc.ModelOutput(name="top_scores", data_type=mc.TYPE_FP32, dims=[spec.max_top_k]))
+    cfg.input.append(mc.ModelInput(name=INPUT_ITEM_IDS, data_type=mc.TYPE_INT64, dims=[spec.max_seq_len]))
+    cfg.output.append(mc.ModelOutput(name=OUTPUT_TOP_ITEMS, data_type=mc.TYPE_INT64, dims=[spec.max_top_k]))
+    cfg.output.append(mc.ModelOutput(name=OUTPUT_TOP_SCORES, data_type=mc.TYPE_FP32, dims=[spec.max_top_k]))
     cfg.instance_group.append(mc.ModelInstanceGroup(
         kind=mc.ModelInstanceGroup.KIND_CPU if target == "cpu" else mc.ModelInstanceGroup.KIND_GPU,
         count=spec.instance_count,
@@ -145,7 +158,7 @@ def model_config(spec: RepositorySpec, target: str = "cpu") -> mc.ModelConfig:
             w = cfg.model_warmup.add(name=f"zero_history_batch{b}", batch_size=min(b, spec.max_batch_size))
             # zeros = all-padding histories: always valid ids (random_data would draw int64s
             # far outside the item table)
-            w.inputs["item_ids"].CopyFrom(mc.ModelWarmup.Input(
+            w.inputs[INPUT_ITEM_IDS].CopyFrom(mc.ModelWarmup.Input(
                 data_type=mc.TYPE_INT64, dims=[spec.max_seq_len], zero_data=True))
     return cfg
 
@@ -210,30 +223,27 @@ class RepositoryVersion:
 def build_model_repository(
     repo_dir: str | Path,
     onnx_dir: str | Path,
+    spec: RepositorySpec | None = None,
+    *,
     target: str = "cpu",
-    model_name: str = "fsrec",
     version: int | None = None,
-    max_batch_size: int = 64,
-    max_queue_delay_us: int | None = None,
-    preferred_batch_sizes: list[int] | None = None,
-    instance_count: int = DEFAULT_SPEC_INSTANCES,
-    warmup: bool = True,
-    num_versions: int = 1,
-    intra_op_threads: int = DEFAULT_SPEC_THREADS,
-    trt_cache_path: str | None = None,
     overwrite: bool = False,
+    **overrides,
 ) -> RepositoryVersion:
     """Write ``<repo>/<model>/config.pbtxt`` and ``<repo>/<model>/<version>/`` (model.onnx,
-    item_map.json, fsrec_meta.json, guard_decision.json when present, model.py for cpu) from an
-    export directory.
+    item_map.json, fsrec_meta.json, guard_decision.json when present, model.py for the python
+    targets) from an export directory.
 
-    ``version=None`` = the next integer (an adapter variant becomes a new version of the same
-    model; with ``num_versions=1`` Triton then serves the newest). All versions of a model share
-    one config: a version whose ``max_seq_len`` / ``max_top_k`` differ from the model's existing
-    versions is refused (export it as another model name).
+    ``spec`` describes the served model (:class:`RepositorySpec`; default ``DEFAULT_SPEC``);
+    ``overrides`` replace single fields of it (``model_name="x", max_batch_size=32``; an unknown
+    name is a ConfigError). ``max_seq_len`` / ``max_top_k`` always come from the export's
+    ``fsrec_meta.json``. ``version=None`` = the next integer (an adapter variant becomes a new
+    version of the same model; with ``num_versions=1`` Triton then serves the newest). All
+    versions of a model share one config: a version whose ``max_seq_len`` / ``max_top_k`` differ
+    from the model's existing versions is refused (export it as another model name).
     """
     if target not in TARGETS:
-        raise ConfigError(f"target must be 'cpu' or 'gpu', got {target!r}")
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     src = Path(onnx_dir)
     src = src.parent if src.suffix == ".onnx" else src
     onnx_file = onnx_path(src)
@@ -241,14 +251,14 @@ def build_model_repository(
     if target == "gpu" and meta.precision != "fp16":
         logger.warning("gpu target with a %s graph: export an FP16 graph with `fsrec quantize --mode "
                        "fp16` for the intended GPU setup", meta.precision)
-    spec = RepositorySpec(
-        model_name=model_name, max_seq_len=meta.max_seq_len, max_top_k=meta.max_top_k,
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=DEFAULT_SPEC.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us,
-        preferred_batch_sizes=list(preferred_batch_sizes or []), instance_count=instance_count,
-        warmup=warmup, num_versions=num_versions, intra_op_threads=intra_op_threads,
-        trt_cache_path=trt_cache_path or DEFAULT_SPEC.trt_cache_path,
-    )
+    unknown = set(overrides) - set(RepositorySpec.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown RepositorySpec field(s) {sorted(unknown)}; fields: "
+                          f"{', '.join(RepositorySpec.__dataclass_fields__)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    spec = dataclasses.replace(spec or DEFAULT_SPEC, **overrides,
+                               max_seq_len=meta.max_seq_len, max_top_k=meta.max_top_k)
+    model_name = spec.model_name
     repo = Path(repo_dir)
     model_dir = repo / model_name
     existing = versions(model_dir)
@@ -271,7 +281,7 @@ def build_model_repository(
         )
     vdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_file, vdir / ONNX_FILE)
-    for name in (ITEM_MAP_FILE, META_FILE, GUARD_FILE, CONFIG_FILE):
+    for name in (ITEM_MAP_FILE, META_FILE, GUARD_FILE, HF_CONFIG_FILE):
         if (src / name).exists():
             shutil.copyfile(src / name, vdir / name)
     if target == "cpu":

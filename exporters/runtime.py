@@ -8,32 +8,44 @@ An *export directory* holds ``model.onnx`` (the graph), ``config.json`` (the FsR
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from fsrec_serve.errors import ExportError
+from fsrec_serve.contract import (
+    INPUT_ITEM_IDS,
+    INPUT_USER_PARAMS,
+    ITEM_IDS_DTYPE,
+    ITEM_MAP_FILE,
+    MASK_VALUE,
+    META_FILE,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    PAD_INDEX,
+    SCORE_DTYPE,
+)
+from fsrec_serve.errors import ConfigError, ExportError
 
-ONNX_FILE = "model.onnx"
-META_FILE = "fsrec_meta.json"
-CONFIG_FILE = "config.json"
-ITEM_MAP_FILE = "item_map.json"
+HF_CONFIG_FILE = "config.json"  # the FsRecConfig (Hugging Face) beside model.onnx
 
 
 @dataclass
 class ExportMeta:
     """What serving needs to know about an exported graph (``fsrec_meta.json``)."""
 
-    max_seq_len: int  # width of the served ``item_ids`` input (client pads to this length)
+    max_seq_len: int  # longest served history (item_ids is [B, L], L = 1..max_seq_len)
     max_top_k: int  # width of ``top_items`` / ``top_scores``
     num_items: int  # real items; valid ids are 0 (padding) .. num_items
     objective: str  # "cloze" or "causal" (how the graph reads the history)
     precision: str = "fp32"  # "fp32", "fp32-opt", "int8-static", "int8-weight-only", "fp16", ...
     source: str = ""  # where the weights came from (checkpoint dir, adapter, ...)
     opset: int = 17  # ONNX opset of the graph
-    mask_value: float = -1.0e4  # score given to masked items (history, padding)
+    mask_value: float = MASK_VALUE  # score given to masked items (history, padding)
+    # width H of the graph's optional ``user_params`` input [B, H] (0 = an older graph without it)
+    user_params_dim: int = 0
     extra: dict = field(default_factory=dict)  # free-form provenance (quantization preset, ...)
 
     def save(self, directory: str | Path) -> Path:
@@ -77,10 +89,39 @@ def make_session(path: str | Path, intra_op_threads: int = 0, inter_op_threads: 
     return ort.InferenceSession(str(onnx_path(path)), sess_options=so, providers=list(providers))
 
 
+def export_dir(path: str | Path) -> Path:
+    """``dir`` or ``dir/model.onnx`` -> the export directory (its ``model.onnx`` checked to exist)."""
+    p = Path(path)
+    p = p.parent if p.suffix == ".onnx" else p
+    onnx_path(p)  # raises a clear error when missing
+    return p
+
+
+def derived_dir(src: Path, tag: str, output_dir: str | Path | None) -> Path:
+    """The output directory of a derived graph: ``output_dir`` or ``<src>-<tag>`` (created)."""
+    out = Path(output_dir) if output_dir is not None else src.parent / f"{src.name}-{tag}"
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"output_dir must differ from the source export directory {src}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def copy_side_files(src: Path, dst: Path, precision: str, extra: dict) -> ExportMeta:
+    """Copy config.json / item_map.json and write fsrec_meta.json with the new precision."""
+    for name in (HF_CONFIG_FILE, ITEM_MAP_FILE):
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+    meta = ExportMeta.load(src)
+    meta.precision = precision
+    meta.extra = {**meta.extra, **extra, "derived_from": str(src)}
+    meta.save(dst)
+    return meta
+
+
 def pad_left(histories: Iterable[Sequence[int]], max_len: int) -> np.ndarray:
     """Index histories (newest last) -> int64 [B, max_len], left-padded with 0, newest kept."""
     histories = list(histories)
-    out = np.zeros((len(histories), max_len), dtype=np.int64)
+    out = np.full((len(histories), max_len), PAD_INDEX, dtype=ITEM_IDS_DTYPE)
     for i, h in enumerate(histories):
         h = list(h)[-max_len:]
         if h:
@@ -97,11 +138,36 @@ def as_histories(items) -> list[list[int]]:
     return out
 
 
-def run_topk(session, item_ids: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """item_ids int64 [B, L] -> (top_items int64 [B, K], top_scores float32 [B, K]), in chunks."""
+def user_params_dim(session) -> int:
+    """Width H of the session's ``user_params`` input (0 when the graph has none)."""
+    for i in session.get_inputs():
+        if i.name == INPUT_USER_PARAMS:
+            return int(i.shape[1]) if isinstance(i.shape[1], int) else 0
+    return 0
+
+
+def feeds(session, item_ids: np.ndarray, user_params: np.ndarray | None = None) -> dict:
+    """The ONNX Runtime input dict of a graph: ``item_ids`` [B, L] and, when the graph has the
+    ``user_params`` input, the given [B, H] offsets or zeros (= the zero-shot answer)."""
+    x = np.ascontiguousarray(item_ids, dtype=ITEM_IDS_DTYPE)
+    out = {INPUT_ITEM_IDS: x}
+    h = user_params_dim(session)
+    if h:
+        out[INPUT_USER_PARAMS] = (np.zeros((len(x), h), dtype=SCORE_DTYPE) if user_params is None
+                                  else np.ascontiguousarray(user_params, dtype=SCORE_DTYPE))
+    elif user_params is not None:
+        raise ExportError("this graph has no user_params input: re-export the model with `fsrec export`")
+    return out
+
+
+def run_topk(session, item_ids: np.ndarray, batch_size: int = 64,
+             user_params: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """item_ids int64 [B, L] (+ optional user_params float32 [B, H]) -> (top_items int64 [B, K],
+    top_scores float32 [B, K]), in chunks of ``batch_size``."""
     items, scores = [], []
     for s in range(0, len(item_ids), max(1, batch_size)):
-        it, sc = session.run(["top_items", "top_scores"], {"item_ids": item_ids[s:s + batch_size]})
+        up = None if user_params is None else user_params[s:s + batch_size]
+        it, sc = session.run(list(OUTPUT_NAMES), feeds(session, item_ids[s:s + batch_size], up))
         items.append(it)
         scores.append(sc.astype(np.float32))
     if not items:

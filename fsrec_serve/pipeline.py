@@ -124,7 +124,8 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
     served_dir = exp.output_dir
     if cfg.quantize:
         with _step("5/7 optimize + quantize under the accuracy and batch-invariance guard", echo):
-            from exporters.quantize import optimize, quantize, select_served_model
+            from exporters.quantize import optimize, quantize
+            from exporters.selection import select_served_model
 
             cands = {"optimized": optimize(exp.output_dir, work / "onnx" / "optimized")}
             try:

@@ -74,8 +74,9 @@ def add_parsers(sub) -> None:
     r.add_argument("--max-batch-size", type=int, default=64)
     r.add_argument("--max-queue-delay-us", type=int, default=None)
     r.add_argument("--preferred-batch-sizes", type=int, nargs="*", default=None)
-    r.add_argument("--instances", type=int, default=1, help="model instances")
-    r.add_argument("--intra-op-threads", type=int, default=0, help="cpu: ORT threads (0 = default)")
+    r.add_argument("--instances", type=int, default=None, help="model instances (default: the measured default)")
+    r.add_argument("--intra-op-threads", type=int, default=None,
+                   help="cpu: ORT threads per instance (0 = ORT default; default: the measured default)")
     r.add_argument("--no-warmup", action="store_true")
     r.add_argument("--overwrite", action="store_true", help="replace an existing version")
     r.add_argument("--check", action="store_true", help="golden check of the committed repository")
@@ -126,8 +127,11 @@ def _export(args) -> int:
 
 
 def _quantize(args) -> int:
-    from exporters.quantize import check_guard, optimize, quantize, select_served_model
+    from exporters.guard import check_guard
+    from exporters.optimize import optimize
+    from exporters.quantize import quantize
     from exporters.runtime import ExportMeta
+    from exporters.selection import select_served_model
 
     src = Path(args.export_dir)
     meta = ExportMeta.load(src)
@@ -164,8 +168,11 @@ def _quantize(args) -> int:
 
 
 def _repository(args) -> int:
+    import dataclasses
+
     from exporters.repository import (
         COMMITTED_REPOSITORY,
+        DEFAULT_SPEC,
         build_model_repository,
         check_repository,
         write_default_repository,
@@ -189,12 +196,18 @@ def _repository(args) -> int:
         return 0
     if not args.export_dir:
         raise ConfigError("pass an EXPORT_DIR to add as a version, or --check / --write-defaults")
-    v = build_model_repository(
-        repo, args.export_dir, target=args.target, model_name=args.model_name, version=args.version,
-        max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-        preferred_batch_sizes=args.preferred_batch_sizes, instance_count=args.instances,
-        warmup=not args.no_warmup, intra_op_threads=args.intra_op_threads, overwrite=args.overwrite,
+    spec = dataclasses.replace(
+        DEFAULT_SPEC, model_name=args.model_name, max_batch_size=args.max_batch_size,
+        warmup=not args.no_warmup,
+        **{k: v for k, v in {
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "preferred_batch_sizes": args.preferred_batch_sizes,
+            "instance_count": args.instances,
+            "intra_op_threads": args.intra_op_threads,
+        }.items() if v is not None},
     )
+    v = build_model_repository(repo, args.export_dir, spec, target=args.target, version=args.version,
+                               overwrite=args.overwrite)
     print(json.dumps({"model_dir": str(v.model_dir), "version": v.version, "target": v.target,
                       "precision": v.meta.precision, "config": str(v.config_path)}, indent=2))
     return 0

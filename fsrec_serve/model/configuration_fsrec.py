@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from ..contract import PAD_INDEX
+
 
 class FsRecConfig(PretrainedConfig):
     r"""Configuration of :class:`FsRecModel` (BERT4Rec / SASRec-style sequential recommender).
@@ -64,3 +66,30 @@ class FsRecConfig(PretrainedConfig):
     @property
     def mask_token_id(self) -> int:
         return self.num_items + 1
+
+    def to_bert_config(self):
+        """The ``transformers.BertConfig`` of the encoder inside :class:`FsRecModel`.
+
+        The one place a BERT config is derived from an FsRecConfig: the model builds its encoder
+        from it and ONNX Runtime's transformer optimizer reads the heads / hidden size from it
+        (ORT knows ``bert``, not ``fsrec``)."""
+        from transformers import BertConfig
+
+        cfg = BertConfig(
+            vocab_size=1,  # ids never reach BERT's own table: the model passes inputs_embeds
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+            max_position_embeddings=self.max_seq_len,
+            type_vocab_size=1,
+            layer_norm_eps=self.layer_norm_eps,
+            initializer_range=self.initializer_range,
+            is_decoder=self.objective == "causal",  # causal mask for SASRec-style
+            use_cache=False,
+            pad_token_id=PAD_INDEX,
+        )
+        cfg._attn_implementation = "eager"  # exportable and fusable by ONNX Runtime
+        return cfg

@@ -17,10 +17,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel, PreTrainedModel
+from transformers import BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..contract import ITEM_MAP_FILE, MASK_VALUE
+from ..contract import ITEM_MAP_FILE, MASK_VALUE, PAD_INDEX
 from ..data.idmap import IdMap
 from .configuration_fsrec import FsRecConfig
 
@@ -83,7 +83,7 @@ class FsRecModel(FsRecPreTrainedModel):
     def __init__(self, config: FsRecConfig):
         super().__init__(config)
         H, V = config.hidden_size, config.vocab_size
-        self.item_embeddings = nn.Embedding(V, H, padding_idx=0)  # tied with the output layer
+        self.item_embeddings = nn.Embedding(V, H, padding_idx=PAD_INDEX)  # tied with the output layer
         if config.num_item_features > 0:
             # side features (e.g. genres, multi-hot) -> added to the item's id embedding, so a
             # new item has a useful vector before anyone interacts with it
@@ -91,24 +91,7 @@ class FsRecModel(FsRecPreTrainedModel):
             self.register_buffer("item_features", torch.zeros(V, config.num_item_features))
         else:
             self.feature_proj = None
-        bert_config = BertConfig(
-            vocab_size=1,  # ids never reach BERT's own table: we pass inputs_embeds
-            hidden_size=H,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            hidden_dropout_prob=config.hidden_dropout_prob,
-            attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-            max_position_embeddings=config.max_seq_len,
-            type_vocab_size=1,
-            layer_norm_eps=config.layer_norm_eps,
-            initializer_range=config.initializer_range,
-            is_decoder=config.objective == "causal",  # causal mask for SASRec-style
-            use_cache=False,
-            pad_token_id=0,
-        )
-        bert_config._attn_implementation = "eager"  # exportable and fusable by ORT
-        self.encoder = BertModel(bert_config, add_pooling_layer=False)
+        self.encoder = BertModel(config.to_bert_config(), add_pooling_layer=False)
         self.output_bias = ItemBias(config.num_items + 1)
         self.rating_head = (
             RatingHead(H, *config.rating_scale) if config.rating_head else None
@@ -133,19 +116,43 @@ class FsRecModel(FsRecPreTrainedModel):
         self.item_features[: f.shape[0]] = f
 
     # -- encoder -------------------------------------------------------------------------------
-    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """input_ids [B, L] (left-padded) -> hidden states [B, L, H]."""
+    def _position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> right-aligned position ids [B, L]: the newest item sits at max_seq_len - 1
+        whatever L is, so a history scores the same at any padded (or unpadded) length."""
         B, L = input_ids.shape
+        offset = self.config.max_seq_len - L
+        return (torch.arange(L, device=input_ids.device) + offset).unsqueeze(0).expand(B, L)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids [B, L] (left-padded, L <= max_seq_len) -> hidden states [B, L, H]."""
         if attention_mask is None:
-            attention_mask = (input_ids != 0).long()
-        table = self.item_vectors()  # [V, H]
-        embeds = F.embedding(input_ids, table)  # [B, L, H]
-        offset = self.config.max_seq_len - L  # right-aligned positions
-        position_ids = (torch.arange(L, device=input_ids.device) + offset).unsqueeze(0).expand(B, L)
+            attention_mask = (input_ids != PAD_INDEX).long()
+        embeds = F.embedding(input_ids, self.item_vectors())  # [B, L, H]
         out = self.encoder(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=self._position_ids(input_ids)
         )
         return out.last_hidden_state
+
+    def _encode_last_position(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input [B, L] -> hidden state of the LAST position [B, H], the last block run for
+        that position only: it needs keys/values of every position but the query, attention
+        output and feed-forward of one position (BERT's own modules; the key/value projections
+        fed through ``encoder_hidden_states``, the last row of the causal/padding mask).
+        Mathematically ``encode(x)[:, -1]``, with fewer FLOPs (about 40 % for 2 blocks)."""
+        B, L = x.shape
+        mask = (x != PAD_INDEX).long()
+        embeds = F.embedding(x, self.item_vectors())  # [B, L, H]
+        bert = self.encoder
+        h = bert.embeddings(inputs_embeds=embeds, position_ids=self._position_ids(x))  # [B, L, H]
+        ext = bert.get_extended_attention_mask(mask, (B, L))  # [B, 1, 1|L, L] additive
+        layers = bert.encoder.layer
+        for layer in layers[:-1]:
+            h = layer(h, attention_mask=ext)[0]
+        last = layers[-1]
+        q_in = h[:, -1:]  # [B, 1, H]
+        ctx = last.attention.self(q_in, attention_mask=ext[:, :, -1:, :], encoder_hidden_states=h)[0]
+        a = last.attention.output(ctx, q_in)  # [B, 1, H]
+        return last.feed_forward_chunk(a)[:, 0]  # [B, H]
 
     def _scores(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """h [..., H] -> scores [..., N] over padding + items (padding masked)."""
@@ -154,18 +161,31 @@ class FsRecModel(FsRecPreTrainedModel):
         pad = torch.zeros_like(scores[..., :1]) + MASK_VALUE
         return torch.cat([pad, scores[..., 1:]], dim=-1)
 
-    def prepare_history(self, history_ids: torch.Tensor) -> torch.Tensor:
-        """Turn a left-padded history [B, L] into the model's inference input [B, L]:
-        cloze appends [MASK] (dropping the oldest slot); causal reads the history as is."""
-        if self.config.objective == "causal":
-            return history_ids
-        mask_col = torch.full_like(history_ids[:, :1], self.config.mask_token_id)
-        return torch.cat([history_ids[:, 1:], mask_col], dim=1)
+    def score_state(self, state: torch.Tensor) -> torch.Tensor:
+        """User state [B, H] -> next-item scores [B, N] (column 0 = padding, masked)."""
+        return self._scores(state, self.item_vectors())
 
-    def user_state(self, history_ids: torch.Tensor) -> torch.Tensor:
-        """history [B, L] -> the user's state [B, H] (the hidden state that predicts the next item)."""
+    def prepare_history(self, history_ids: torch.Tensor) -> torch.Tensor:
+        """A left-padded (or unpadded) history [B, L] -> the model's inference input
+        [B, min(L + 1, max_seq_len)] for cloze, [B, min(L, max_seq_len)] for causal.
+
+        Cloze appends [MASK] and keeps the newest ``max_seq_len`` positions, so a history of its
+        own length L < max_seq_len keeps all of its items, exactly as when it is padded to
+        max_seq_len (where the dropped oldest slot is padding). Causal reads the history as is."""
+        x = history_ids
+        if self.config.objective != "causal":
+            mask_col = torch.full_like(history_ids[:, :1], self.config.mask_token_id)
+            x = torch.cat([history_ids, mask_col], dim=1)
+        return x[:, -int(self.config.max_seq_len):]
+
+    def user_state(self, history_ids: torch.Tensor, last_position_only: bool = False) -> torch.Tensor:
+        """history [B, L] (left-padded, newest last, any L >= 1) -> the user's state [B, H] (the
+        hidden state that predicts the next item). ``last_position_only`` computes the last
+        block for that position only (same state, fewer FLOPs; what the exported graph runs)."""
         x = self.prepare_history(history_ids)
-        return self.encode(x, (x != 0).long())[:, -1]
+        if last_position_only:
+            return self._encode_last_position(x)
+        return self.encode(x, (x != PAD_INDEX).long())[:, -1]
 
     @staticmethod
     def apply_user_params(state: torch.Tensor, user_params: Optional[torch.Tensor]) -> torch.Tensor:
@@ -176,10 +196,11 @@ class FsRecModel(FsRecPreTrainedModel):
         state exactly, so one base model serves every user (contract: ``user_params``)."""
         return state if user_params is None else state + user_params
 
-    def next_item_scores(self, history_ids: torch.Tensor, user_params: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def next_item_scores(self, history_ids: torch.Tensor, user_params: Optional[torch.Tensor] = None,
+                         last_position_only: bool = False) -> torch.Tensor:
         """history [B, L] (left-padded, newest last), optional user_params [B, H] -> scores [B, N]."""
-        state = self.apply_user_params(self.user_state(history_ids), user_params)
-        return self._scores(state, self.item_vectors())
+        state = self.apply_user_params(self.user_state(history_ids, last_position_only), user_params)
+        return self.score_state(state)
 
     def predict_ratings(self, history_ids: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """history [B, L], candidate items [B, C] -> predicted ratings [B, C]."""
@@ -239,7 +260,7 @@ class FsRecModel(FsRecPreTrainedModel):
 
 def pad_histories(histories, max_len: int, device=None) -> torch.Tensor:
     """list of index lists (newest last) -> LongTensor [B, max_len], left-padded, latest kept."""
-    out = torch.zeros(len(histories), max_len, dtype=torch.long)
+    out = torch.full((len(histories), max_len), PAD_INDEX, dtype=torch.long)
     for i, h in enumerate(histories):
         h = list(h)[-max_len:]
         if h:

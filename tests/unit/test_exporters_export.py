@@ -66,7 +66,8 @@ def test_export_writes_graph_and_side_files(exported):
     g = onnx.load(str(res.onnx_path)).graph
     dims = lambda v: [x.dim_param or x.dim_value for x in v.type.tensor_type.shape.dim]  # noqa: E731
     assert [(i.name, dims(i), i.type.tensor_type.elem_type) for i in g.input] == [
-        ("item_ids", ["batch_size", "sequence_length"], onnx.TensorProto.INT64)]
+        ("item_ids", ["batch_size", "sequence_length"], onnx.TensorProto.INT64),
+        ("user_params", ["batch_size", 32], onnx.TensorProto.FLOAT)]
     outs = {o.name: (dims(o), o.type.tensor_type.elem_type) for o in g.output}
     assert outs == {"top_items": (["batch_size", K], onnx.TensorProto.INT64),
                     "top_scores": (["batch_size", K], onnx.TensorProto.FLOAT)}
@@ -80,7 +81,7 @@ def test_dynamic_batch_and_sequence_match_pytorch(exported, batch, length):
     model, res = exported
     sess = make_session(res.output_dir)
     x = pad_left(histories(batch, seed=batch + length, max_len=length), length)
-    items, scores = sess.run(None, {"item_ids": x})
+    items, scores = run_topk(sess, x, batch_size=batch)
     assert items.shape == (batch, K) and items.dtype == np.int64 and scores.dtype == np.float32
     ref_items, ref_scores, _ = torch_topk(model, x, max_top_k=K)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-4)

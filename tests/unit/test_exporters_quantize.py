@@ -11,16 +11,12 @@ import pytest
 import torch
 
 from exporters.export import export_onnx, torch_topk
-from exporters.quantize import (
-    GUARD_FILE,
-    check_batch_invariance,
-    check_guard,
-    detect_preset,
-    optimize,
-    quantize,
-    select_served_model,
-)
+from exporters.guard import check_batch_invariance, check_guard
+from exporters.optimize import optimize
+from exporters.quantize import detect_preset, quantize
 from exporters.runtime import ExportMeta, make_session, pad_left, run_topk
+from exporters.selection import select_served_model
+from fsrec_serve.contract import GUARD_FILE
 from fsrec_serve.data import Example
 from fsrec_serve.errors import ConfigError, QuantizationGuardError
 from fsrec_serve.model import FsRecConfig, FsRecModel
@@ -121,7 +117,7 @@ def test_fp16_keeps_io_types(setup):
     _, root, fp32, valid = setup
     fp16 = quantize(fp32, root / "fp16", mode="fp16")
     sess = make_session(fp16)
-    assert [i.type for i in sess.get_inputs()] == ["tensor(int64)"]
+    assert [i.type for i in sess.get_inputs()] == ["tensor(int64)", "tensor(float)"]  # item_ids, user_params
     assert [o.type for o in sess.get_outputs()] == ["tensor(int64)", "tensor(float)"]
     assert ExportMeta.load(fp16).precision == "fp16"
     assert (fp16 / "model.onnx").stat().st_size < 0.7 * (fp32 / "model.onnx").stat().st_size

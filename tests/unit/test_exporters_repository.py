@@ -31,7 +31,7 @@ from exporters.repository import (
     runtime_repository,
     write_default_repository,
 )
-from exporters.runtime import make_session, pad_left
+from exporters.runtime import feeds, make_session, pad_left
 from exporters.triton_python import model as pm
 from fsrec_serve.errors import ConfigError, RepositoryError
 from fsrec_serve.model import FsRecConfig, FsRecModel
@@ -198,13 +198,13 @@ def test_stacked_call_equals_per_request_calls(export_dir):
     stacked, sizes, errors = pm.plan_batch(reqs, SEQ, NUM_ITEMS)
     assert sizes == [1, 3, 0, 2, 5] and stacked.shape == (11, SEQ)
     assert [e is None for e in errors] == [True, True, False, True, True]
-    outs = sess.run(list(pm.OUTPUT_NAMES), {pm.INPUT_NAME: stacked})
+    outs = sess.run(list(pm.OUTPUT_NAMES), feeds(sess, stacked))
     parts = pm.split_outputs(outs, sizes)
     assert parts[2] is None
     for r, part in zip(reqs, parts):
         if part is None:
             continue
-        alone = sess.run(list(pm.OUTPUT_NAMES), {pm.INPUT_NAME: r})
+        alone = sess.run(list(pm.OUTPUT_NAMES), feeds(sess, r))
         np.testing.assert_array_equal(part[0], alone[0])
         np.testing.assert_allclose(part[1], alone[1], atol=1e-6)
     with pytest.raises(ValueError, match="rows"):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 INPUT_NAME = "item_ids"
+INPUT_USER_PARAMS = "user_params"
 OUTPUT_NAMES = ("top_items", "top_scores")
 META_FILE = "fsrec_meta.json"
 ONNX_FILE = "model.onnx"
@@ -136,6 +137,8 @@ class TritonPythonModel:
             str(onnx_file), sess_options=session_options_from(params), providers=["CPUExecutionProvider"]
         )
         self.version = str(args["model_version"])
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.user_params_dim = int(shapes[INPUT_USER_PARAMS][1]) if INPUT_USER_PARAMS in shapes else 0
 
     def _error(self, message: str):
         pb = self._pb
@@ -158,7 +161,10 @@ class TritonPythonModel:
         parts = [None] * len(requests)
         if stacked is not None:
             try:
-                outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: stacked})
+                feed = {INPUT_NAME: stacked}
+                if self.user_params_dim:
+                    feed[INPUT_USER_PARAMS] = np.zeros((len(stacked), self.user_params_dim), np.float32)
+                outs = self.session.run(list(OUTPUT_NAMES), feed)
                 parts = split_outputs(outs, sizes)
             except Exception as e:  # noqa: BLE001 - answer every request with the failure
                 errors = [err or f"ONNX Runtime failed on the batch: {e}" for err in errors]
