@@ -42,8 +42,19 @@ def _splits(dataset: str, data_dir):
                        SplitConfig(seed=0, cold_user_frac=0.0, cold_item_frac=0.0))
 
 
+def valid_sample(examples: list, n: int | None, seed: int = 0) -> list:
+    """A fixed random sample of ``n`` validation examples (all of them when n is None or larger):
+    early stopping reads it every epoch; the test item is always ranked for every user."""
+    if not n or n >= len(examples):
+        return list(examples)
+    import numpy as np
+
+    idx = np.sort(np.random.default_rng(seed).choice(len(examples), size=n, replace=False))
+    return [examples[i] for i in idx]
+
+
 def run_one(dataset: str, objective: str, seed: int, data_dir, device: str, num_threads: int,
-            quick: bool, model_over: dict, train_over: dict) -> dict:
+            quick: bool, model_over: dict, train_over: dict, valid_users: int | None = None) -> dict:
     """Pretrain one model and evaluate it on the test item (runs in a child process)."""
     import torch
 
@@ -60,7 +71,8 @@ def run_one(dataset: str, objective: str, seed: int, data_dir, device: str, num_
     to.update(train_over)
     mc = default_model_config(splits, objective, **mo)
     tc = default_train_config(splits, objective, **to)
-    res = pretrain(splits, mc, tc)
+    valid = valid_sample(splits.loo_valid(), valid_users)
+    res = pretrain(splits, mc, tc, valid_examples=valid)
     test = evaluate_next_item(res.model, splits.loo_test(), ks=(5, 10, 20),
                               batch_size=tc.eval_batch_size)
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -68,6 +80,9 @@ def run_one(dataset: str, objective: str, seed: int, data_dir, device: str, num_
         "dataset": dataset, "objective": objective, "seed": seed,
         "test": {k: v for k, v in test.items() if k != "n"}, "n_users": test["n"],
         "best_valid": res.best_valid, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+        "stopped_early": res.stopped_early, "n_valid_users": len(valid),
+        "history": [{k: round(h[k], 5) for k in ("epoch", "loss", "valid_ndcg@10", "seconds") if k in h}
+                    for h in res.history],
         "seconds_to_best": res.seconds_to_best, "seconds_total": res.seconds,
         "cpu_seconds": ru.ru_utime + ru.ru_stime, "peak_mb": res.peak_mb,
         "model_config": {k: getattr(mc, k) for k in (
@@ -106,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-train-seconds", type=float, default=None, help="budget per run")
     p.add_argument("--model-override", default="{}", help="JSON of FsRecConfig fields")
     p.add_argument("--train-override", default="{}", help="JSON of TrainConfig fields")
+    p.add_argument("--valid-users", type=int, default=None,
+                   help="early stopping on a fixed random sample of this many validation users "
+                        "(default: all); test is always every user")
     p.add_argument("--out", default=None, help="results name (default quality, quality-quick)")
     p.add_argument("--merge", action="store_true",
                    help="keep the other data sets/methods already in the results file (their "
@@ -125,6 +143,11 @@ def main(argv=None) -> int:
         train_over["max_train_seconds"] = args.max_train_seconds
 
     runs, results = [], []
+    command = "python -m bench.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+    def write(partial: list[dict]) -> Path:
+        return _write(name, command, args, results + partial, runs)
+
     ctx = mp.get_context("spawn")
     for dataset in args.datasets:
         for method in args.methods:
@@ -141,7 +164,8 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
                     r = ex.submit(run_one, dataset, objective, seed, args.data_dir, args.device,
-                                  args.num_threads, args.quick, model_over, train_over).result()
+                                  args.num_threads, args.quick, model_over, train_over,
+                                  args.valid_users).result()
                 r["method"] = method
                 per_seed.append(r)
                 runs.append(r)
@@ -151,14 +175,26 @@ def main(argv=None) -> int:
                                   "best_epoch": r["best_epoch"],
                                   "seconds_to_best": round(r["seconds_to_best"], 1),
                                   "peak_mb": round(r["peak_mb"])}), flush=True)
-            for m in METRICS:
-                results.append(summarize([r["test"][m] for r in per_seed], dataset=dataset,
-                                         protocol="loo-full", method=method, metric=m))
-            results.append(summarize([r["seconds_to_best"] for r in per_seed], dataset=dataset,
-                                     protocol="loo-full", method=method, metric="seconds"))
-            results.append(summarize([r["peak_mb"] for r in per_seed], dataset=dataset,
-                                     protocol="loo-full", method=method, metric="peak_mb"))
-    command = "python -m bench.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+                if seed != args.seeds[-1]:  # partial file: n = seeds done so far
+                    print(f"wrote {write(_method_rows(per_seed, dataset, method))} (partial)", flush=True)
+            results.extend(_method_rows(per_seed, dataset, method))
+    print(f"wrote {write([])}")
+    return 0
+
+
+def _method_rows(per_seed: list[dict], dataset: str, method: str) -> list[dict]:
+    """The summary rows (mean/std/n over seeds) of one method."""
+    rows = [summarize([r["test"][m] for r in per_seed], dataset=dataset, protocol="loo-full",
+                      method=method, metric=m) for m in METRICS]
+    rows.append(summarize([r["seconds_to_best"] for r in per_seed], dataset=dataset,
+                          protocol="loo-full", method=method, metric="seconds"))
+    rows.append(summarize([r["peak_mb"] for r in per_seed], dataset=dataset,
+                          protocol="loo-full", method=method, metric="peak_mb"))
+    return rows
+
+
+def _write(name: str, command: str, args, results: list[dict], runs: list[dict]) -> Path:
+    """Write the results file (with --merge: keeping the other data sets/methods of the old one)."""
     commands = {d: command for d in args.datasets}
     if args.merge:
         from bench.common import RESULTS_DIR
@@ -180,8 +216,7 @@ def main(argv=None) -> int:
                   "other jobs (cpu_seconds per run in runs[])"),
         "runs": runs,
     })
-    print(f"wrote {path}")
-    return 0
+    return path
 
 
 if __name__ == "__main__":
