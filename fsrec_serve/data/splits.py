@@ -124,15 +124,25 @@ def make_splits(data: Interactions, config: SplitConfig | None = None) -> Splits
     if not 0 <= cfg.cold_user_frac < 1 or not 0 <= cfg.cold_item_frac < 1:
         raise ConfigError("cold_user_frac and cold_item_frac must be in [0, 1)")
     rng = np.random.default_rng(cfg.seed)
-    item_map = IdMap(sorted(set(data.items.tolist()), key=_sort_key))
-    seqs_raw = data.sequences()
-    if not seqs_raw:
+    used_items = np.flatnonzero(np.bincount(data.item_codes, minlength=len(data.item_vocab)))
+    item_map = IdMap(sorted(data.item_vocab[used_items].tolist(), key=_sort_key))
+    if len(data) == 0:
         raise EmptyUserError(f"data set {data.name!r} has no users")
+    index_of_code = np.zeros(len(data.item_vocab), dtype=np.int64)  # item code -> item index
+    index_of_code[used_items] = item_map.indices(data.item_vocab[used_items].tolist())
+    idx = index_of_code[data.item_codes]  # [N] item index per row
 
+    # each user's sequence in time order (ties keep file order)
+    order = data.time_order()
+    ucodes = data.user_codes[order]
+    starts = np.flatnonzero(np.r_[True, ucodes[1:] != ucodes[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    seq_items, seq_ratings = idx[order], data.ratings[order]
+    span = {data.user_vocab[ucodes[a]]: (a, b) for a, b in zip(starts.tolist(), ends.tolist())}
     full: dict[str, UserSequence] = {}
-    for u in sorted(seqs_raw, key=_sort_key):
-        ev = seqs_raw[u]
-        full[u] = UserSequence(u, [item_map.index(i) for i, _, _ in ev], [r for _, r, _ in ev])
+    for u in sorted(span, key=_sort_key):
+        a, b = span[u]
+        full[u] = UserSequence(u, seq_items[a:b].tolist(), seq_ratings[a:b].tolist())
 
     # cold items
     strategy = cfg.cold_item_strategy
@@ -140,7 +150,6 @@ def make_splits(data: Interactions, config: SplitConfig | None = None) -> Splits
         strategy = "latest" if data.has_timestamps else "least"
     n_cold_items = int(round(cfg.cold_item_frac * len(item_map)))
     if n_cold_items:
-        idx = np.array(item_map.indices(data.items.tolist()))
         counts = np.bincount(idx, minlength=item_map.vocab_size)[1:]
         tie = rng.random(len(item_map))
         if strategy == "latest":

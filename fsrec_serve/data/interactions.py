@@ -1,0 +1,104 @@
+"""``Interactions``: an interaction log held as int codes, not one Python object per row."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+def encode(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(vocab [V] object array of str, sorted; codes [N] int32) of an array of raw ids."""
+    vocab, codes = np.unique(np.asarray(raw).astype(str).astype(object), return_inverse=True)
+    return vocab.astype(object), codes.astype(np.int32).reshape(-1)
+
+
+class Interactions:
+    """An interaction log in raw ids. Arrays are aligned; order within a user is time order
+    (ties keep file order).
+
+    Raw ids are dictionary-encoded: ``user_codes``/``item_codes`` [N] int32 index the sorted
+    vocabularies ``user_vocab``/``item_vocab`` (one Python string per distinct id). ``users`` and
+    ``items`` give the raw ids per row (built on first use; avoid them on very large logs).
+    """
+
+    def __init__(
+        self,
+        name: str,  # data set name ("ml-100k", "beauty", or the spec's name)
+        users: Optional[np.ndarray] = None,  # [N] raw user ids (or pass user_codes + user_vocab)
+        items: Optional[np.ndarray] = None,  # [N] raw item ids (or pass item_codes + item_vocab)
+        ratings: Optional[np.ndarray] = None,  # [N] float32 ratings (1.0 where the log has none)
+        timestamps: Optional[np.ndarray] = None,  # [N] int64 time, or the position in the file
+        has_timestamps: bool = True,  # False when timestamps are only positions
+        item_features: Optional[dict] = None,  # raw item -> multi-hot float32 vector
+        feature_names: Optional[list] = None,  # names of the feature columns
+        user_features: Optional[dict] = None,  # raw user -> demographics
+        item_names: Optional[dict] = None,  # raw item -> title, where known
+        *,
+        user_codes: Optional[np.ndarray] = None,  # [N] int32 codes into user_vocab
+        user_vocab: Optional[np.ndarray] = None,  # [U] sorted unique raw user ids (object)
+        item_codes: Optional[np.ndarray] = None,  # [N] int32 codes into item_vocab
+        item_vocab: Optional[np.ndarray] = None,  # [I] sorted unique raw item ids (object)
+        stats: Optional[dict] = None,  # counts of the reading and cleaning steps
+    ):
+        self.name = name
+        if user_codes is None:
+            user_vocab, user_codes = encode(users)
+        if item_codes is None:
+            item_vocab, item_codes = encode(items)
+        self.user_codes, self.user_vocab = np.asarray(user_codes, np.int32), np.asarray(user_vocab, object)
+        self.item_codes, self.item_vocab = np.asarray(item_codes, np.int32), np.asarray(item_vocab, object)
+        n = len(self.user_codes)
+        self.ratings = np.ones(n, np.float32) if ratings is None else np.asarray(ratings, np.float32)
+        self.timestamps = (np.arange(n, dtype=np.int64) if timestamps is None
+                           else np.asarray(timestamps, np.int64))
+        self.has_timestamps = has_timestamps
+        self.item_features = item_features or {}
+        self.feature_names = list(feature_names or [])
+        self.user_features = user_features or {}
+        self.item_names = item_names or {}
+        self.stats = stats or {}
+        self._users: Optional[np.ndarray] = None
+        self._items: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.user_codes)
+
+    @property
+    def users(self) -> np.ndarray:
+        """[N] raw user ids (object array of str)."""
+        if self._users is None:
+            self._users = self.user_vocab[self.user_codes]
+        return self._users
+
+    @property
+    def items(self) -> np.ndarray:
+        """[N] raw item ids (object array of str)."""
+        if self._items is None:
+            self._items = self.item_vocab[self.item_codes]
+        return self._items
+
+    @property
+    def n_users(self) -> int:
+        return int(np.count_nonzero(np.bincount(self.user_codes, minlength=len(self.user_vocab))))
+
+    @property
+    def n_items(self) -> int:
+        return int(np.count_nonzero(np.bincount(self.item_codes, minlength=len(self.item_vocab))))
+
+    def time_order(self) -> np.ndarray:
+        """[N] row order: by user code (= raw id order), then time, then file order."""
+        return np.lexsort((np.arange(len(self)), self.timestamps, self.user_codes))
+
+    def sequences(self) -> dict[str, list[tuple[str, float, int]]]:
+        """raw user -> [(raw item, rating, timestamp)] in time order (ties keep file order)."""
+        order = self.time_order()
+        out: dict[str, list[tuple[str, float, int]]] = {}
+        uv, iv = self.user_vocab, self.item_vocab
+        for u, i, r, t in zip(self.user_codes[order].tolist(), self.item_codes[order].tolist(),
+                              self.ratings[order].tolist(), self.timestamps[order].tolist()):
+            out.setdefault(uv[u], []).append((iv[i], r, t))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Interactions({self.name!r}, {len(self)} rows, {self.n_users} users, {self.n_items} items)"

@@ -1,0 +1,258 @@
+"""Load any interaction log described by a ``DataSpec`` into ``Interactions``.
+
+Streamed: each batch's id columns are dictionary-encoded at once (int codes, the strings kept
+once per distinct id), times and ratings become int64/float32 arrays; the raw text is dropped
+batch by batch. Then the checks and the cleaning steps of ``cleaning.py`` run on the codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pv
+
+from ..errors import DataFormatError, EmptyUserError
+from .cleaning import clean
+from .interactions import Interactions
+from .spec import DataSpec
+from .tables import Batch, MixedJsonTypes, check_file, detect_format, iter_batches
+
+
+def _ids(arr: pa.ChunkedArray, col: str, b: Batch) -> pa.Array:
+    """A batch's id column as a dictionary array over strings (ints become their decimal text)."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr = arr.cast(t.value_type)
+        t = t.value_type
+    if pa.types.is_integer(t):
+        arr = arr.cast(pa.string())
+    elif pa.types.is_floating(t):
+        raise DataFormatError(
+            f"{b.file}: id column {col!r} is stored as floating point ({t}); ids are never read as "
+            "floats (1.0 vs 1, lost leading zeros). Fix: write the ids as integers or strings"
+        )
+    elif not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise DataFormatError(f"{b.file}: id column {col!r} has type {t}; write ids as strings or integers")
+    if arr.null_count:
+        i = int(pc.index(pc.is_null(arr), True).as_py())
+        raise DataFormatError(f"{b.where(i)}: column {col!r} is empty; every row needs a user and an "
+                              "item id. Fix or drop the row")
+    return pc.dictionary_encode(arr.combine_chunks())
+
+
+def _looks_int(s: Optional[str]) -> bool:
+    return s is not None and s.strip().lstrip("-").isdigit()
+
+
+def _times(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
+    """[n] int64: integers as they are, floats in microseconds, dates as unix seconds."""
+    col, t = spec.time_col, arr.type
+    if arr.null_count:
+        i = int(pc.index(pc.is_null(arr), True).as_py())
+        raise DataFormatError(f"{b.where(i)}: column {col!r} (--time-col) is empty. Fix or drop the row")
+    if pa.types.is_integer(t):
+        return arr.cast(pa.int64()).to_numpy()
+    if pa.types.is_floating(t):
+        v = arr.to_numpy()
+        if not np.isfinite(v).all():
+            i = int(np.flatnonzero(~np.isfinite(v))[0])
+            raise DataFormatError(f"{b.where(i)}: column {col!r} (--time-col) is {v[i]}. Fix the row")
+        return np.round(v * 1e6).astype(np.int64)
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return arr.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        arr = arr.combine_chunks()
+        if spec.time_format:
+            parsed = pc.strptime(arr, format=spec.time_format, unit="s", error_is_null=True)
+        else:
+            parsed = None
+            for target in (pa.timestamp("s"), pa.timestamp("s", tz="UTC")):
+                try:
+                    parsed = arr.cast(target)
+                    break
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
+        if parsed is None or parsed.null_count:
+            vals = arr.to_pylist()
+            ok = _parse_each(vals, spec.time_format)
+            i = ok.index(False)
+            ints = sum(_looks_int(v) for v in vals)
+            mixed = 0 < ints < len(vals)
+            fmt = f"--time-format {spec.time_format!r}" if spec.time_format else "ISO 8601 (2021-03-04 12:00:00)"
+            raise DataFormatError(
+                f"{b.where(i)}: column {col!r} (--time-col) holds {vals[i]!r}, "
+                + ("and the column mixes unix times (ints) and dates. Fix: write one kind for every "
+                   "row" if mixed else f"which is not a unix time nor a date in {fmt}. Fix the row, "
+                   "or pass --time-format with the strptime format of your dates")
+            )
+        return parsed.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
+    raise DataFormatError(f"{b.file}: column {col!r} (--time-col) has type {t}; use unix times or dates")
+
+
+def _parse_each(vals: list, fmt: Optional[str]) -> list[bool]:
+    from datetime import datetime
+
+    out = []
+    for v in vals:
+        try:
+            if fmt:
+                datetime.strptime(v, fmt)
+            else:
+                pa.array([v]).cast(pa.timestamp("s", tz="UTC") if str(v).endswith("Z") else pa.timestamp("s"))
+            out.append(True)
+        except Exception:  # noqa: BLE001 (any parse failure marks the row)
+            out.append(False)
+    return out
+
+
+def _ratings(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
+    col = spec.rating_col
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_null(arr.type)):
+        v = arr.combine_chunks()
+        i = next((k for k, x in enumerate(v.to_pylist()) if not _is_number(x)), 0)
+        raise DataFormatError(
+            f"{b.where(i)}: rating and time must be numbers: column {col!r} (--rating-col) holds "
+            f"{v[i].as_py()!r}. Fix or drop the row"
+        )
+    v = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(
+            f"{b.where(i)}: column {col!r} (--rating-col) is empty or NaN. Fix: fill or drop the row, "
+            "or leave out --rating-col for implicit feedback"
+        )
+    if spec.rating_range is not None:
+        lo, hi = spec.rating_range
+        out = (v < lo) | (v > hi)
+        if out.any():
+            i = int(np.flatnonzero(out)[0])
+            raise DataFormatError(
+                f"{b.where(i)}: column {col!r} (--rating-col) is {v[i]:g}, outside rating_range "
+                f"[{lo:g}, {hi:g}]. Fix the row, or widen rating_range in the data spec"
+            )
+    return v.astype(np.float32)
+
+
+def _is_number(x) -> bool:
+    try:
+        float(x)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_table_log(spec: DataSpec, json_engine: str):
+    columns: dict[str, Optional[pa.DataType]] = {spec.user_col: pa.string(), spec.item_col: pa.string()}
+    if spec.time_col:
+        columns[spec.time_col] = None
+    if spec.rating_col:
+        columns[spec.rating_col] = None
+    users, items, times, ratings = [], [], [], []
+    n = 0
+    for b in iter_batches(spec, columns, json_engine=json_engine):
+        users.append(_ids(b.table.column(spec.user_col), spec.user_col, b))
+        items.append(_ids(b.table.column(spec.item_col), spec.item_col, b))
+        if spec.time_col:
+            times.append(_times(b.table.column(spec.time_col), spec, b))
+        if spec.rating_col:
+            ratings.append(_ratings(b.table.column(spec.rating_col), spec, b))
+        n += b.table.num_rows
+    return users, items, times, ratings, n
+
+
+def _read_sequences(spec: DataSpec):
+    """One user a line: ``user item item ...`` (whitespace-separated, items in time order)."""
+    path = Path(spec.path)
+    ro = pv.ReadOptions(encoding=spec.encoding, column_names=["line"], block_size=16 << 20)
+    po = pv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False,
+                         invalid_row_handler=lambda r: "skip")
+    co = pv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False)
+    users, items, times = [], [], []
+    first = 0
+    try:
+        reader = pv.open_csv(str(path), read_options=ro, parse_options=po, convert_options=co)
+    except pa.ArrowInvalid as e:
+        if "Empty" in str(e):
+            raise DataFormatError(f"{path}: no interactions found (empty file?)") from None
+        raise
+    for rb in reader:
+        lines = pc.utf8_trim_whitespace(rb.column(0))
+        parts = pc.utf8_split_whitespace(lines)  # [rows] list<string>
+        lens = pc.list_value_length(parts).to_numpy(zero_copy_only=False).copy()
+        lens[pc.equal(lines, "").to_numpy(zero_copy_only=False)] = 0  # blank lines
+        bad = np.flatnonzero(lens == 1)
+        if len(bad):
+            i = int(bad[0])
+            raise EmptyUserError(
+                f"{path}:{first + i + 1}: user {parts[i][0].as_py()!r} has no items; each line must be "
+                "'user_id item_id [item_id ...]'. Remove the line or add its items."
+            )
+        keep = np.flatnonzero(lens >= 2)
+        if len(keep):
+            parts = parts.take(pa.array(keep))
+            lens = lens[keep]
+            heads = pc.list_element(parts, 0)
+            rest = pc.list_slice(parts, 1)
+            users.append(pc.dictionary_encode(heads.take(pa.array(np.repeat(np.arange(len(keep)), lens - 1)))))
+            items.append(pc.dictionary_encode(pc.list_flatten(rest)))
+            m = (lens - 1).astype(np.int64)  # items per kept line
+            times.append(np.arange(int(m.sum()), dtype=np.int64) - np.repeat(np.cumsum(m) - m, m))
+        first += rb.num_rows
+    n = sum(len(u) for u in users)
+    if n == 0:
+        raise DataFormatError(f"{path}: no interactions found (empty file?)")
+    return users, items, times, [], n
+
+
+def _codes(chunks: list) -> tuple[np.ndarray, np.ndarray]:
+    """Unify the batches' dictionaries -> (sorted vocab [V] object, codes [N] int32)."""
+    ca = pa.chunked_array(chunks).unify_dictionaries()
+    vocab = ca.chunks[0].dictionary.to_numpy(zero_copy_only=False).astype(object)
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in ca.chunks]).astype(np.int32)
+    order = np.argsort(vocab, kind="stable")  # codes follow the raw ids' order
+    remap = np.empty(len(vocab), np.int32)
+    remap[order] = np.arange(len(vocab), dtype=np.int32)
+    return vocab[order], remap[codes]
+
+
+def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interactions:
+    """Read, check and clean the log of ``spec``; ``stats`` records every step's counts."""
+    path = Path(spec.path)
+    check_file(path)
+    fmt = detect_format(path, spec.format, spec.sep)
+    if fmt == "sequences":
+        users, items, times, ratings, n = _read_sequences(spec)
+        has_time = False
+    else:
+        try:
+            users, items, times, ratings, n = _read_table_log(spec, "arrow")
+        except MixedJsonTypes:  # ids mixing numbers and strings: read them as text, through pandas
+            users, items, times, ratings, n = _read_table_log(spec, "pandas")
+        has_time = spec.time_col is not None
+    if n == 0:
+        raise DataFormatError(
+            f"{path}: the file has a header but no rows; it holds no interactions. Point --data at "
+            "the full log"
+        )
+    user_vocab, user_codes = _codes(users)
+    del users
+    item_vocab, item_codes = _codes(items)
+    del items
+    ts = np.concatenate(times) if times else np.arange(n, dtype=np.int64)
+    rt = np.concatenate(ratings) if ratings else np.ones(n, dtype=np.float32)
+    data = Interactions(
+        name=spec.display_name, ratings=rt, timestamps=ts, has_timestamps=has_time,
+        user_codes=user_codes, user_vocab=user_vocab, item_codes=item_codes, item_vocab=item_vocab,
+        stats={"file": str(path), "format": fmt, "rows_read": int(n)},
+    )
+    data = clean(data, spec)
+    if with_metadata and spec.item_metadata is not None:
+        from .metadata import attach_item_metadata
+
+        attach_item_metadata(data, spec.item_metadata)
+    return data
