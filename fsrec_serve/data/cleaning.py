@@ -15,6 +15,7 @@ from .spec import DataSpec
 
 def _take(data: Interactions, keep: np.ndarray) -> None:
     """Keep the rows where ``keep`` [N] bool is True (in place)."""
+    keep = np.flatnonzero(keep)
     data.user_codes = data.user_codes[keep]
     data.item_codes = data.item_codes[keep]
     data.ratings = data.ratings[keep]
@@ -75,7 +76,7 @@ def k_core(data: Interactions, user_core: int, item_core: int) -> tuple[int, int
 def clean(data: Interactions, spec: DataSpec) -> Interactions:
     """Run the cleaning steps of ``spec`` on ``data`` (in place) and record the counts."""
     st = data.stats
-    st["users_read"], st["items_read"] = data.n_users, data.n_items
+    st["users_read"], st["items_read"] = data.n_users, data.n_items  # (vocabularies hold used ids only)
     if spec.implicit_threshold is not None:
         keep = data.ratings >= spec.implicit_threshold
         st["implicit_threshold"] = spec.implicit_threshold
@@ -95,7 +96,7 @@ def clean(data: Interactions, spec: DataSpec) -> Interactions:
     if short.any():
         _take(data, ~short[data.user_codes])
     _compact(data)
-    st["rows"], st["users"], st["items"] = len(data), data.n_users, data.n_items
+    st["rows"], st["users"], st["items"] = len(data), len(data.user_vocab), len(data.item_vocab)
     if len(data) == 0:
         raise EmptyUserError(
             f"{st.get('file', data.name)}: no interaction is left after cleaning ({st}); lower "

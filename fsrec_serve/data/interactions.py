@@ -13,6 +13,13 @@ def encode(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vocab.astype(object), codes.astype(np.int32).reshape(-1)
 
 
+def _n_used(codes: np.ndarray, vocab: np.ndarray) -> int:
+    """Distinct ids that rows use (the vocabulary may hold unused ids after row filtering)."""
+    if len(codes) == 0:
+        return 0
+    return int(np.count_nonzero(np.bincount(codes, minlength=len(vocab))))
+
+
 class Interactions:
     """An interaction log in raw ids. Arrays are aligned; order within a user is time order
     (ties keep file order).
@@ -80,11 +87,11 @@ class Interactions:
 
     @property
     def n_users(self) -> int:
-        return int(np.count_nonzero(np.bincount(self.user_codes, minlength=len(self.user_vocab))))
+        return _n_used(self.user_codes, self.user_vocab)
 
     @property
     def n_items(self) -> int:
-        return int(np.count_nonzero(np.bincount(self.item_codes, minlength=len(self.item_vocab))))
+        return _n_used(self.item_codes, self.item_vocab)
 
     def time_order(self) -> np.ndarray:
         """[N] row order: by user code (= raw id order), then time, then file order."""

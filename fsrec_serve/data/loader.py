@@ -44,6 +44,13 @@ def _ids(arr: pa.ChunkedArray, col: str, b: Batch) -> pa.Array:
     return pc.dictionary_encode(arr.combine_chunks())
 
 
+def _np(arr: pa.Array) -> np.ndarray:
+    """numpy view of a primitive arrow array (zero-copy; never goes through pandas)."""
+    if arr.null_count == 0 and (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        return arr.to_numpy(zero_copy_only=True)
+    return np.asarray(arr.to_pylist(), dtype=np.float64)
+
+
 def _looks_int(s: Optional[str]) -> bool:
     return s is not None and s.strip().lstrip("-").isdigit()
 
@@ -54,18 +61,18 @@ def _times(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
     if arr.null_count:
         i = int(pc.index(pc.is_null(arr), True).as_py())
         raise DataFormatError(f"{b.where(i)}: column {col!r} (--time-col) is empty. Fix or drop the row")
+    arr = arr.combine_chunks()  # (ChunkedArray.to_numpy would import pandas)
     if pa.types.is_integer(t):
-        return arr.cast(pa.int64()).to_numpy()
+        return _np(arr.cast(pa.int64()))
     if pa.types.is_floating(t):
-        v = arr.to_numpy()
+        v = _np(arr)
         if not np.isfinite(v).all():
             i = int(np.flatnonzero(~np.isfinite(v))[0])
             raise DataFormatError(f"{b.where(i)}: column {col!r} (--time-col) is {v[i]}. Fix the row")
         return np.round(v * 1e6).astype(np.int64)
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        return arr.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
+        return _np(arr.cast(pa.timestamp("s")).cast(pa.int64()))
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        arr = arr.combine_chunks()
         if spec.time_format:
             parsed = pc.strptime(arr, format=spec.time_format, unit="s", error_is_null=True)
         else:
@@ -89,7 +96,7 @@ def _times(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
                    "row" if mixed else f"which is not a unix time nor a date in {fmt}. Fix the row, "
                    "or pass --time-format with the strptime format of your dates")
             )
-        return parsed.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
+        return _np(parsed.cast(pa.timestamp("s")).cast(pa.int64()))
     raise DataFormatError(f"{b.file}: column {col!r} (--time-col) has type {t}; use unix times or dates")
 
 
@@ -118,7 +125,8 @@ def _ratings(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
             f"{b.where(i)}: rating and time must be numbers: column {col!r} (--rating-col) holds "
             f"{v[i].as_py()!r}. Fix or drop the row"
         )
-    v = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    v = arr.combine_chunks().cast(pa.float64())
+    v = _np(v) if v.null_count == 0 else np.array([np.nan if x is None else x for x in v.to_pylist()])
     bad = ~np.isfinite(v)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -212,12 +220,13 @@ def _read_sequences(spec: DataSpec):
 def _codes(chunks: list) -> tuple[np.ndarray, np.ndarray]:
     """Unify the batches' dictionaries -> (sorted vocab [V] object, codes [N] int32)."""
     ca = pa.chunked_array(chunks).unify_dictionaries()
-    vocab = ca.chunks[0].dictionary.to_numpy(zero_copy_only=False).astype(object)
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in ca.chunks]).astype(np.int32)
-    order = np.argsort(vocab, kind="stable")  # codes follow the raw ids' order
-    remap = np.empty(len(vocab), np.int32)
-    remap[order] = np.arange(len(vocab), dtype=np.int32)
-    return vocab[order], remap[codes]
+    dictionary = ca.chunks[0].dictionary
+    order = pc.array_sort_indices(dictionary).to_numpy()  # codes follow the raw ids' order
+    remap = np.empty(len(order), np.int32)
+    remap[order] = np.arange(len(order), dtype=np.int32)
+    codes = remap[np.concatenate([_np(c.indices) for c in ca.chunks])]
+    vocab = dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False).astype(object)
+    return vocab, codes
 
 
 def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interactions:
