@@ -150,6 +150,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
         echo(f"   wrote {rv.version_dir} and {rv.config_path}")
 
     with _step("7/7 serve on Triton and query it", echo):
+        from .client import RecommenderClient
         from .serving import serve
 
         with serve(cfg.repository, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
@@ -158,7 +159,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
                  f"(log {server.log_path})")
             names = data.item_names
             shown = []
-            with server.client(cfg.protocol) as client:
+            with RecommenderClient.for_server(server, cfg.protocol) as client:
                 for seq in splits.cold_users[: cfg.show_users]:
                     history = splits.item_map.raws(seq.items[: cfg.k])
                     truth = splits.item_map.raw(seq.items[cfg.k])
