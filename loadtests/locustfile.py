@@ -19,7 +19,7 @@ wrong number of items -- as a failure.
 
 Never import torch or transformers here: Locust runs under gevent, and a process that imported
 ssl before gevent patched it fails with ``RecursionError``. The histories arrive as a JSON file
-of raw item ids (written by ``fsrec_serve.serving.loadtest.write_histories``).
+of raw item ids (written by ``fsrec_serve.operations.traffic.write_histories``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from locust import User, events, task
 from locust.exception import StopUser
 
 from fsrec_serve.client import RecommenderClient
-from fsrec_serve.serving.loadtest import (
+from fsrec_serve.operations.traffic import (
     add_locust_arguments,
     install_final_stats_writer,
     load_histories,
@@ -73,7 +73,8 @@ def _init(environment, **_kw) -> None:
     o = environment.parsed_options
     if o is None:  # library use without the CLI: nothing to configure
         return
-    normalize_host(environment.host or "", "grpc")  # raises for anything but 127.0.0.1/localhost
+    # raises for anything but 127.0.0.1/localhost unless the runner passed the opt-in
+    normalize_host(environment.host or "", "grpc", allow_remote=o.allow_remote_host)
     if not o.histories:
         raise SystemExit("--histories is required (fsrec loadtest writes one from the data set)")
     if not (o.repository or o.item_map):
@@ -105,7 +106,7 @@ class _RecommenderUser(User):
 
     def on_start(self) -> None:
         o = self.environment.parsed_options
-        host = normalize_host(self.host or "", self.protocol)
+        host = normalize_host(self.host or "", self.protocol, allow_remote=o.allow_remote_host)
         self.client = RecommenderClient(
             host, self.protocol, model_name=o.model_name, repository=o.repository or None,
             item_map=o.item_map or None, retries=o.retries, timeout_s=o.request_timeout,

@@ -8,11 +8,16 @@
   cold users and cold items held out.
 - ``tiny_model_config`` / ``tiny_model``: a 1-layer, hidden-16 model for ``tiny_splits``
   (factory fixture: ``tiny_model(objective="causal")``).
+
+Per-user state (the admin key ``fsrec serve`` generates) goes to a temp folder for the whole
+run (``FSREC_STATE_DIR``), never to the real ``~/.local/state/fsrec``; ``FSREC_ADMIN_KEY`` /
+``FSREC_ADMIN_KEY_FILE`` from the caller's shell are ignored.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,10 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)  # the machine is shared: with 2 threads OpenMP spin-waits under load
+
+os.environ["FSREC_STATE_DIR"] = tempfile.mkdtemp(prefix="fsrec-test-state-")
+for _name in ("FSREC_ADMIN_KEY", "FSREC_ADMIN_KEY_FILE"):
+    os.environ.pop(_name, None)
 
 
 def find_data_dir() -> Path:

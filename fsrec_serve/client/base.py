@@ -136,6 +136,17 @@ class ClientBase:
         if self.repository is not None:
             self._load_repository()
 
+    @classmethod
+    def for_server(cls, server: Any, protocol: str = "grpc", *, admin: bool = False, **kwargs: Any):
+        """A client of a server started with ``fsrec_serve.serving.serve`` (any object with
+        ``url_grpc``, ``url_http``, ``repository`` and ``restricted_api_key``): id map and limits
+        are read from its repository; ``admin=True`` sends its admin key with model-control calls."""
+        url = server.url_grpc if protocol == "grpc" else server.url_http
+        kwargs.setdefault("repository", server.repository)
+        if admin and server.restricted_api_key:
+            kwargs.setdefault("admin_key", server.restricted_api_key)
+        return cls(url, protocol=protocol, **kwargs)
+
     # -- model info ---------------------------------------------------------------------------
     def _load_repository(self) -> None:
         item_map, spec, version = load_repository_info(self.repository, self.model_name, self.model_version)

@@ -1,4 +1,5 @@
-"""``fsrec loadtest``: Locust, headless, against the local server; exit 1 when the gate fails."""
+"""``fsrec loadtest``: Locust, headless, against a server (local unless --allow-remote-host);
+exit 1 when the gate fails."""
 
 from __future__ import annotations
 
@@ -12,20 +13,23 @@ def add_parsers(sub) -> None:
         "loadtest",
         help="run the Locust load test against a local server and apply the release gate",
         description="Run loadtests/locustfile.py headless (through Locust's CLI, in a subprocess) "
-        "against a server on 127.0.0.1, write Locust's CSV and HTML reports, and exit 1 when "
-        "p95/p99 latency or the failure ratio exceed the gate's thresholds.",
+        "against a server (127.0.0.1 unless --allow-remote-host), write Locust's CSV and HTML reports, "
+        "and exit 1 when p95/p99 latency or the failure ratio exceed the gate's thresholds.",
     )
     p.add_argument("--host", default=None,
-                   help="server address, 127.0.0.1:PORT or localhost:PORT only (default: "
-                   "127.0.0.1 with the protocol's port from the settings)")
+                   help="server address HOST:PORT (default: 127.0.0.1 with the protocol's port from the "
+                   "settings); hosts other than 127.0.0.1/localhost need --allow-remote-host")
+    p.add_argument("--allow-remote-host", action="store_true",
+                   help="opt-in: load-test a host other than 127.0.0.1/localhost (a staging server you may load)")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="client protocol")
     p.add_argument("--users", "-u", type=int, default=None, help="concurrent users (default: the gate's)")
     p.add_argument("--spawn-rate", "-r", type=float, default=None, help="users started per second")
     p.add_argument("--run-time", "-t", default=None, help="duration, e.g. 10s, 2m (default: the gate's)")
     p.add_argument("--k-mix", default=None, help="top-k mix, e.g. '10:0.8,20:0.15,50:0.05'")
     p.add_argument("--think-time", type=float, default=None, help="seconds a user waits between requests")
-    p.add_argument("--gate", default="loadtests/gate.yaml",
-                   help="thresholds file (YAML); 'none' = write the reports, judge nothing")
+    p.add_argument("--gate", default=None,
+                   help="thresholds file (YAML; default: the gate.yaml shipped in loadtests/); 'none' = write "
+                   "the reports, judge nothing")
     p.add_argument("--report-dir", default="loadtests/reports", help="where CSV/HTML/gate.json go")
     p.add_argument("--histories", default=None,
                    help="JSON histories file (raw item ids); default: written from the held-out "
@@ -47,17 +51,23 @@ def add_parsers(sub) -> None:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from ..serving.loadtest import DEFAULT_LOCUSTFILE, LoadTestConfig, run_loadtest
+    from ..contract import DEFAULT_HOST
+    from ..operations.loadtest import (
+        DEFAULT_GATE,
+        DEFAULT_LOCUSTFILE,
+        LoadTestConfig,
+        run_loadtest,
+    )
     from ..settings import get_settings
 
     s = get_settings(data_dir=args.data_dir)
-    host = args.host or f"127.0.0.1:{s.grpc_port if args.protocol == 'grpc' else s.http_port}"
-    gate = None if str(args.gate).lower() == "none" else Path(args.gate)
+    host = args.host or f"{DEFAULT_HOST}:{s.grpc_port if args.protocol == 'grpc' else s.http_port}"
+    gate = None if str(args.gate).lower() == "none" else Path(args.gate) if args.gate else DEFAULT_GATE
     repository = Path(args.repository) if args.repository else None
     if repository is None and args.item_map is None and Path("model_repository").is_dir():
         repository = Path("model_repository")
     res = run_loadtest(LoadTestConfig(
-        host=host, protocol=args.protocol, gate=gate, report_dir=Path(args.report_dir),
+        host=host, allow_remote=args.allow_remote_host, protocol=args.protocol, gate=gate, report_dir=Path(args.report_dir),
         users=args.users, spawn_rate=args.spawn_rate, run_time=args.run_time, k_mix=args.k_mix,
         think_time_s=args.think_time, histories=Path(args.histories) if args.histories else None,
         dataset=args.dataset, data_dir=s.data_dir, model_name=args.model_name or s.model_name,
@@ -66,6 +76,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         locustfile=Path(args.locustfile) if args.locustfile else DEFAULT_LOCUSTFILE,
         seed=args.seed, timeout_s=args.timeout,
     ))
+    print(f"load test against {res.host} ({args.protocol})")
     agg = res.aggregated()
     if agg is not None:
         print(f"{agg.requests} requests, {agg.failures} failed ({agg.failure_ratio:.2%}), "

@@ -1,9 +1,9 @@
 """``fsrec rollout`` (a new model version without dropping requests) and ``fsrec models``
 (repository index, load / pin versions, unload) against a running, key-protected Triton.
 
-Argument parsing only: the work is done by :func:`fsrec_serve.serving.rollout.rollout`,
-:func:`~fsrec_serve.serving.rollout.pin_versions` and
-:class:`~fsrec_serve.serving.control.ModelControl`.
+Argument parsing only: the work is done by :func:`fsrec_serve.operations.rollout.rollout`,
+:func:`~fsrec_serve.operations.rollout.pin_versions` and
+:class:`~fsrec_serve.operations.control.ModelControl`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def add_parsers(sub) -> None:
 
 
 def _control(args):
-    from ..serving.control import ModelControl
+    from ..operations.control import ModelControl
 
     key = Path(args.admin_key_file).read_text().strip() if args.admin_key_file else args.admin_key
     return ModelControl(args.url, protocol=args.protocol, admin_key=key, model_name=args.model,
@@ -84,7 +84,7 @@ def _control(args):
 
 def _rollout(args) -> int:
     from ..errors import ConfigError, RolloutError
-    from ..serving.rollout import RolloutConfig, report_json, rollout
+    from ..operations.rollout import RolloutConfig, report_json, rollout
 
     if not args.no_guard and not args.guard_dataset:
         raise ConfigError("the accuracy guard needs validation data: pass --guard-dataset ml-100k (or beauty), "
@@ -128,7 +128,7 @@ def _list(args) -> int:
 
 
 def _load(args) -> int:
-    from ..serving.rollout import pin_versions
+    from ..operations.rollout import pin_versions
 
     with _control(args) as control:
         if args.version and args.repository:

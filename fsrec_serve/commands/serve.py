@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -33,14 +32,22 @@ def add_parsers(sub) -> None:
                    help="model to load at start (repeatable; default: every model in the repository)")
     p.add_argument("--admin-key", default=None,
                    help="restrict model-control/repository endpoints to requests with the header "
-                   "fsrec-admin-key: KEY (default: env FSREC_ADMIN_KEY; none = open)")
-    p.add_argument("--admin-key-file", default=None, help="read the admin key from this file")
+                   "fsrec-admin-key: KEY (default: env FSREC_ADMIN_KEY, else a generated key, see --admin-key-file)")
+    p.add_argument("--admin-key-file", default=None,
+                   help="admin key file: read when it exists, else a random key is generated into it (mode 0600). "
+                   "Default: $FSREC_ADMIN_KEY_FILE or $XDG_STATE_HOME/fsrec/admin.key; clients on this machine "
+                   "find it there")
+    p.add_argument("--allow-unrestricted", action="store_true",
+                   help="no admin key at all: model control open to anyone who reaches the port (needed to bind a "
+                   "non-loopback --host without a key; private networks only)")
     p.add_argument("--restricted-api", action="append", default=None, metavar="GROUP",
                    help="endpoint group behind the admin key (repeatable; default: model-repository, trace, "
                    "logging, shared-memory)")
     p.add_argument("--execution-env", default=None,
                    help="Python environment of the python-backend model (default: this interpreter's sys.prefix)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
+    p.add_argument("--watch-interval", type=float, default=2.0,
+                   help="seconds between checks that reload a model whose python-backend stub died (0 = off)")
     p.add_argument("--tritonserver", default=None, help="tritonserver binary (default: the wheel's; env FSREC_TRITONSERVER)")
     p.add_argument("--tls-cert", default=None, help="PEM server certificate: TLS on the gRPC endpoint")
     p.add_argument("--tls-key", default=None, help="PEM server key for --tls-cert")
@@ -80,47 +87,52 @@ def add_parsers(sub) -> None:
     r.set_defaults(func=_recommend)
 
 
-def _admin_key(args) -> str | None:
-    if args.admin_key_file:
-        return Path(args.admin_key_file).read_text().strip()
-    return args.admin_key or os.environ.get("FSREC_ADMIN_KEY") or None
+def server_config(args):
+    """The ServerConfig of `fsrec serve`'s arguments (an explicit key: --admin-key, or env
+    FSREC_ADMIN_KEY; --admin-key-file is read, or generated when missing)."""
+    from ..contract import DEFAULT_RESTRICTED_APIS
+    from ..serving import ServerConfig
+    from ..settings import ENV_ADMIN_KEY
+
+    return ServerConfig(
+        repository=Path(args.repository), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, log_file=args.log_file, model_control=args.model_control,
+        load_models=args.load_model, restricted_api_key=args.admin_key or os.environ.get(ENV_ADMIN_KEY) or None,
+        admin_key_file=Path(args.admin_key_file) if args.admin_key_file else None,
+        allow_unrestricted=args.allow_unrestricted,
+        restricted_apis=tuple(args.restricted_api) if args.restricted_api else DEFAULT_RESTRICTED_APIS,
+        execution_env_path=args.execution_env, startup_timeout=args.startup_timeout,
+        extra_args=[a for a in (args.extra or []) if a != "--"], docker=args.docker, gpus=args.gpus,
+        tritonserver=args.tritonserver, tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca, watch_interval_s=args.watch_interval,
+    )  # fmt: skip
 
 
 def _serve(args) -> int:
-    from ..contract import DEFAULT_RESTRICTED_APIS
-    from ..serving import docker_command, serve
+    from ..serving import docker_command_line, serve
 
-    extra = [a for a in (args.extra or []) if a != "--"]
-    key = _admin_key(args)
-    apis = tuple(args.restricted_api) if args.restricted_api else DEFAULT_RESTRICTED_APIS
+    config = server_config(args)
     if args.print_docker:
-        cmd = docker_command(
-            args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port, model_control=args.model_control, load_models=args.load_model,
-            restricted_api_key="ADMIN_KEY_PLACEHOLDER" if key else None, restricted_apis=apis, gpus=args.gpus,
-        ) + extra  # fmt: skip
-        line = shlex.join(cmd).replace("ADMIN_KEY_PLACEHOLDER", '"$FSREC_ADMIN_KEY"')
-        print(line)
+        print(docker_command_line(config, with_key=not config.allow_unrestricted))
         return 0
+
     def interrupt(signum, frame):  # SIGTERM while starting: stop like Ctrl-C does
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        server = serve(
-            args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port, log_file=args.log_file, model_control=args.model_control,
-            load_models=args.load_model, restricted_api_key=key, restricted_apis=apis,
-            execution_env_path=args.execution_env, startup_timeout=args.startup_timeout, extra_args=extra,
-            docker=args.docker, gpus=args.gpus, tritonserver=args.tritonserver, tls_cert_file=args.tls_cert,
-            tls_key_file=args.tls_key, tls_client_ca_file=args.tls_client_ca,
-        )  # fmt: skip
+        server = serve(config)
 
         def announce():
             print(f"tritonserver ready: http {server.url_http}  grpc {server.url_grpc}  metrics {server.url_metrics}")
             print(f"models: {', '.join(server.models)}  log: {server.log_path}")
-            if key:
+            if server.admin_key_file is not None:
+                print(f"admin key (model control, repository): {server.admin_key_file} (mode 0600; clients on this "
+                      "machine read it)")
+            elif server.restricted_api_key:
                 print("model control and repository endpoints need the header fsrec-admin-key")
+            else:
+                print("WARNING: no admin key: model control is open to anyone who reaches the port")
             print("press Ctrl-C (or send SIGTERM) to stop", flush=True)
 
         try:

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..contract import CONFIG_FILE
 from ..errors import ConfigError, ModelControlError, RepositoryError
 
 log = logging.getLogger(__name__)
 
 READY = "READY"
-CONFIG_PBTXT = "config.pbtxt"
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def write_config_pbtxt(model_dir: str | Path, config: Mapping[str, Any] | None =
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    path = Path(model_dir) / CONFIG_PBTXT
+    path = Path(model_dir) / CONFIG_FILE
     try:
         text = path.read_text()
         msg = text_format.Parse(text, mc.ModelConfig())
@@ -137,7 +137,7 @@ def write_config_pbtxt(model_dir: str | Path, config: Mapping[str, Any] | None =
         msg.ClearField("version_policy")
         msg.version_policy.specific.versions.extend(sorted({int(v) for v in versions}))
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-    tmp = path.with_name(f".{CONFIG_PBTXT}.tmp")
+    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
     tmp.write_text(header + text_format.MessageToString(msg))
     tmp.replace(path)
     return path

@@ -48,6 +48,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..contract import (
+    CONFIG_FILE,
+    INPUT_ITEM_IDS,
+    ITEM_IDS_DTYPE,
+    ONNX_FILE,
+    OUTPUT_TOP_ITEMS,
+)
 from ..errors import ConfigError, FsRecError, RolloutError
 from .control import ModelControl, write_config_pbtxt
 
@@ -142,7 +149,7 @@ def smoke_histories(num_items: int, max_seq_len: int, n: int, seed: int = 0,
     while len(rows) < n:
         length = int(rng.integers(1, max_seq_len + 1))
         rows.append(rng.integers(1, num_items + 1, size=length).tolist())
-    out = np.zeros((len(rows), max_seq_len), dtype=np.int64)
+    out = np.zeros((len(rows), max_seq_len), dtype=ITEM_IDS_DTYPE)
     for i, r in enumerate(rows):
         out[i, max_seq_len - len(r):] = r
     return out
@@ -266,8 +273,8 @@ def rollout(
                             "loaded (`fsrec serve`), then roll out"
                         )
                     base_config = control.config(model)
-                    seq = _io_dims(base_config, "input", "item_ids")
-                    top = _io_dims(base_config, "output", "top_items")
+                    seq = _io_dims(base_config, "input", INPUT_ITEM_IDS)
+                    top = _io_dims(base_config, "output", OUTPUT_TOP_ITEMS)
                     if seq != [meta.max_seq_len] or top != [meta.max_top_k]:
                         raise RolloutError(
                             f"the export reads histories of {meta.max_seq_len} and returns {meta.max_top_k} items, "
@@ -285,9 +292,9 @@ def rollout(
                 # -- 2. the accuracy guard (offline, against the serving version) ----------------
                 if valid_examples:
                     with step("guard"):
-                        from exporters.quantize import check_guard
+                        from exporters.guard import check_guard
 
-                        if not (prev_dir / "model.onnx").exists():
+                        if not (prev_dir / ONNX_FILE).exists():
                             raise RolloutError(f"{prev_dir}/model.onnx is missing: cannot guard against the serving version")
                         g = check_guard(
                             export, prev_dir, list(valid_examples)[: cfg.guard_users],
@@ -428,7 +435,7 @@ def pin_versions(repository: str | Path, control: ModelControl, versions: Sequen
             from google.protobuf import json_format, text_format
             from tritonclient.grpc import model_config_pb2 as mc
 
-            msg = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+            msg = text_format.Parse((model_dir / CONFIG_FILE).read_text(), mc.ModelConfig())
             base = json_format.MessageToDict(msg, preserving_proto_field_name=True)
         ready = control.load_versions(list(versions), model, base_config=base)
         write_config_pbtxt(model_dir, versions=list(versions))

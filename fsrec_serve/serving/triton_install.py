@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TritonNotFoundError, ServingError
+from ..errors import ServingError, TritonNotFoundError
 
 INSTALL_HINT = "pip install 'fsrec-serve[triton]'  (installs nvidia-pytriton, which ships tritonserver 2.51)"
 STUB_NAME = "triton_python_backend_stub"

@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fsrec_serve.serving.loadtest import (
-    GateConfig,
-    LoadTestConfig,
-    Thresholds,
-    evaluate_gate,
-    load_histories,
-    run_loadtest,
-)
+from fsrec_serve.errors import ConfigError
+from fsrec_serve.operations.gate import GateConfig, Thresholds, evaluate_gate
+from fsrec_serve.operations.loadtest import LoadTestConfig, run_loadtest
+from fsrec_serve.operations.traffic import ALLOW_REMOTE_FLAG, load_histories
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +59,25 @@ def test_short_locust_run_against_triton(protocol, triton_server, fsrec_reposito
     strict = GateConfig(aggregate=Thresholds(p95_ms=0.0001, max_failure_ratio=0.0))
     rep = evaluate_gate(res.rows, strict)
     assert not rep.passed and [c.metric for c in rep.failures()] == ["p95_ms"]
+
+
+def test_load_test_of_another_host_needs_the_opt_in_and_names_the_host(server_factory, repository_copy,
+                                                                       e2e_limits, gate_file, tmp_path):
+    """127.0.0.2 stands in for a staging host (it is still this machine's loopback)."""
+    repo = repository_copy("remote")
+    server = server_factory(repo, host="127.0.0.2", metrics_port=-1)
+    host = f"127.0.0.2:{server.ports.grpc}"
+    hist = tmp_path / "h.json"
+    hist.write_text(json.dumps({"histories": [["1", "2", "3"], ["50", "7"]]}))
+    cfg = dict(host=host, protocol="grpc", gate=gate_file, users=2, spawn_rate=2, run_time="2s", k_mix="5",
+               repository=repo, histories=hist, timeout_s=90)
+    with pytest.raises(ConfigError, match=ALLOW_REMOTE_FLAG):
+        run_loadtest(LoadTestConfig(report_dir=tmp_path / "refused", **cfg))
+    assert not (tmp_path / "refused").exists()
+
+    report = tmp_path / "report"
+    res = run_loadtest(LoadTestConfig(report_dir=report, allow_remote=True, **cfg))
+    agg = res.aggregated()
+    assert res.host == host and agg is not None and agg.requests >= 5 and agg.failures == 0, \
+        (report / "locust.log").read_text()[-3000:]
+    assert json.loads((report / "gate.json").read_text())["host"] == host

@@ -25,8 +25,8 @@ import pytest
 
 from fsrec_serve.client import RecommenderClient
 from fsrec_serve.errors import AuthorizationError, RolloutError, ServerUnavailableError
-from fsrec_serve.serving.control import ModelControl
-from fsrec_serve.serving.rollout import RolloutConfig, pin_versions, rollout
+from fsrec_serve.operations.control import ModelControl
+from fsrec_serve.operations.rollout import RolloutConfig, pin_versions, rollout
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "ops-e2e-key-7"
@@ -227,13 +227,13 @@ def test_rollout_with_publish_to_a_runtime_copy(repository_copy, server_factory,
     src = repository_copy("src")
     server = server_factory(src, restricted_api_key=ADMIN_KEY, exit_timeout_s=1)
     x = _histories(e2e_splits, 4, e2e_limits.max_seq_len)
-    with server.client("grpc", admin=True, retries=0) as admin:
+    with RecommenderClient.for_server(server, "grpc", admin=True, retries=0) as admin:
         control = ModelControl(client=admin)
         report = rollout(second_export, src, control, RolloutConfig(smoke_users=4, keep_previous=True),
                          publish=server.refresh_repository)
         assert report.serving_versions == [1, 2]  # keep_previous: 1 stays loaded, reachable by number
         assert admin.infer_indices(x)[2] == "2"
-    with server.client("grpc", model_version=1) as v1:
+    with RecommenderClient.for_server(server, "grpc", model_version=1) as v1:
         assert v1.infer_indices(x)[2] == "1"
     assert (src / MODEL / "2" / "model.onnx").is_file()
     assert re.search(r"versions:\s*1\s+versions:\s*2", (src / MODEL / "config.pbtxt").read_text())
@@ -437,7 +437,7 @@ def test_prometheus_endpoint_has_every_metric_the_rules_use(live, e2e_splits, e2
 
     server, _ = live
     x = _histories(e2e_splits, 4, e2e_limits.max_seq_len)
-    with server.client("grpc") as c:
+    with RecommenderClient.for_server(server, "grpc") as c:
         for _ in range(5):
             c.infer_indices(x)
     rules = yaml.safe_load((ROOT / "docker" / "prometheus-rules.yml").read_text())

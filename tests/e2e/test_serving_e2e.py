@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from fsrec_serve.client import RecommenderClient
+from fsrec_serve.client import AsyncRecommenderClient, RecommenderClient
 from fsrec_serve.errors import (
     AuthorizationError,
     ConfigError,
@@ -36,7 +36,7 @@ def _same_ranking(got_items, got_scores, want_items, want_scores, atol=1e-5):
 
 @pytest.fixture(params=PROTOCOLS)
 def client(request, triton_server):
-    with triton_server.client(request.param, timeout_s=30) as c:
+    with RecommenderClient.for_server(triton_server, request.param, timeout_s=30) as c:
         yield c
 
 
@@ -50,7 +50,7 @@ def test_server_is_up_and_restricted(triton_server, client, e2e_limits):
     # model control needs the admin key; inference, health and statistics stay open
     with pytest.raises(AuthorizationError, match="admin key"):
         client.repository_index()
-    with triton_server.client(client.protocol, admin=True) as admin:
+    with RecommenderClient.for_server(triton_server, client.protocol, admin=True) as admin:
         index = admin.repository_index()
     assert {"name": "fsrec", "version": "1", "state": "READY"} in index
 
@@ -214,7 +214,7 @@ def test_server_errors_are_mapped(triton_server, client):
                 timed_out += 1
                 break
         assert timed_out == 1
-    with triton_server.client(client.protocol, admin=True) as admin:
+    with RecommenderClient.for_server(triton_server, client.protocol, admin=True) as admin:
         with pytest.raises(ModelControlError, match="nope"):
             admin.load_model("nope")
 
@@ -228,11 +228,11 @@ def test_statistics_passthrough(client):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_async_client(protocol, triton_server, user_histories):
-    with triton_server.client(protocol) as sync:
+    with RecommenderClient.for_server(triton_server, protocol) as sync:
         want = [sync.recommend(h, k=6).items for h in user_histories]
 
     async def main():
-        async with triton_server.async_client(protocol, timeout_s=30) as c:
+        async with AsyncRecommenderClient.for_server(triton_server, protocol, timeout_s=30) as c:
             assert await c.is_ready()
             got = await asyncio.gather(*(c.recommend(h, k=6) for h in user_histories))
             batch = await c.recommend_batch(user_histories, k=6)
@@ -256,7 +256,7 @@ def test_cli_recommend(triton_server, user_histories, capsys):
                    "--history", *h])  # fmt: skip
         assert rc == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        with triton_server.client("grpc") as c:
+        with RecommenderClient.for_server(triton_server, "grpc") as c:
             assert out["items"] == c.recommend(h, k=4).items
     rc = main(["recommend", "--url", triton_server.url_grpc, "--repository", str(triton_server.repository),
                "--history", *h[:3]])  # fmt: skip
@@ -268,13 +268,13 @@ def test_cli_recommend(triton_server, user_histories, capsys):
 
 
 def test_admin_key_is_required_for_model_control(triton_server):
-    with triton_server.client("http") as c:
+    with RecommenderClient.for_server(triton_server, "http") as c:
         with pytest.raises(AuthorizationError):
             c.load_model()
-    with triton_server.client("grpc", admin_key="wrong-key") as c:
+    with RecommenderClient.for_server(triton_server, "grpc", admin_key="wrong-key") as c:
         with pytest.raises(AuthorizationError):
             c.unload_model()
-    with triton_server.client("grpc", admin=True) as c:
+    with RecommenderClient.for_server(triton_server, "grpc", admin=True) as c:
         assert c.admin_key == ADMIN_KEY
         c.load_model()  # reload the same version: allowed with the key, keeps serving
         assert c.is_ready()

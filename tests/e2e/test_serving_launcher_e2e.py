@@ -121,7 +121,7 @@ def test_refresh_repository_publishes_a_new_version(repository_copy, tiny_export
 
     repo = repository_copy()
     server = server_factory(repo, restricted_api_key=e2e_limits.admin_key)
-    with server.client("grpc", admin=True) as c:
+    with RecommenderClient.for_server(server, "grpc", admin=True) as c:
         assert c.recommend(["1", "2"], k=3).model_version == "1"
         build_model_repository(repo, tiny_export, target="cpu")  # version 2
         server.refresh_repository()

@@ -146,8 +146,9 @@ def test_checks_run_before_anything_is_sent(protocol):
         assert c.recommend_batch([], k=2) == []
 
 
-def test_admin_key_goes_only_to_model_control_calls_with_the_protocols_header(monkeypatch):
+def test_admin_key_goes_only_to_model_control_calls_with_the_protocols_header(monkeypatch, tmp_path):
     monkeypatch.delenv("FSREC_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("FSREC_STATE_DIR", str(tmp_path))  # no key file there
     g = RecommenderClient("h:1", "grpc", admin_key="k", headers={"authorization": "Bearer t"})
     h = RecommenderClient("h:1", "http", admin_key="k")
     assert g._request_headers() == {"authorization": "Bearer t"}
@@ -156,6 +157,31 @@ def test_admin_key_goes_only_to_model_control_calls_with_the_protocols_header(mo
     assert RecommenderClient("h:1", "http")._request_headers(admin=True) is None
     monkeypatch.setenv("FSREC_ADMIN_KEY", "from-env")
     assert RecommenderClient("h:1", "http").admin_key == "from-env"
+
+
+def test_client_finds_the_key_file_fsrec_serve_generated(monkeypatch, tmp_path):
+    """Same machine: no key given, no env -> the key file under the state dir is used."""
+    monkeypatch.delenv("FSREC_ADMIN_KEY", raising=False)
+    monkeypatch.delenv("FSREC_ADMIN_KEY_FILE", raising=False)
+    monkeypatch.setenv("FSREC_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    key_file = tmp_path / "state" / "admin.key"
+    key_file.write_text("generated-key\n")
+    key_file.chmod(0o600)
+    c = RecommenderClient("h:1", "http")
+    assert c._request_headers(admin=True) == {RESTRICTED_KEY_HEADER: "generated-key"}
+    assert c._request_headers() is None  # never on inference calls
+    monkeypatch.setenv("FSREC_ADMIN_KEY", "from-env")  # env, then an explicit key, win over the file
+    assert c.admin_key == "from-env" and RecommenderClient("h:1", "http", admin_key="mine").admin_key == "mine"
+    monkeypatch.delenv("FSREC_ADMIN_KEY")
+    other = tmp_path / "elsewhere.key"
+    other.write_text("other-key")
+    other.chmod(0o600)
+    monkeypatch.setenv("FSREC_ADMIN_KEY_FILE", str(other))
+    assert c.admin_key == "other-key"
+    other.chmod(0o644)  # readable by others: refused, with the fix
+    with pytest.raises(ConfigError, match="chmod 600"):
+        c._request_headers(admin=True)
 
 
 def test_closed_client_refuses_requests():

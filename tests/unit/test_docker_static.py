@@ -183,14 +183,16 @@ def test_serving_image_matches_launcher_settings_and_repository():
     io = lambda c: ([(i.name, i.data_type, list(i.dims)) for i in c.input],  # noqa: E731
                     [(o.name, o.data_type, list(o.dims)) for o in c.output], c.max_batch_size)
     assert io(gpu) == io(cpu)
-    assert [i.name for i in gpu.input] == ["item_ids"] and [o.name for o in gpu.output] == ["top_items", "top_scores"]
+    inputs = [i.name for i in gpu.input]
+    assert inputs[0] == contract.INPUT_ITEM_IDS and set(inputs) <= {contract.INPUT_ITEM_IDS, contract.INPUT_USER_PARAMS}
+    assert [o.name for o in gpu.output] == list(contract.OUTPUT_NAMES)
 
 
 def test_entrypoint_builds_the_launchers_flags(tmp_path):
     """Run the real entrypoint with a stand-in tritonserver that prints its argv: the restricted-API
     flags are exactly the launcher's (which the e2e tests run against the real binary)."""
     from fsrec_serve.contract import DEFAULT_RESTRICTED_APIS
-    from fsrec_serve.serving.server import restricted_args
+    from fsrec_serve.serving.flags import restricted_args
 
     fake = tmp_path / "bin"
     fake.mkdir()

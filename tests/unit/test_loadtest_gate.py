@@ -13,23 +13,17 @@ from pathlib import Path
 import pytest
 
 from fsrec_serve.errors import ConfigError, LoadTestError
-from fsrec_serve.serving.loadtest import (
-    DEFAULT_GATE,
+from fsrec_serve.operations.gate import (
     GateConfig,
-    LoadTestConfig,
     Thresholds,
     evaluate_gate,
     gate_config_from_dict,
     load_gate_config,
-    load_histories,
-    normalize_host,
-    parse_k_mix,
-    parse_run_time,
     parse_stats_csv,
     read_stats_csv,
-    run_loadtest,
-    sample_k,
 )
+from fsrec_serve.operations.loadtest import DEFAULT_GATE, LoadTestConfig, parse_run_time, run_loadtest
+from fsrec_serve.operations.traffic import ALLOW_REMOTE_FLAG, load_histories, normalize_host, parse_k_mix, sample_k
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,9 +172,35 @@ def test_other_hosts_are_refused(host):
         normalize_host(host, "grpc")
 
 
+@pytest.mark.parametrize("host, want", [
+    ("staging.example:8001", "staging.example:8001"),
+    ("10.0.0.5", "10.0.0.5:8001"),
+    ("127.0.0.2:18001", "127.0.0.2:18001"),
+    ("grpc://[::1]:9001", "[::1]:9001"),
+])
+def test_other_hosts_need_the_opt_in_flag(host, want):
+    with pytest.raises(ConfigError, match=ALLOW_REMOTE_FLAG):
+        normalize_host(host, "grpc")
+    assert normalize_host(host, "grpc", allow_remote=True) == want
+
+
+@pytest.mark.parametrize("host", ["", "127.0.0.1:8001/x", "https://staging.example:8001", "staging.example:99999"])
+def test_the_opt_in_does_not_accept_malformed_hosts(host):
+    with pytest.raises(ConfigError):
+        normalize_host(host, "grpc", allow_remote=True)
+
+
 def test_runner_refuses_remote_host_before_starting_anything(tmp_path):
-    with pytest.raises(ConfigError, match="only 127.0.0.1 and localhost"):
+    with pytest.raises(ConfigError, match=f"only 127.0.0.1 and localhost.*{ALLOW_REMOTE_FLAG}"):
         run_loadtest(LoadTestConfig(host="203.0.113.7:8001", report_dir=tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_refuses_remote_host_naming_the_flag(tmp_path, capsys):
+    from fsrec_serve.cli import main
+
+    rc = main(["loadtest", "--host", "127.0.0.2:8001", "--report-dir", str(tmp_path / "r")])
+    assert rc == 2 and ALLOW_REMOTE_FLAG in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -216,7 +236,7 @@ def test_histories_file_errors(tmp_path):
 SYNTHETIC_LOCUSTFILE = '''
 import json, random, time
 from locust import User, constant, events, task
-from fsrec_serve.serving.loadtest import add_locust_arguments, install_final_stats_writer, load_histories, parse_k_mix, sample_k
+from fsrec_serve.operations.traffic import add_locust_arguments, install_final_stats_writer, load_histories, parse_k_mix, sample_k
 
 SENT = {"n": 0, "failed": 0}
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fsrec_serve.contract import INPUT_ITEM_IDS
 from fsrec_serve.errors import ConfigError, RepositoryError
-from fsrec_serve.serving.control import (
+from fsrec_serve.operations.control import (
     _glog_message,
     merge_config,
     parse_index,
@@ -16,7 +17,7 @@ from fsrec_serve.serving.control import (
     with_version_policy,
     write_config_pbtxt,
 )
-from fsrec_serve.serving.rollout import check_answers, compare_answers, smoke_histories
+from fsrec_serve.operations.rollout import check_answers, compare_answers, smoke_histories
 
 LIVE = {"name": "fsrec", "backend": "python", "max_batch_size": 64,
         "input": [{"name": "item_ids", "data_type": "TYPE_INT64", "dims": ["20"]}],
@@ -63,7 +64,7 @@ def test_write_config_pbtxt_pins_versions_applies_overrides_keeps_header(tmp_pat
     assert text.splitlines()[0] == before.splitlines()[0] and text.startswith("#")
     cfg = load_model_config(tmp_path / "fsrec")
     assert list(cfg.version_policy.specific.versions) == [2, 4] and cfg.max_batch_size == 16
-    assert [i.name for i in cfg.input] == ["item_ids"] and cfg.backend == "python"
+    assert cfg.input[0].name == INPUT_ITEM_IDS and cfg.backend == "python"
     with pytest.raises(RepositoryError, match="does not exist"):
         write_config_pbtxt(tmp_path / "nope", versions=[1])
     (tmp_path / "fsrec" / "config.pbtxt").write_text("name: {{{")

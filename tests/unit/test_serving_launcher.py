@@ -179,3 +179,43 @@ def test_cli_parsers_are_registered():
     assert a.history == ["1", "2"] and a.k == 3 and a.on_unknown == "drop"
     with pytest.raises(SystemExit):
         p.parse_args(["recommend", "--url", "h:1"])  # --history is required
+
+
+# -- the admin key policy (ServerConfig) ---------------------------------------------------------
+def test_generated_admin_key_file_is_private_and_reused(toy_repo, tmp_path):
+    from fsrec_serve.serving import ServerConfig
+    from fsrec_serve.serving.config import resolve_admin_key
+
+    key_file = tmp_path / "state" / "admin.key"
+    cfg = ServerConfig(toy_repo, admin_key_file=key_file)
+    first = resolve_admin_key(cfg, "127.0.0.1")
+    assert first.generated and first.path == key_file and len(first.key) >= 40
+    assert key_file.stat().st_mode & 0o777 == 0o600 and key_file.read_text().strip() == first.key
+    again = resolve_admin_key(cfg, "::1")  # any loopback address; the same file is reused
+    assert not again.generated and again.key == first.key
+    given = resolve_admin_key(ServerConfig(toy_repo, restricted_api_key="k", admin_key_file=key_file), "0.0.0.0")
+    assert given.key == "k" and given.path is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "myhost.example", "::"])
+def test_non_loopback_bind_without_a_key_is_refused_unless_allowed(toy_repo, tmp_path, host):
+    from fsrec_serve.serving import ServerConfig
+    from fsrec_serve.serving.config import resolve_admin_key
+
+    key_file = tmp_path / "admin.key"
+    with pytest.raises(ConfigError, match="--allow-unrestricted"):
+        resolve_admin_key(ServerConfig(toy_repo, admin_key_file=key_file), host)
+    assert not key_file.exists()
+    assert resolve_admin_key(ServerConfig(toy_repo, allow_unrestricted=True), host).key is None
+
+
+def test_server_config_of_applies_overrides_and_checks_fields(toy_repo):
+    from fsrec_serve.serving import ServerConfig
+
+    cfg = ServerConfig.of(str(toy_repo), http_port=0)
+    assert cfg.repository == toy_repo and cfg.http_port == 0 and cfg.model_control == "explicit"
+    assert ServerConfig.of(cfg, grpc_port=5).grpc_port == 5 and cfg.grpc_port is None
+    with pytest.raises(TypeError):
+        ServerConfig.of(toy_repo, no_such_field=1)
+    with pytest.raises(ConfigError, match="watch_interval_s"):
+        ServerConfig(toy_repo, watch_interval_s=-1)
