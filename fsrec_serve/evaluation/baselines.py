@@ -7,7 +7,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..model.modeling_fsrec import MASK_VALUE
+from ..contract import MASK_VALUE, PAD_INDEX
 
 
 class PopularityModel:
@@ -21,7 +21,7 @@ class PopularityModel:
     def __init__(self, counts: np.ndarray):
         counts = np.asarray(counts, dtype=np.float32)  # [N] occurrences per column
         self.counts = torch.as_tensor(counts)
-        self.counts[0] = MASK_VALUE
+        self.counts[PAD_INDEX] = MASK_VALUE
 
     @property
     def num_items(self) -> int:
@@ -34,7 +34,7 @@ class PopularityModel:
         for s in sequences:
             items = np.asarray(getattr(s, "items", s), dtype=np.int64)
             if items.size:
-                np.add.at(counts, items[(items > 0) & (items <= num_items)], 1.0)
+                np.add.at(counts, items[(items > PAD_INDEX) & (items <= num_items)], 1.0)
         return cls(counts)
 
     def next_item_scores(self, history_ids: torch.Tensor) -> torch.Tensor:
