@@ -51,6 +51,7 @@ from fsrec_serve.model import FsRecModel
 from .onnx_config import FsRecOnnxConfig
 from .runtime import (
     HF_CONFIG_FILE,
+    TORCH_FILE,
     ExportMeta,
     as_histories,
     make_session,
@@ -149,6 +150,7 @@ def export_onnx(
     min_top10_overlap: float = 0.99,
     extra: dict | None = None,
     last_position_only: bool = True,
+    torchscript: bool = False,
 ) -> ExportResult:
     """Export ``model`` (an FsRecModel, or a PEFT model already ``merge_and_unload()``-ed) to
     ``output_dir/model.onnx`` through Optimum, with ``config.json``, ``item_map.json`` and
@@ -160,7 +162,8 @@ def export_onnx(
     reproduce PyTorch. ``last_position_only`` (default) computes the last transformer block for
     the scored position only (same scores, fewer FLOPs: :class:`FsRecTopKModule`); ``False``
     traces ``next_item_scores`` as is. ``source`` and ``extra`` (e.g. the data set and split config) are recorded
-    in ``fsrec_meta.json``.
+    in ``fsrec_meta.json``. ``torchscript`` also writes ``model.pt`` (:func:`export_torchscript`,
+    what the ``gpu-python`` repository target runs).
     """
     from optimum.exporters.onnx import export as optimum_export
     from optimum.exporters.onnx import validate_model_outputs
@@ -218,12 +221,50 @@ def export_onnx(
         up = (0.1 * rng.standard_normal((len(as_histories(validate_with)), int(cfg.hidden_size)))).astype(np.float32)
         validate_export(path, FsRecTopKModule(ref, max_top_k), validate_with, atol=atol,
                         fail_factor=fail_factor, min_top10_overlap=min_top10_overlap, user_params=up)
+    if torchscript:
+        export_torchscript(ref, out, max_top_k=max_top_k, last_position_only=last_position_only)
     result = ExportResult(
         output_dir=out, onnx_path=path, meta=meta, validation=report,
         seconds=time.perf_counter() - t0, size_kb=path.stat().st_size / 1024,
     )
     logger.info("exported %s (%.0f kB) in %.1fs", path, result.size_kb, result.seconds)
     return result
+
+
+class _TupleOutputs(nn.Module):
+    """FsRecTopKModule with (top_items, top_scores) as a tuple: what torch.jit.trace keeps."""
+
+    def __init__(self, inner: FsRecTopKModule):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, item_ids: torch.Tensor, user_params: torch.Tensor):
+        out = self.inner(item_ids, user_params)
+        return out[OUTPUT_TOP_ITEMS], out[OUTPUT_TOP_SCORES]
+
+
+def export_torchscript(model: FsRecModel, output_dir: str | Path, max_top_k: int = DEFAULT_MAX_TOP_K,
+                       last_position_only: bool = True) -> Path:
+    """Trace the served graph to ``output_dir/model.pt`` (TorchScript; CPU weights, load it with
+    ``map_location``): (item_ids int64 [B, L], user_params float32 [B, H]) -> (top_items [B, K],
+    top_scores [B, K]). Batch and length stay dynamic (checked here on other shapes)."""
+    ref = copy.deepcopy(model).to("cpu").eval()
+    wrapper = _TupleOutputs(FsRecTopKModule(ref, max_top_k, last_position_only=last_position_only)).eval()
+    cfg = ref.config
+    gen = np.random.default_rng(0)
+    x = torch.as_tensor(gen.integers(1, cfg.num_items + 1, size=(3, int(cfg.max_seq_len))))
+    up = torch.zeros(3, int(cfg.hidden_size))
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shapes read as Python ints
+        traced = torch.jit.trace(wrapper, (x, up), check_trace=False)
+        x2 = x[:2, -max(1, int(cfg.max_seq_len) // 2):]
+        up2 = 0.1 * torch.ones(2, int(cfg.hidden_size))
+        got, want = traced(x2, up2), wrapper(x2, up2)
+    if not torch.equal(got[0], want[0]) or not torch.allclose(got[1], want[1], atol=1e-5):
+        raise ExportError("the TorchScript trace does not reproduce the model on another batch/length")
+    path = Path(output_dir) / TORCH_FILE
+    traced.save(str(path))
+    return path
 
 
 def torch_topk(model: FsRecModel | FsRecTopKModule, item_ids: np.ndarray, max_top_k: int = DEFAULT_MAX_TOP_K,
@@ -340,5 +381,5 @@ def validate_export(
 
 __all__ = [
     "ExportDriftWarning", "ExportResult", "FsRecTopKModule", "ValidationReport", "FILLER_ITEM",
-    "compare_topk", "export_onnx", "torch_topk", "validate_export",
+    "compare_topk", "export_onnx", "export_torchscript", "torch_topk", "validate_export",
 ]

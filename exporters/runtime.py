@@ -30,6 +30,7 @@ from fsrec_serve.contract import (
 from fsrec_serve.errors import ConfigError, ExportError
 
 HF_CONFIG_FILE = "config.json"  # the FsRecConfig (Hugging Face) beside model.onnx
+TORCH_FILE = "model.pt"  # TorchScript trace of the same graph (the gpu-python target runs it)
 
 
 @dataclass

@@ -22,7 +22,8 @@ from .idmap import IdMap
 log = logging.getLogger("fsrec_serve.client")
 
 ON_UNKNOWN = ("drop", "error")
-INPUT_NAME = "item_ids"  # Triton input: INT64 [B, max_seq_len], left-padded indices
+INPUT_NAME = "item_ids"  # Triton input: INT64 [B, L], left-padded indices (L: see ModelSpec.request_length)
+INPUT_USER_PARAMS = "user_params"  # Triton input: FP32 [B, H], per-user state offsets (optional)
 OUTPUT_ITEMS = "top_items"  # Triton output: INT64 [B, max_top_k], item indices best first
 OUTPUT_SCORES = "top_scores"  # Triton output: FP32 [B, max_top_k]
 META_FILE = "fsrec_meta.json"
@@ -48,10 +49,27 @@ class ModelSpec:
     num_items: int | None = None  # valid indices are 1..num_items (None = unknown, server checks)
     max_batch_size: int = 64  # the model's max_batch_size; bigger batches are split
     extra: dict = field(default_factory=dict)  # anything else read from fsrec_meta.json
+    # the model reads histories of any length 1..max_seq_len (config dims [-1]); False = an older
+    # fixed-width model: every request is padded to max_seq_len
+    variable_length: bool = False
+    length_buckets: tuple = ()  # served length buckets (max_seq_len last); () = none declared
+    strict_buckets: bool = False  # the server accepts bucket lengths only (gpu target): pad up to one
+    user_params_dim: int = 0  # H of the user_params input (0 = the model has none)
+    user_params_required: bool = False  # gpu target: the input is not optional (zeros are sent)
 
     def __post_init__(self):
         if self.max_seq_len < 1 or self.max_top_k < 1 or self.max_batch_size < 1:
             raise ConfigError(f"invalid model spec {self}: max_seq_len, max_top_k and max_batch_size must be >= 1")
+
+    def request_length(self, longest: int) -> int:
+        """Width L of the item_ids tensor for a request whose longest history has ``longest``
+        items: the model's fixed width, the next strict bucket, or the history's own length."""
+        if not self.variable_length:
+            return self.max_seq_len
+        n = max(1, min(int(longest), self.max_seq_len))
+        if self.strict_buckets and self.length_buckets:
+            return next((int(b) for b in self.length_buckets if b >= n), self.max_seq_len)
+        return n
 
 
 @dataclass(frozen=True)
@@ -176,13 +194,54 @@ def encode_history(
     return EncodedHistory(indices, tuple(unknown), truncated)
 
 
-def pad_batch(encoded: Sequence[EncodedHistory], max_seq_len: int) -> np.ndarray:
-    """Encoded histories -> int64 [B, max_seq_len], left-padded with 0 (newest last)."""
-    out = np.zeros((len(encoded), max_seq_len), dtype=np.int64)
+def pad_batch(encoded: Sequence[EncodedHistory], max_seq_len: int | ModelSpec) -> np.ndarray:
+    """Encoded histories -> int64 [B, L], left-padded with 0 (newest last).
+
+    ``max_seq_len`` an int: L = that width. A :class:`ModelSpec`: L = ``spec.request_length`` of
+    the longest history (its own length on a variable-length model, the next bucket where the
+    server wants buckets, max_seq_len on a fixed-width model)."""
+    if isinstance(max_seq_len, ModelSpec):
+        width = max_seq_len.request_length(max((len(e.indices) for e in encoded), default=1))
+    else:
+        width = int(max_seq_len)
+    out = np.zeros((len(encoded), width), dtype=np.int64)
     for i, e in enumerate(encoded):
         if e.indices:
-            out[i, max_seq_len - len(e.indices):] = e.indices
+            out[i, width - len(e.indices):] = e.indices[-width:]
     return out
+
+
+def encode_user_params(user_params: Any, n_rows: int, spec: ModelSpec) -> np.ndarray | None:
+    """Per-user parameters for ``n_rows`` histories -> float32 [n_rows, H], checked, or None.
+
+    ``None``: nothing is sent (zeros on the server = the zero-shot answer), except where the
+    model requires the input (zeros are sent). Refuses (InvalidRequestError) a model without
+    per-user parameters, a shape other than [n_rows, H] (or [H] for one history), a non-float
+    dtype, and NaN or infinite values."""
+    h = spec.user_params_dim
+    if user_params is None:
+        return np.zeros((n_rows, h), np.float32) if spec.user_params_required and h else None
+    if not h:
+        raise InvalidRequestError(
+            "user_params were given, but the served model has no per-user parameter input: "
+            "re-export it with `fsrec export` (graphs from before user_params) or drop user_params")
+    try:
+        arr = np.asarray(user_params)
+    except Exception as e:  # noqa: BLE001 - ragged lists and the like
+        raise InvalidRequestError(f"user_params must be a float array of shape [{n_rows}, {h}]: {e}") from None
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise InvalidRequestError(f"user_params must be float32 numbers, got dtype {arr.dtype}")
+    if arr.ndim == 1 and n_rows == 1:
+        arr = arr[None, :]
+    if arr.shape != (n_rows, h):
+        raise InvalidRequestError(
+            f"user_params has shape {list(arr.shape)}; the model needs [{n_rows}, {h}] (one row of the "
+            f"model's hidden size {h} per history)")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InvalidRequestError("user_params holds NaN or infinite values: refit that user's parameters "
+                                  "(or send none for the zero-shot answer)")
+    return arr
 
 
 def decode_top(
@@ -245,6 +304,16 @@ def resolve_version_dir(repository: str | Path, model_name: str, model_version: 
 
 
 _MAX_BATCH = re.compile(r"^\s*max_batch_size\s*:\s*(\d+)", re.MULTILINE)
+_PARAM = re.compile(r'key:\s*"(\w+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"')
+_DIMS_MINUS_ONE = re.compile(r'name:\s*"item_ids"[^}]*?dims:\s*-1')
+_USER_PARAMS_OPTIONAL = re.compile(r'name:\s*"user_params"[^}]*?optional:\s*true')
+
+
+def _length_fields(params: Mapping[str, str], variable: bool) -> dict:
+    """ModelSpec fields about history lengths from config parameters (strings)."""
+    buckets = tuple(sorted({int(b) for b in params.get("length_buckets", "").split(",") if b.strip()}))
+    return {"variable_length": variable, "length_buckets": buckets if variable else (),
+            "strict_buckets": variable and params.get("strict_buckets", "false").lower() == "true"}
 
 
 def load_repository_info(
@@ -262,12 +331,16 @@ def load_repository_info(
         raise ConfigError(f"{meta_path} is not valid JSON ({e}): rebuild the repository") from None
     max_batch = 64
     cfg = vdir.parent / "config.pbtxt"
-    if cfg.is_file():
-        m = _MAX_BATCH.search(cfg.read_text())
-        if m and int(m.group(1)) > 0:
-            max_batch = int(m.group(1))
+    text = cfg.read_text() if cfg.is_file() else ""
+    m = _MAX_BATCH.search(text)
+    if m and int(m.group(1)) > 0:
+        max_batch = int(m.group(1))
+    lengths = _length_fields(dict(_PARAM.findall(text)), bool(_DIMS_MINUS_ONE.search(text)))
+    h = int(meta.get("user_params_dim", 0) or 0)
     try:
         spec = ModelSpec(
+            **lengths, user_params_dim=h,
+            user_params_required=bool(h) and "user_params" in text and not _USER_PARAMS_OPTIONAL.search(text),
             max_seq_len=int(meta["max_seq_len"]),
             max_top_k=int(meta["max_top_k"]),
             num_items=int(meta["num_items"]) if meta.get("num_items") is not None else None,
@@ -296,9 +369,23 @@ def spec_from_model_config(config: Mapping[str, Any]) -> ModelSpec:
             f"{[e.get('name') for e in entries or []]})"
         )
 
+    params = {k: (v.get("string_value", "") if isinstance(v, Mapping) else str(v))
+              for k, v in (cfg.get("parameters") or {}).items()}
     (seq,) = dims(cfg.get("input"), INPUT_NAME)[-1:]
     (top,) = dims(cfg.get("output"), OUTPUT_ITEMS)[-1:]
-    return ModelSpec(max_seq_len=seq, max_top_k=top, num_items=None, max_batch_size=int(cfg.get("max_batch_size", 0)) or 1)
+    variable = seq == -1
+    if variable:
+        try:
+            seq = int(params["max_seq_len"])
+        except (KeyError, ValueError):
+            raise ConfigError("the served model reads histories of any length but its config has no "
+                              "'max_seq_len' parameter: rebuild the repository with `fsrec repository`") from None
+    up = [e for e in cfg.get("input") or [] if e.get("name") == INPUT_USER_PARAMS]
+    h = int(up[0].get("dims", [0])[-1]) if up else 0
+    return ModelSpec(max_seq_len=seq, max_top_k=top, num_items=None,
+                     max_batch_size=int(cfg.get("max_batch_size", 0)) or 1,
+                     **_length_fields(params, variable), user_params_dim=h,
+                     user_params_required=bool(up) and not up[0].get("optional", False))
 
 
 def coerce_item_map(item_map: IdMap | str | Path | None) -> IdMap | None:

@@ -34,6 +34,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--validate-users", type=int, default=0,
                    help="held-out users compared with PyTorch (0 = all test users)")
     e.add_argument("--no-validate", action="store_true", help="skip validation on real users")
+    e.add_argument("--torchscript", action="store_true",
+                   help="also write model.pt (TorchScript trace; what the gpu-python target serves)")
     e.add_argument("--full-graph", action="store_true",
                    help="trace next_item_scores as is (default: the last block for the scored position only)")
     _add_data(e)
@@ -68,7 +70,11 @@ def add_parsers(sub) -> None:
     )
     r.add_argument("export_dir", nargs="?", default=None, help="export directory to add as a version")
     r.add_argument("--repo", default=None, help="repository root (default: the project's model_repository/)")
-    r.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
+    r.add_argument("--target", choices=["cpu", "gpu", "gpu-python"], default="cpu",
+                   help="cpu: python backend + ONNX Runtime, any history length; gpu: onnxruntime backend, "
+                   "the client pads to length buckets; gpu-python: python backend + torch on CUDA")
+    r.add_argument("--length-buckets", type=int, nargs="*", default=None,
+                   help="history-length buckets (max_seq_len is always added; default: the measured default)")
     r.add_argument("--model-name", default="fsrec")
     r.add_argument("--version", type=int, default=None, help="version number (default: next)")
     r.add_argument("--max-batch-size", type=int, default=64)
@@ -121,7 +127,8 @@ def _export(args) -> int:
             users = users[: args.validate_users]
     res = export_onnx(model, args.output, max_top_k=args.max_top_k, opset=args.opset,
                       validate_with=None if args.no_validate else users, atol=args.atol,
-                      source=str(model_dir), extra=extra, last_position_only=not args.full_graph)
+                      source=str(model_dir), extra=extra, last_position_only=not args.full_graph,
+                      torchscript=args.torchscript)
     print(json.dumps(res.to_dict(), indent=2, default=str))
     return 0
 
@@ -204,6 +211,7 @@ def _repository(args) -> int:
             "preferred_batch_sizes": args.preferred_batch_sizes,
             "instance_count": args.instances,
             "intra_op_threads": args.intra_op_threads,
+            "length_buckets": args.length_buckets,
         }.items() if v is not None},
     )
     v = build_model_repository(repo, args.export_dir, spec, target=args.target, version=args.version,

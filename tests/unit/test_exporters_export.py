@@ -201,3 +201,47 @@ def test_full_graph_export_is_equivalent(exported, tmp_path):
     b = run_topk(make_session(res.output_dir), x)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["cloze", "causal"])
+def test_every_length_at_its_own_width_equals_the_padded_model(exported, tmp_path, objective):
+    """Real-length serving: a history sent at its own length L (no padding) gets exactly the
+    top-k of the same history padded to max_seq_len, for every L in 1..max_seq_len."""
+    if objective == "cloze":
+        _, res = exported
+    else:
+        res = export_onnx(tiny_model(objective="causal"), tmp_path / "c", max_top_k=K)
+    sess = make_session(res.output_dir)
+    rng = np.random.default_rng(11)
+    for length in range(1, SEQ + 1):
+        h = rng.choice(np.arange(1, NUM_ITEMS + 1), size=length, replace=False).tolist()
+        own_items, own_scores = run_topk(sess, np.asarray([h], np.int64))
+        pad_items, pad_scores = run_topk(sess, pad_left([h], SEQ))
+        np.testing.assert_array_equal(own_items, pad_items, err_msg=f"length {length}")
+        np.testing.assert_allclose(own_scores, pad_scores, atol=1e-5)
+
+
+def test_user_params_parity_with_pytorch_and_zeros_are_zero_shot(exported):
+    """ONNX with per-user parameters == PyTorch next_item_scores(history, user_params) within
+    1e-4; zeros give the answer of a request without them (= the base model's)."""
+    model, res = exported
+    sess = make_session(res.output_dir)
+    hist = histories(40, seed=21)
+    x = pad_left(hist, SEQ)
+    up = (0.3 * np.random.default_rng(2).standard_normal((len(hist), 32))).astype(np.float32)
+    items, scores = run_topk(sess, x, user_params=up)
+    with torch.inference_mode():
+        ref = model.next_item_scores(torch.as_tensor(x), torch.as_tensor(up)).numpy()  # [B, N]
+    for b in range(len(hist)):
+        real = items[b] >= 0
+        np.testing.assert_allclose(scores[b][real], ref[b][items[b][real]], atol=1e-4)
+        assert not set(items[b].tolist()) & set(hist[b])  # the history stays masked
+    ref_items, _, _ = torch_topk(model, x, max_top_k=K, user_params=up)
+    np.testing.assert_array_equal(items, ref_items)
+    z_items, z_scores = run_topk(sess, x, user_params=np.zeros_like(up))
+    n_items, n_scores = run_topk(sess, x)  # feeds() fills zeros: the no-input answer
+    base_items, base_scores, _ = torch_topk(model, x, max_top_k=K)  # user_params=None in PyTorch
+    np.testing.assert_array_equal(z_items, base_items)
+    np.testing.assert_array_equal(z_scores, n_scores)
+    np.testing.assert_allclose(z_scores, base_scores, atol=1e-5)
+    assert not np.array_equal(items, z_items)  # the parameters do change the answer

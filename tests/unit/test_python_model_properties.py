@@ -26,18 +26,20 @@ from hypothesis.extra import numpy as hnp
 from exporters.triton_python import model as pm
 
 FAST = settings(max_examples=150, deadline=3000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-SEQ_LEN, NUM_ITEMS = 6, 40
+SEQ_LEN, NUM_ITEMS, DIM = 6, 40, 3
+BUCKETS = (2, 4, SEQ_LEN)
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7)
 any_array = st.one_of(
     # every dtype a client could send, any shape, any values of that dtype
     hnp.arrays(st.sampled_from([np.int64, np.int32, np.uint64, np.float32, np.float64, np.bool_, np.dtype("U2")]), shapes),
     hnp.arrays(np.dtype("O"), shapes, elements=st.one_of(st.integers(), st.text(max_size=2), st.none())),
-    # the right dtype and width, small ids: valid or out of range by a little
-    st.integers(0, 4).flatmap(lambda n: hnp.arrays(np.int64, (n, SEQ_LEN), elements=st.integers(-3, NUM_ITEMS + 3))),
+    # the right dtype, any length (0 and over max_seq_len included), small ids: valid or out of range by a little
+    st.tuples(st.integers(0, 4), st.integers(0, SEQ_LEN + 3)).flatmap(
+        lambda s: hnp.arrays(np.int64, s, elements=st.integers(-3, NUM_ITEMS + 3))),
 )
-valid_array = st.integers(1, 5).flatmap(
-    lambda n: hnp.arrays(np.int64, (n, SEQ_LEN), elements=st.integers(0, NUM_ITEMS)))
+valid_array = st.tuples(st.integers(1, 5), st.integers(1, SEQ_LEN)).flatmap(
+    lambda s: hnp.arrays(np.int64, s, elements=st.integers(0, NUM_ITEMS)))
 bad_ids_array = st.integers(1, 4).flatmap(
     lambda n: hnp.arrays(np.int64, (n, SEQ_LEN), elements=st.one_of(st.integers(-10**12, -1), st.integers(NUM_ITEMS + 1, 10**12))))
 request_arrays = st.one_of(valid_array, valid_array, bad_ids_array, any_array, st.none(), st.text(max_size=3),
@@ -46,7 +48,16 @@ request_arrays = st.one_of(valid_array, valid_array, bad_ids_array, any_array, s
 
 def _is_valid(a) -> bool:
     return (isinstance(a, np.ndarray) and a.dtype == np.int64 and a.ndim == 2 and a.shape[0] >= 1
-            and a.shape[1] == SEQ_LEN and int(a.min()) >= 0 and int(a.max()) <= NUM_ITEMS)
+            and 1 <= a.shape[1] <= SEQ_LEN and int(a.min()) >= 0 and int(a.max()) <= NUM_ITEMS)
+
+
+def _params_for(a, kind: int):
+    """user_params of a request: 0 absent, 1 valid, 2 wrong shape, 3 NaN, 4 float64."""
+    n = a.shape[0] if isinstance(a, np.ndarray) and a.ndim >= 1 else 1
+    rng = np.random.default_rng(n)
+    good = rng.standard_normal((n, DIM)).astype(np.float32)
+    return [None, good, good[:, :-1], np.where(good > 0, np.nan, good).astype(np.float32) if n else good,
+            good.astype(np.float64)][kind]
 
 
 # -- pure functions ------------------------------------------------------------------------------------
@@ -60,18 +71,48 @@ def test_validate_item_ids_accepts_exactly_the_contract(a):
         assert isinstance(msg, str) and "item_ids" in msg and len(msg) > 20, msg
 
 
+def test_lengths_and_buckets_are_named():
+    ok = np.ones((1, 3), np.int64)
+    assert "length 0" in pm.validate_item_ids(np.ones((1, 0), np.int64), SEQ_LEN, NUM_ITEMS)
+    assert "length 7" in pm.validate_item_ids(np.ones((1, 7), np.int64), SEQ_LEN, NUM_ITEMS)
+    assert "1..6" in pm.validate_item_ids(np.ones((1, 10000), np.int64), SEQ_LEN, NUM_ITEMS)
+    assert pm.validate_item_ids(ok, SEQ_LEN, NUM_ITEMS, BUCKETS, strict=False) is None
+    msg = pm.validate_item_ids(ok, SEQ_LEN, NUM_ITEMS, BUCKETS, strict=True)
+    assert "not one of the model's length buckets [2, 4, 6]" in msg and "pad" in msg
+    assert pm.validate_item_ids(np.ones((1, 4), np.int64), SEQ_LEN, NUM_ITEMS, BUCKETS, strict=True) is None
+
+
+def test_validate_user_params():
+    good = np.zeros((2, DIM), np.float32)
+    assert pm.validate_user_params(None, 2, DIM) is None
+    assert pm.validate_user_params(good, 2, DIM) is None
+    assert "shape [2, 3]" in pm.validate_user_params(good[:1], 2, DIM)
+    assert "FP32" in pm.validate_user_params(good.astype(np.float64), 2, DIM)
+    bad = good.copy()
+    bad[1, 2] = np.nan
+    assert "NaN" in pm.validate_user_params(bad, 2, DIM)
+    assert "no per-user parameters" in pm.validate_user_params(good, 2, 0)
+    assert "not an array" in pm.validate_user_params([[0.0] * DIM] * 2, 2, DIM)
+
+
+def test_parse_buckets_and_bucket_of():
+    assert pm.parse_buckets("", 200) == (200,)
+    assert pm.parse_buckets("64, 16,16,300,0,200", 200) == (16, 64, 200)
+    b = pm.parse_buckets("8,16", 20)
+    assert [pm.bucket_of(n, b) for n in (1, 8, 9, 16, 17, 20)] == [8, 8, 16, 16, 20, 20]
+
+
 @FAST
-@given(arrays=st.lists(request_arrays, max_size=8))
-def test_plan_batch_stacks_the_valid_requests_in_order(arrays):
-    stacked, sizes, errors = pm.plan_batch(arrays, SEQ_LEN, NUM_ITEMS)
-    assert len(sizes) == len(errors) == len(arrays)
-    valid = [a for a in arrays if _is_valid(a)]
-    for a, n, e in zip(arrays, sizes, errors):
-        assert (e is None) == _is_valid(a) and n == (a.shape[0] if e is None else 0)
-    if not valid:
-        assert stacked is None
-    else:
-        assert stacked.dtype == np.int64 and np.array_equal(stacked, np.concatenate(valid))
+@given(lengths=st.lists(st.one_of(st.none(), st.integers(1, SEQ_LEN)), max_size=12))
+def test_plan_groups_puts_each_valid_request_in_its_own_bucket_once(lengths):
+    groups = pm.plan_groups(lengths, BUCKETS)
+    seen = [i for _, members in groups for i in members]
+    assert sorted(seen) == [i for i, n in enumerate(lengths) if n is not None]
+    assert [w for w, _ in groups] == sorted({w for w, _ in groups})
+    for width, members in groups:
+        for i in members:
+            # the smallest bucket that holds the request: independent of the other requests
+            assert width == min(b for b in BUCKETS if b >= lengths[i])
 
 
 @FAST
@@ -107,18 +148,22 @@ def test_read_parameters_always_gives_strings(params):
 
 
 # -- execute on a real ONNX Runtime session ------------------------------------------------------------
-def _identity_graph(path, input_type=None):
-    """item_ids [N, L] int64 -> top_items = item_ids, top_scores = float(item_ids)."""
+def _sum_graph(path, input_type=None):
+    """item_ids [N, L] -> top_items = row sums [N, 1] (padding-invariant: shows whose rows answered),
+    user_params [N, H] -> top_scores = row sums [N, 1]."""
     import onnx
     from onnx import TensorProto, helper
 
     itype = input_type or TensorProto.INT64
-    nodes = [helper.make_node("Identity", ["item_ids"], ["top_items"]),
-             helper.make_node("Cast", ["item_ids"], ["top_scores"], to=TensorProto.FLOAT)]
-    g = helper.make_graph(nodes, "identity",
-                          [helper.make_tensor_value_info("item_ids", itype, ["n", SEQ_LEN])],
-                          [helper.make_tensor_value_info("top_items", itype, ["n", SEQ_LEN]),
-                           helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, ["n", SEQ_LEN])])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [helper.make_node("ReduceSum", ["item_ids", "axes"], ["top_items"], keepdims=1),
+             helper.make_node("ReduceSum", ["user_params", "axes"], ["top_scores"], keepdims=1)]
+    g = helper.make_graph(nodes, "sums",
+                          [helper.make_tensor_value_info("item_ids", itype, ["n", "L"]),
+                           helper.make_tensor_value_info("user_params", TensorProto.FLOAT, ["n", DIM])],
+                          [helper.make_tensor_value_info("top_items", itype, ["n", 1]),
+                           helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, ["n", 1])],
+                          initializer=[axes])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(path))
@@ -154,8 +199,10 @@ class _ModelException(Exception):
 
 
 class _Request:
-    def __init__(self, arr, name="item_ids"):
-        self.inputs = {} if arr is _MISSING else {name: _Tensor(name, arr)}
+    def __init__(self, arr, params=None):
+        self.inputs = {} if arr is _MISSING else {"item_ids": _Tensor("item_ids", arr)}
+        if params is not None:
+            self.inputs["user_params"] = _Tensor("user_params", params)
 
 
 _MISSING = object()
@@ -182,57 +229,68 @@ def fake_pb():
         sys.modules[mod.__name__] = old
 
 
-def _args(repo, version="1", dims=(SEQ_LEN,)):
+def _args(repo, version="1", dims=(-1,), buckets="2,4"):
     cfg = {"input": [{"name": "item_ids", "data_type": "TYPE_INT64", "dims": [str(d) for d in dims]}],
-           "parameters": {"intra_op_num_threads": {"string_value": "1"}, "allow_spinning": {"string_value": "false"}}}
+           "parameters": {"intra_op_num_threads": {"string_value": "1"}, "allow_spinning": {"string_value": "false"},
+                          "length_buckets": {"string_value": buckets}}}
     return {"model_config": json.dumps(cfg), "model_repository": str(repo), "model_version": version}
+
+
+def _version(repo, input_type=None):
+    (repo / "1").mkdir(exist_ok=True)
+    _sum_graph(repo / "1" / "model.onnx", input_type)
+    (repo / "1" / "fsrec_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "max_seq_len": SEQ_LEN}))
 
 
 @pytest.fixture(scope="module")
 def served(fake_pb, tmp_path_factory):
     repo = tmp_path_factory.mktemp("fsrec")
-    (repo / "1").mkdir()
-    _identity_graph(repo / "1" / "model.onnx")
-    (repo / "1" / "fsrec_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "max_seq_len": SEQ_LEN}))
+    _version(repo)
     m = pm.TritonPythonModel()
     m.initialize(_args(repo))
+    assert m.user_params_dim == DIM and m.buckets == BUCKETS
     return m
 
 
 @FAST
 @given(arrays=st.lists(st.one_of(request_arrays, st.just(_MISSING), st.just(ValueError("cannot read"))), max_size=10),
+       kinds=st.lists(st.sampled_from([0, 0, 1, 1, 2, 3, 4]), max_size=10),
        explode=st.lists(st.booleans(), max_size=10))
-def test_execute_answers_every_request_from_its_own_rows(served, arrays, explode):
-    requests = []
+def test_execute_answers_every_request_from_its_own_rows(served, arrays, kinds, explode):
+    requests, params = [], []
     for i, a in enumerate(arrays):
-        r = _Request(a)
+        p = _params_for(a, kinds[i] if i < len(kinds) else 0) if _is_valid(a) else None
+        r = _Request(a, p)
         r.explode = i < len(explode) and explode[i] and i % 3 == 0
         requests.append(r)
+        params.append(p)
     responses = served.execute(requests)  # must not raise
     assert len(responses) == len(requests)
-    for r, a, resp in zip(requests, arrays, responses):
+    for i, (r, a, p, resp) in enumerate(zip(requests, arrays, params, responses)):
+        kind = kinds[i] if i < len(kinds) else 0
         ok = not r.explode and a is not _MISSING and _is_valid(a)
-        if ok:
+        if ok and kind in (0, 1):
             assert resp.error is None
-            assert np.array_equal(resp.outputs["top_items"], a)  # its own rows, in its own order
+            # its own rows, in its own order, whatever lengths its batch-mates had
+            assert np.array_equal(resp.outputs["top_items"], a.sum(axis=1, keepdims=True))
             assert resp.outputs["top_scores"].dtype == np.float32
-            assert np.array_equal(resp.outputs["top_scores"], a.astype(np.float32))
+            want = np.zeros((len(a), 1), np.float32) if p is None else p.sum(axis=1, keepdims=True)
+            np.testing.assert_allclose(resp.outputs["top_scores"], want, rtol=1e-6)
         else:
             assert resp.error is not None and not resp.outputs
-            assert "item_ids" in resp.error.message() and resp.error.code == _TritonError.INVALID_ARG
+            name = "user_params" if ok else "item_ids"
+            assert name in resp.error.message() and resp.error.code == _TritonError.INVALID_ARG
 
 
 @settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arrays=st.lists(st.one_of(valid_array, any_array), min_size=1, max_size=6))
 def test_execute_reports_an_onnx_runtime_failure_to_every_valid_request(fake_pb, tmp_path_factory, arrays):
-    import onnxruntime as ort
     from onnx import TensorProto
 
-    path = tmp_path_factory.mktemp("broken") / "model.onnx"
-    _identity_graph(path, input_type=TensorProto.FLOAT)  # ORT refuses int64 input at run time
+    repo = tmp_path_factory.mktemp("broken")
+    _version(repo, input_type=TensorProto.FLOAT)  # ORT refuses int64 input at run time
     m = pm.TritonPythonModel()
-    m._pb, m.seq_len, m.num_items, m.version = fake_pb, SEQ_LEN, NUM_ITEMS, "1"
-    m.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    m.initialize(_args(repo))
     responses = m.execute([_Request(a) for a in arrays])
     assert len(responses) == len(arrays)
     for a, resp in zip(arrays, responses):
@@ -241,11 +299,27 @@ def test_execute_reports_an_onnx_runtime_failure_to_every_valid_request(fake_pb,
         assert want in resp.error.message()
 
 
-def test_initialize_refuses_a_missing_graph_and_a_config_mismatch(fake_pb, tmp_path):
+def test_initialize_refuses_a_missing_graph_a_config_mismatch_and_a_missing_gpu(fake_pb, tmp_path):
     (tmp_path / "1").mkdir()
     with pytest.raises(_ModelException, match="model.onnx is missing"):
         pm.TritonPythonModel().initialize(_args(tmp_path))
-    _identity_graph(tmp_path / "1" / "model.onnx")
-    (tmp_path / "1" / "fsrec_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "max_seq_len": SEQ_LEN}))
-    with pytest.raises(_ModelException, match=r"dims \[9\].*histories of 6"):
+    _version(tmp_path)
+    with pytest.raises(_ModelException, match=r"dims \[9\].*histories of 1..6"):
         pm.TritonPythonModel().initialize(_args(tmp_path, dims=(9,)))
+    args = json.loads(_args(tmp_path)["model_config"])
+    args["parameters"]["runtime"] = {"string_value": "torch"}
+    args["parameters"]["device"] = {"string_value": "cuda"}
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(_ModelException, match="torch.cuda.is_available"):
+            pm.TritonPythonModel().initialize({"model_config": json.dumps(args), "model_repository": str(tmp_path),
+                                               "model_version": "1"})
+
+
+def test_standalone_constants_match_the_contract():
+    from fsrec_serve import contract
+
+    assert pm.INPUT_NAME == contract.INPUT_ITEM_IDS and pm.INPUT_USER_PARAMS == contract.INPUT_USER_PARAMS
+    assert pm.OUTPUT_NAMES == contract.OUTPUT_NAMES and pm.PAD_INDEX == contract.PAD_INDEX
+    assert pm.META_FILE == contract.META_FILE and pm.ONNX_FILE == contract.ONNX_FILE
