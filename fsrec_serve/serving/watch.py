@@ -18,12 +18,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..contract import RESTRICTED_KEY_HEADER
-
-if TYPE_CHECKING:
-    from .process import TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +56,7 @@ class Recovery:
 
 @dataclass
 class ModelWatcher:
-    server: "TritonServer"  # the server to watch (its admin key is used for the reload)
+    server: Any  # the TritonServer to watch (pid, models, url_http, restricted_api_key, is_alive())
     interval_s: float = 2.0  # check period
     recoveries: list[Recovery] = field(default_factory=list)  # every reload done, oldest first
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
