@@ -179,9 +179,10 @@ def broken_section(files: dict[str, dict]) -> list[str]:
         for r in files[s].get("results", []):
             why = G.flag_reason(r)
             if why:
-                cause = G.known_cause(s, r) or "cause not explained yet"
+                cause = G.known_cause(s, r)
                 out.append(f"- `{s}.json` {r.get('dataset', '-')} {r.get('protocol', '-')} "
-                           f"{r.get('method', '-')}: {why}. Cause: {cause}.")
+                           f"{r.get('method', '-')}: {why}. "
+                           + (f"Cause: {cause}." if cause else "**Cause not explained yet.**"))
     if len(out) == 2:
         out.append("None: no ratio below 0.5 and no gain below -10 % in any results file.")
     return out + [""]
