@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def _add_server_args(p: argparse.ArgumentParser) -> None:
@@ -19,7 +18,8 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["grpc", "http"], default="http", help="default http")
     p.add_argument("--model", default=None, help="Triton model name (default fsrec, env FSREC_MODEL_NAME)")
     p.add_argument("--admin-key", default=None,
-                   help="key for the restricted model-control endpoints (default: env FSREC_ADMIN_KEY)")
+                   help="key for the restricted model-control endpoints (default: env FSREC_ADMIN_KEY, else the "
+                   "key file `fsrec serve` generated on this machine: $FSREC_ADMIN_KEY_FILE or $XDG_STATE_HOME/fsrec/admin.key)")
     p.add_argument("--admin-key-file", default=None, help="read the admin key from this file")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     p.add_argument("--control-timeout", type=float, default=300.0,
@@ -76,8 +76,9 @@ def add_parsers(sub) -> None:
 
 def _control(args):
     from ..operations.control import ModelControl
+    from ..settings import read_admin_key_file
 
-    key = Path(args.admin_key_file).read_text().strip() if args.admin_key_file else args.admin_key
+    key = read_admin_key_file(args.admin_key_file) if args.admin_key_file else args.admin_key
     return ModelControl(args.url, protocol=args.protocol, admin_key=key, model_name=args.model,
                         timeout_s=args.timeout, control_timeout_s=args.control_timeout)
 

@@ -148,7 +148,8 @@ class ModelControl:
 
     ``ModelControl(url, protocol="http", admin_key=None, model_name="fsrec", timeout_s=10,
     control_timeout_s=120)`` or ``ModelControl(client=<RecommenderClient>)``. The admin key
-    defaults to env ``FSREC_ADMIN_KEY``.
+    defaults to env ``FSREC_ADMIN_KEY``, else the key file ``fsrec serve`` generated on this
+    machine (``fsrec_serve.settings.admin_key_path()``).
     """
 
     def __init__(self, url: str | None = None, protocol: str | None = None, *, admin_key: str | None = None,

@@ -38,7 +38,7 @@ def stub_pids(server_pid: int) -> set[int]:
     out = set()
     for c in children:
         try:
-            if STUB_MARKER in " ".join(c.cmdline()[:1]) or c.name().startswith("triton_python"):
+            if c.status() != psutil.STATUS_ZOMBIE and STUB_MARKER in " ".join(c.cmdline()[:1]):
                 out.add(c.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -78,6 +78,6 @@ def test_load_test_of_another_host_needs_the_opt_in_and_names_the_host(server_fa
     report = tmp_path / "report"
     res = run_loadtest(LoadTestConfig(report_dir=report, allow_remote=True, **cfg))
     agg = res.aggregated()
-    assert res.host == host and agg is not None and agg.requests >= 5 and agg.failures == 0, \
+    assert res.host == host and agg is not None and agg.requests >= 1 and agg.failures == 0, \
         (report / "locust.log").read_text()[-3000:]
     assert json.loads((report / "gate.json").read_text())["host"] == host

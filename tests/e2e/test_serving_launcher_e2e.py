@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from fsrec_serve.client import RecommenderClient
 from fsrec_serve.errors import ServerStartError
 from fsrec_serve.serving import find_free_ports, port_is_free
 
@@ -155,3 +157,98 @@ def test_grpc_tls(fsrec_repository, server_factory, tmp_path):
     with RecommenderClient(server.url_grpc, "grpc", repository=fsrec_repository, retries=0, timeout_s=5) as plain:
         with pytest.raises(ServerUnavailableError):
             plain.recommend(["1"], k=2)
+
+
+# -- admin key by default, and recovery from a dead python-backend stub ----------------------------
+def _post(url: str, headers: dict | None = None) -> int:
+    req = urllib.request.Request(url, data=b"{}", method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _start_cli(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "fsrec_serve.cli", "serve", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "press Ctrl-C" in line:
+            break
+    return proc, lines
+
+
+def _stubs(cli_pid: int) -> list[int]:
+    import psutil
+
+    return [c.pid for c in psutil.Process(cli_pid).children(recursive=True)
+            if c.name().startswith("triton_python") and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_fsrec_serve_without_a_key_generates_one_and_recovers_a_killed_stub(fsrec_repository, triton_available,
+                                                                           user_histories, tmp_path):
+    """No key given: a random key is written to a 0600 file under the state dir and printed;
+    unload without the header gets 403, with the file's key 200. A python-backend stub killed
+    under `fsrec serve` is replaced (the model is reloaded) and the model answers again."""
+    http, grpc = find_free_ports(2)
+    env = {k: v for k, v in os.environ.items() if k not in ("FSREC_ADMIN_KEY", "FSREC_ADMIN_KEY_FILE")}
+    env["FSREC_STATE_DIR"] = str(tmp_path / "state")
+    key_file = tmp_path / "state" / "admin.key"
+    proc, lines = _start_cli(["--repository", str(fsrec_repository), "--http-port", str(http), "--grpc-port",
+                              str(grpc), "--metrics-port", "-1", "--watch-interval", "0.5"], env)
+    try:
+        out = "".join(lines)
+        assert "tritonserver ready" in out and f"admin key (model control, repository): {key_file}" in out, out
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        assert len(key) >= 40
+
+        # a killed stub: requests that reach it fail until `fsrec serve` reloads the model
+        with RecommenderClient(f"127.0.0.1:{grpc}", repository=fsrec_repository, retries=0, timeout_s=10) as c:
+            want = c.recommend(user_histories[0], k=5).items
+            stubs = _stubs(proc.pid)
+            assert stubs, "no python-backend stub found"
+            os.kill(stubs[0], signal.SIGKILL)
+            t0, ok, last_error = time.monotonic(), 0, None
+            while ok < 20 and time.monotonic() - t0 < 30:  # 20 answers in a row: every instance is back
+                try:
+                    assert c.recommend(user_histories[0], k=5).items == want
+                    ok += 1
+                except Exception as e:  # noqa: BLE001 - the failures while the stub is dead
+                    ok, last_error = 0, e
+                    time.sleep(0.1)
+            recovery_s = time.monotonic() - t0
+            assert ok == 20, f"no recovery within 30 s; last error: {last_error}"
+            assert recovery_s < 30 and stubs[0] not in _stubs(proc.pid)
+
+        unload = f"http://127.0.0.1:{http}/v2/repository/models/fsrec/unload"
+        assert _post(unload) == 403  # no header
+        assert _post(unload, {"fsrec-admin-key": "wrong"}) == 403
+        assert _post(unload, {"fsrec-admin-key": key}) == 200  # the generated key works
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+        assert key_file.read_text().strip() == key  # kept for the clients and the next start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_fsrec_serve_refuses_a_public_bind_without_a_key(fsrec_repository, triton_available, tmp_path, capsys,
+                                                         monkeypatch):
+    from fsrec_serve.cli import main
+
+    monkeypatch.setenv("FSREC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("FSREC_ADMIN_KEY", raising=False)
+    rc = main(["serve", "--repository", str(fsrec_repository), "--host", "0.0.0.0", "--http-port", "0",
+               "--grpc-port", "0", "--metrics-port", "-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refusing to bind 0.0.0.0 without an admin key" in err and "--allow-unrestricted" in err
+    assert not (tmp_path / "state" / "admin.key").exists()
