@@ -114,18 +114,20 @@ class AsyncRecommenderClient(ClientBase):
             self.spec = None
 
     # -- recommendations ---------------------------------------------------------------------
-    async def recommend(self, history: Sequence[str | int], k: int = 10) -> Recommendation:
-        """Top-``k`` items for one history (raw ids, oldest first)."""
-        return (await self.recommend_batch([history], k))[0]
+    async def recommend(self, history: Sequence[str | int], k: int = 10, user_params: Any = None) -> Recommendation:
+        """Top-``k`` items for one history (raw ids, oldest first); ``user_params``: that user's
+        per-user parameters (float [H]; None = the zero-shot answer)."""
+        return (await self.recommend_batch([history], k, user_params))[0]
 
-    async def recommend_batch(self, histories: Sequence[Sequence[str | int]], k: int = 10) -> list[Recommendation]:
+    async def recommend_batch(self, histories: Sequence[Sequence[str | int]], k: int = 10,
+                        user_params: Any = None) -> list[Recommendation]:
         """Top-``k`` items for many histories in one request (split beyond max_batch_size)."""
         histories = as_history_batch(histories)
         await self.ensure_spec()
-        k, encoded, batch = self._encode(histories, k)
+        k, encoded, batch, params = self._encode(histories, k, user_params)  # params: [B, H] or None
         out: list[Recommendation] = []
         for sl in self._batches(len(encoded)):
-            items, scores, version = await self._infer(batch[sl])
+            items, scores, version = await self._infer(batch[sl], None if params is None else params[sl])
             out.extend(self._decode(items, scores, version, encoded[sl], k))
         return out
 
@@ -133,8 +135,8 @@ class AsyncRecommenderClient(ClientBase):
         """Low level: int64 [B, max_seq_len] indices -> (top_items, top_scores, model version)."""
         return await self._infer(self._check_indices(item_ids))
 
-    async def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        inputs, outputs = self._make_inputs(batch)
+    async def _infer(self, batch: np.ndarray, user_params: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        inputs, outputs = self._make_inputs(batch, user_params)
         headers = self._request_headers()
 
         async def run(c):

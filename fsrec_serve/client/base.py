@@ -16,6 +16,7 @@ from ..contract import (
     DEFAULT_HTTP_PORT,
     DEFAULT_MODEL_NAME,
     GRPC_RESTRICTED_KEY_HEADER,
+    INPUT_USER_PARAMS,
     ITEM_IDS_DTYPE,
     RESTRICTED_KEY_HEADER,
     TRITON_ITEM_IDS_DTYPE,
@@ -36,6 +37,7 @@ from .validation import (
     decode_top,
     encode_history,
     load_repository_info,
+    encode_user_params,
     pad_batch,
     validate_k,
     validate_on_unknown,
@@ -179,7 +181,8 @@ class ClientBase:
         return h or None
 
     # -- requests -----------------------------------------------------------------------------
-    def _encode(self, histories: Sequence, k: Any) -> tuple[int, list[EncodedHistory], np.ndarray]:
+    def _encode(self, histories: Sequence, k: Any, user_params: Any = None
+                ) -> tuple[int, list[EncodedHistory], np.ndarray, np.ndarray | None]:
         spec = self.spec
         assert spec is not None
         k = validate_k(k, spec.max_top_k)
@@ -188,7 +191,8 @@ class ClientBase:
                            on_unknown=self.on_unknown)
             for h in histories
         ]  # fmt: skip
-        return k, encoded, pad_batch(encoded, spec.max_seq_len)
+        # width: each history's own length / the next strict bucket / a fixed-width model's max_seq_len
+        return k, encoded, pad_batch(encoded, spec), encode_user_params(user_params, len(encoded), spec)
 
     def _batches(self, n: int) -> list[slice]:
         assert self.spec is not None
@@ -230,16 +234,20 @@ class ClientBase:
             import tritonclient.http as m
         return m
 
-    def _make_inputs(self, batch: np.ndarray):
+    def _make_inputs(self, batch: np.ndarray, user_params: np.ndarray | None = None):
         m = self._inputs_module()
         inp = m.InferInput(INPUT_NAME, list(batch.shape), TRITON_ITEM_IDS_DTYPE)
         inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=ITEM_IDS_DTYPE))
+        inputs = [inp]
+        if user_params is not None:  # float32 [B, H] (encode_user_params); absent = zero-shot
+            inputs.append(m.InferInput(INPUT_USER_PARAMS, list(user_params.shape), "FP32"))
+            inputs[-1].set_data_from_numpy(np.ascontiguousarray(user_params, dtype=np.float32))
         if self.protocol == "grpc":
             outs = [m.InferRequestedOutput(OUTPUT_ITEMS), m.InferRequestedOutput(OUTPUT_SCORES)]
         else:
             outs = [m.InferRequestedOutput(OUTPUT_ITEMS, binary_data=True),
                     m.InferRequestedOutput(OUTPUT_SCORES, binary_data=True)]  # fmt: skip
-        return [inp], outs
+        return inputs, outs
 
     @staticmethod
     def _check_indices(item_ids: np.ndarray) -> np.ndarray:

@@ -144,19 +144,21 @@ class RecommenderClient(ClientBase):
             self.spec = None
 
     # -- recommendations ---------------------------------------------------------------------
-    def recommend(self, history: Sequence[str | int], k: int = 10) -> Recommendation:
-        """Top-``k`` items for one history (raw ids, oldest first)."""
-        return self.recommend_batch([history], k)[0]
+    def recommend(self, history: Sequence[str | int], k: int = 10, user_params: Any = None) -> Recommendation:
+        """Top-``k`` items for one history (raw ids, oldest first); ``user_params``: that user's
+        per-user parameters (float [H]; None = the zero-shot answer)."""
+        return self.recommend_batch([history], k, user_params)[0]
 
-    def recommend_batch(self, histories: Sequence[Sequence[str | int]], k: int = 10) -> list[Recommendation]:
+    def recommend_batch(self, histories: Sequence[Sequence[str | int]], k: int = 10,
+                        user_params: Any = None) -> list[Recommendation]:
         """Top-``k`` items for many histories in one request (split only beyond the model's
         max_batch_size). Every history is checked before anything is sent."""
         histories = as_history_batch(histories)
         self.ensure_spec()
-        k, encoded, batch = self._encode(histories, k)
+        k, encoded, batch, params = self._encode(histories, k, user_params)  # params: [B, H] or None
         out: list[Recommendation] = []
         for sl in self._batches(len(encoded)):
-            items, scores, version = self._infer(batch[sl])
+            items, scores, version = self._infer(batch[sl], None if params is None else params[sl])
             out.extend(self._decode(items, scores, version, encoded[sl], k))
         return out
 
@@ -165,8 +167,8 @@ class RecommenderClient(ClientBase):
         model version). No id mapping, no checks beyond the array's shape (load tests, bench)."""
         return self._infer(self._check_indices(item_ids))
 
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        inputs, outputs = self._make_inputs(batch)
+    def _infer(self, batch: np.ndarray, user_params: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        inputs, outputs = self._make_inputs(batch, user_params)
         headers = self._request_headers()
 
         def run(c):

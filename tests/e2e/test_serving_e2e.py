@@ -207,9 +207,10 @@ def test_server_errors_are_mapped(triton_server, client):
     # outcome other than an answer or RequestTimeoutError fails the test
     with RecommenderClient(client.url, client.protocol, repository=client.repository, timeout_s=1e-4, retries=3) as c:
         timed_out = 0
+        heavy = [[str(i) for i in range(1, MAX_SEQ_LEN + 1)]] * 64  # full-length rows: the answer takes a while
         for _ in range(1 if client.protocol == "grpc" else 5):
             try:
-                c.recommend(["1"], k=3)
+                c.recommend_batch(heavy, k=3)
             except RequestTimeoutError:
                 timed_out += 1
                 break
@@ -279,3 +280,27 @@ def test_admin_key_is_required_for_model_control(triton_server):
         c.load_model()  # reload the same version: allowed with the key, keeps serving
         assert c.is_ready()
         assert c.recommend(["1", "2"], k=3).model_version == "1"
+
+
+def test_client_sends_real_lengths_and_per_user_parameters(client, user_histories, ort_session, e2e_splits):
+    """The client sends each request at its longest history's own length (the cpu target is
+    variable-length) and the user's parameters when given; answers equal in-process ORT on the
+    padded history; bad user_params are refused before sending (FsRecError)."""
+    from exporters import pad_left, run_topk
+
+    spec = client.spec
+    assert spec.variable_length and not spec.strict_buckets and spec.user_params_dim > 0
+    im = e2e_splits.item_map
+    h = user_histories[0][:4]
+    up = np.linspace(-0.5, 0.5, spec.user_params_dim, dtype=np.float32)
+    rec = client.recommend(h, k=5, user_params=up)
+    items, scores = run_topk(ort_session, pad_left([im.indices(h)], MAX_SEQ_LEN), user_params=up[None])
+    assert rec.items == im.raws(items[0][:5].tolist())
+    np.testing.assert_allclose(rec.scores, scores[0][:5], atol=1e-5)
+    assert client.recommend(h, k=5, user_params=np.zeros_like(up)).items == client.recommend(h, k=5).items
+    before = client.counts()
+    with pytest.raises(InvalidRequestError, match="NaN"):
+        client.recommend(h, k=5, user_params=np.full_like(up, np.nan))
+    with pytest.raises(InvalidRequestError, match="shape"):
+        client.recommend_batch([h, h], k=5, user_params=up[None])
+    assert client.counts()["inference_count"] == before["inference_count"]  # nothing was sent

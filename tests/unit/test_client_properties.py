@@ -126,7 +126,7 @@ def test_client_encode_is_all_or_nothing(batch, max_seq_len, k):
     client = RecommenderClient("127.0.0.1:1", protocol="grpc", spec=spec, on_unknown="error")  # never connects
     try:
         hs = as_history_batch(batch)
-        k2, encoded, x = client._encode(hs, k)
+        k2, encoded, x, _ = client._encode(hs, k)
     except InvalidRequestError as e:
         _clear(e)
         return
