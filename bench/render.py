@@ -102,6 +102,11 @@ def fmt_cell(r: dict, table_n: Optional[int] = None) -> str:
     return cell
 
 
+def cells_line(cells: list[str]) -> str:
+    """One markdown table line; a "|" inside a cell is escaped."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
 def _metric_key(m: str) -> tuple:
     return (METRIC_ORDER.index(m) if m in METRIC_ORDER else len(METRIC_ORDER), m)
 
@@ -156,7 +161,7 @@ def goals_section(files: dict[str, dict]) -> list[str]:
         src = f"`{r.file}.json`" if r.file else "–"
         if r.file in G.SUPERSEDED:
             src += " (superseded run)"
-        out.append(f"| #{r.goal.issue} | {r.goal.text} | {thr} | {_measured(r)} | {status} | {src} |")
+        out.append(cells_line([f"#{r.goal.issue}", r.goal.text, thr, _measured(r), status, src]))
     return out + [""]
 
 
@@ -249,7 +254,7 @@ def protocol_table(family: str, rows: list[tuple[str, dict]], files: dict[str, d
         at = ", ".join(f"{k}={x}" for k, x in lead.get(method, ()))
         line = ([stem] if multi else []) + [ds, method] + ([at] if lead else [])
         line += [fmt_cell(v[c], table_n) if c in v else "" for c in cols]
-        out.append("| " + " | ".join(line) + " |")
+        out.append(cells_line(line))
     return out + [""]
 
 

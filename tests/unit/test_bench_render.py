@@ -6,6 +6,7 @@ The expected statuses and numbers are worked out by hand from the rows written h
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,10 @@ def test_render_tables_goals_and_broken_numbers(results: Path) -> None:
     assert "| ml-100k | triton-cpu | concurrency=8 | 600.0 | 40.00 |" in text
     assert "| triton-cpu/fastapi-torch |" not in text
     assert "synthetic quality note" in text
+    assert "max \\|diff\\| vs PyTorch" in text  # a "|" inside a cell is escaped
+    goal_lines = [ln for ln in lines if ln.startswith("| #")]
+    assert len(goal_lines) == len(G.GOALS)
+    assert all(len(re.split(r"(?<!\\)\|", ln)) == 6 + 2 for ln in goal_lines)  # 6 cells each
     assert len(lines) <= R.MAX_LINES
     assert R.render(results, make_plots=False) == text  # deterministic
 
