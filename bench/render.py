@@ -119,7 +119,15 @@ def _notes(data: dict, limit: int = 3, width: int = 240) -> list[str]:
         out += [str(x) for x in v] if isinstance(v, list) else ([str(v)] if v else [])
     more = len(out) - limit
     out = [n if len(n) <= width else n[:width].rsplit(" ", 1)[0] + " …" for n in out[:limit]]
-    return out + ([f"({more} more notes in the JSON)"] if more > 0 else [])
+    out += [f"({more} more notes in the JSON)"] if more > 0 else []
+    runs = [r for r in data.get("runs", []) if "best_epoch" in r]
+    if runs:  # convergence at a glance; the per-epoch curves stay in runs[].history
+        stopped = [r for r in runs if "stopped_early" in r]
+        out.insert(0, "best epoch / epochs run: " + ", ".join(
+            f"{r.get('method', '')} seed {r.get('seed', '?')} {r['best_epoch']}/{r.get('epochs_run', '?')}"
+            for r in runs) + (f" (early stopping ended {sum(bool(r['stopped_early']) for r in stopped)} "
+                              f"of {len(stopped)})" if stopped else ""))
+    return out
 
 
 def table_condition(r: dict) -> tuple:

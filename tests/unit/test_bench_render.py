@@ -32,7 +32,9 @@ def results(tmp_path: Path) -> Path:
     _write(tmp_path, "quality-beauty", [
         _row("loo-full", "fsrec-sasrec", "ndcg@10", 0.0630, "beauty", std=0.001, n=2),
         _row("loo-full", "popularity", "ndcg@10", 0.0059, "beauty"),
-    ], notes="synthetic quality note")
+    ], notes="synthetic quality note",
+        runs=[{"method": "fsrec-sasrec", "seed": 0, "best_epoch": 14, "epochs_run": 17, "stopped_early": True},
+              {"method": "fsrec-sasrec", "seed": 1, "best_epoch": 20, "epochs_run": 20, "stopped_early": False}])
     # ML-100K quality: 0.1010 >= 0.10 -> met
     _write(tmp_path, "quality", [_row("loo-full", "fsrec-sasrec", "ndcg@10", 0.1010, std=0.002, n=3)])
     # new items: ratio 0.0 -> missed and flagged as broken (known cause); ndcg 0.16 -> met
@@ -124,6 +126,7 @@ def test_render_tables_goals_and_broken_numbers(results: Path) -> None:
     assert "| ml-100k | triton-cpu | concurrency=8 | 600.0 | 40.00 |" in text
     assert "| triton-cpu/fastapi-torch |" not in text
     assert "synthetic quality note" in text
+    assert "fsrec-sasrec seed 0 14/17, fsrec-sasrec seed 1 20/20 (early stopping ended 1 of 2)" in text
     assert "max \\|diff\\| vs PyTorch" in text  # a "|" inside a cell is escaped
     goal_lines = [ln for ln in lines if ln.startswith("| #")]
     assert len(goal_lines) == len(G.GOALS)
