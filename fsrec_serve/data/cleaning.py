@@ -1,7 +1,9 @@
 """Cleaning steps on a coded log, in order: implicit threshold, duplicates, k-core, short users.
 
 Each step records what it removed in ``Interactions.stats`` (shown by ``fsrec data stats``).
-Everything runs on int codes with numpy; rows keep their file order.
+Everything runs on int codes with numpy; rows keep their file order. Vocabularies are not
+compacted (an id whose rows were all dropped keeps an unused entry: cheaper than re-coding
+every row of a large log).
 """
 
 from __future__ import annotations
@@ -15,24 +17,11 @@ from .spec import DataSpec
 
 def _take(data: Interactions, keep: np.ndarray) -> None:
     """Keep the rows where ``keep`` [N] bool is True (in place)."""
-    keep = np.flatnonzero(keep)
     data.user_codes = data.user_codes[keep]
     data.item_codes = data.item_codes[keep]
     data.ratings = data.ratings[keep]
     data.timestamps = data.timestamps[keep]
     data._users = data._items = None
-
-
-def _compact(data: Interactions) -> None:
-    """Drop vocabulary entries that no row uses any more (codes keep the raw ids' order)."""
-    for codes_attr, vocab_attr in (("user_codes", "user_vocab"), ("item_codes", "item_vocab")):
-        codes, vocab = getattr(data, codes_attr), getattr(data, vocab_attr)
-        used = np.bincount(codes, minlength=len(vocab)) > 0
-        if used.all():
-            continue
-        remap = np.cumsum(used, dtype=np.int64).astype(np.int32) - 1
-        setattr(data, codes_attr, remap[codes])
-        setattr(data, vocab_attr, vocab[used])
 
 
 def dedupe(data: Interactions, policy: str) -> int:
@@ -74,9 +63,10 @@ def k_core(data: Interactions, user_core: int, item_core: int) -> tuple[int, int
 
 
 def clean(data: Interactions, spec: DataSpec) -> Interactions:
-    """Run the cleaning steps of ``spec`` on ``data`` (in place) and record the counts."""
+    """Run the cleaning steps of ``spec`` on ``data`` (in place) and record the counts.
+    ``data`` comes straight from a reader: its vocabularies hold exactly the ids rows use."""
     st = data.stats
-    st["users_read"], st["items_read"] = data.n_users, data.n_items  # (vocabularies hold used ids only)
+    st["users_read"], st["items_read"] = len(data.user_vocab), len(data.item_vocab)
     if spec.implicit_threshold is not None:
         keep = data.ratings >= spec.implicit_threshold
         st["implicit_threshold"] = spec.implicit_threshold
@@ -95,8 +85,8 @@ def clean(data: Interactions, spec: DataSpec) -> Interactions:
     st["short_user_rows_dropped"] = int(counts[short].sum())
     if short.any():
         _take(data, ~short[data.user_codes])
-    _compact(data)
-    st["rows"], st["users"], st["items"] = len(data), len(data.user_vocab), len(data.item_vocab)
+    st["rows"], st["users"] = len(data), int(((counts > 0) & ~short).sum())
+    st["items"] = data.n_items
     if len(data) == 0:
         raise EmptyUserError(
             f"{st.get('file', data.name)}: no interaction is left after cleaning ({st}); lower "

@@ -24,9 +24,10 @@ class Interactions:
     """An interaction log in raw ids. Arrays are aligned; order within a user is time order
     (ties keep file order).
 
-    Raw ids are dictionary-encoded: ``user_codes``/``item_codes`` [N] int32 index the sorted
-    vocabularies ``user_vocab``/``item_vocab`` (one Python string per distinct id). ``users`` and
-    ``items`` give the raw ids per row (built on first use; avoid them on very large logs).
+    Raw ids are dictionary-encoded: ``user_codes``/``item_codes`` [N] int32 index the
+    vocabularies ``user_vocab``/``item_vocab`` (one Python string per distinct id, in no
+    particular order; after cleaning some entries may be unused). ``users`` and ``items`` give
+    the raw ids per row (built on first use; avoid them on very large logs).
     """
 
     def __init__(
@@ -43,9 +44,9 @@ class Interactions:
         item_names: Optional[dict] = None,  # raw item -> title, where known
         *,
         user_codes: Optional[np.ndarray] = None,  # [N] int32 codes into user_vocab
-        user_vocab: Optional[np.ndarray] = None,  # [U] sorted unique raw user ids (object)
+        user_vocab: Optional[np.ndarray] = None,  # [U] unique raw user ids (object)
         item_codes: Optional[np.ndarray] = None,  # [N] int32 codes into item_vocab
-        item_vocab: Optional[np.ndarray] = None,  # [I] sorted unique raw item ids (object)
+        item_vocab: Optional[np.ndarray] = None,  # [I] unique raw item ids (object)
         stats: Optional[dict] = None,  # counts of the reading and cleaning steps
     ):
         self.name = name
@@ -93,13 +94,20 @@ class Interactions:
     def n_items(self) -> int:
         return _n_used(self.item_codes, self.item_vocab)
 
-    def time_order(self) -> np.ndarray:
-        """[N] row order: by user code (= raw id order), then time, then file order."""
-        return np.lexsort((np.arange(len(self)), self.timestamps, self.user_codes))
+    def time_order(self, by_raw_id: bool = False) -> np.ndarray:
+        """[N] row order: grouped by user (by raw id string order with ``by_raw_id``), then
+        time, then file order."""
+        key = self.user_codes
+        if by_raw_id:
+            rank = np.empty(len(self.user_vocab), np.int64)
+            rank[np.argsort(self.user_vocab.astype(str), kind="stable")] = np.arange(len(self.user_vocab))
+            key = rank[self.user_codes]
+        return np.lexsort((np.arange(len(self)), self.timestamps, key))
 
     def sequences(self) -> dict[str, list[tuple[str, float, int]]]:
-        """raw user -> [(raw item, rating, timestamp)] in time order (ties keep file order)."""
-        order = self.time_order()
+        """raw user -> [(raw item, rating, timestamp)] in time order (ties keep file order);
+        users in raw id order."""
+        order = self.time_order(by_raw_id=True)
         out: dict[str, list[tuple[str, float, int]]] = {}
         uv, iv = self.user_vocab, self.item_vocab
         for u, i, r, t in zip(self.user_codes[order].tolist(), self.item_codes[order].tolist(),

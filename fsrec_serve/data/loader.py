@@ -41,7 +41,7 @@ def _ids(arr: pa.ChunkedArray, col: str, b: Batch) -> pa.Array:
         i = int(pc.index(pc.is_null(arr), True).as_py())
         raise DataFormatError(f"{b.where(i)}: column {col!r} is empty; every row needs a user and an "
                               "item id. Fix or drop the row")
-    return pc.dictionary_encode(arr.combine_chunks())
+    return pc.dictionary_encode(arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks())
 
 
 def _np(arr: pa.Array) -> np.ndarray:
@@ -218,15 +218,11 @@ def _read_sequences(spec: DataSpec):
 
 
 def _codes(chunks: list) -> tuple[np.ndarray, np.ndarray]:
-    """Unify the batches' dictionaries -> (sorted vocab [V] object, codes [N] int32)."""
+    """Unify the batches' dictionaries -> (vocab [V] object, in order of first appearance;
+    codes [N] int32)."""
     ca = pa.chunked_array(chunks).unify_dictionaries()
-    dictionary = ca.chunks[0].dictionary
-    order = pc.array_sort_indices(dictionary).to_numpy()  # codes follow the raw ids' order
-    remap = np.empty(len(order), np.int32)
-    remap[order] = np.arange(len(order), dtype=np.int32)
-    codes = remap[np.concatenate([_np(c.indices) for c in ca.chunks])]
-    vocab = dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False).astype(object)
-    return vocab, codes
+    vocab = ca.chunks[0].dictionary.to_numpy(zero_copy_only=False).astype(object)
+    return vocab, np.concatenate([_np(c.indices) for c in ca.chunks]).astype(np.int32, copy=False)
 
 
 def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interactions:
