@@ -69,7 +69,7 @@ def test_load_test_of_another_host_needs_the_opt_in_and_names_the_host(server_fa
     host = f"127.0.0.2:{server.ports.grpc}"
     hist = tmp_path / "h.json"
     hist.write_text(json.dumps({"histories": [["1", "2", "3"], ["50", "7"]]}))
-    cfg = dict(host=host, protocol="grpc", gate=gate_file, users=2, spawn_rate=2, run_time="2s", k_mix="5",
+    cfg = dict(host=host, protocol="grpc", gate=gate_file, users=2, spawn_rate=2, run_time="5s", k_mix="5",
                repository=repo, histories=hist, timeout_s=90)
     with pytest.raises(ConfigError, match=ALLOW_REMOTE_FLAG):
         run_loadtest(LoadTestConfig(report_dir=tmp_path / "refused", **cfg))
