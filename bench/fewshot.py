@@ -64,6 +64,9 @@ def model_overrides(dataset: str, args) -> tuple[dict, dict]:
     if dataset == "beauty":  # capped budget (2 shared cores): shorter history, fewer epochs
         mo.update(max_seq_len=args.beauty_max_seq_len)
         to.update(epochs=args.beauty_epochs, max_train_seconds=args.beauty_seconds)
+    else:  # capped budget: the lr schedule spans --epochs; cold histories are <= 10 items
+        mo.update(max_seq_len=args.max_seq_len)
+        to.update(epochs=args.epochs, patience=args.patience)
     if args.quick:
         mo.update(max_seq_len=20, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
         to.update(epochs=2, patience=0, max_train_seconds=None)
@@ -93,10 +96,89 @@ def fold_model(dataset: str, fold: int, splits, args, log):
     return res.model.eval(), json.loads((out / "fsrec_run.json").read_text())
 
 
+COHORT = ["head_only", "full", "lora"]
+METRICS = ("hr@10", "ndcg@10")
+
+
+def run_fold_k(dataset: str, fold: int, k: int, model, splits, args, log) -> dict:
+    """One (fold, k) record (cached as JSON: a rerun continues where it stopped)."""
+    from fsrec_serve.adaptation import AdaptConfig, PerUserConfig
+    from fsrec_serve.experiments.coldstart import kshot_fold
+
+    tag = "quick" if args.quick else ("b" if dataset == "beauty" else f"f{args.folds}")
+    path = Path(args.cache) / f"kshot-{dataset}-{tag}-fold{fold}-k{k}.json"
+    if path.exists() and not args.fresh:
+        return json.loads(path.read_text())
+    cfg = AdaptConfig(seed=fold, device=args.device, num_threads=args.num_threads,
+                      **({"epochs": 3, "patience": 2} if args.quick else {}))
+    pcfg = PerUserConfig(**json.loads(args.peruser))
+    rec = kshot_fold(model, splits, k, args.cohort, cfg, pcfg, log=log)
+    rec.update(dataset=dataset, fold=fold)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec) + "\n")
+    tmp.replace(path)
+    return rec
+
+
+def aggregate(records: list[dict], n_boot: int = 2000) -> tuple[list[dict], dict]:
+    """Per-(fold, k) records -> BENCH_SCHEMA rows (users of all folds pooled) + details."""
+    import numpy as np
+
+    from bench.common import summarize
+    from fsrec_serve.experiments.coldstart import ndcg10, paired_relative_gain
+
+    rows, details = [], {}
+    by: dict = {}
+    for r in records:
+        by.setdefault((r["dataset"], r["k"]), []).append(r)
+    for (ds, k), recs in sorted(by.items()):
+        proto = f"coldstart-k{k}"
+        methods = list(dict.fromkeys(m for r in recs for m in r["methods"]))
+        zs = np.concatenate([ndcg10(r["methods"]["zero-shot"]["ranks"]) for r in recs])
+        for m in methods:
+            rr = [r for r in recs if m in r["methods"]]
+            if len(rr) != len(recs):
+                continue  # a method must cover every fold to be paired with zero-shot
+            ranks = np.concatenate([r["methods"][m]["ranks"] for r in rr])
+            nd, hr = ndcg10(ranks), (ranks < 10).astype(float)
+            n = int(ranks.size)
+            for met, vals in (("hr@10", hr), ("ndcg@10", nd)):
+                rows.append({"dataset": ds, "protocol": proto, "method": m, "metric": met,
+                             "mean": float(vals.mean()), "std": float(vals.std(ddof=1) / np.sqrt(n)),
+                             "n": n})
+            infos = [r["methods"][m]["info"] for r in rr]
+            secs = [r["methods"][m]["seconds"] for r in rr]
+            details[f"{ds}/{proto}/{m}"] = {"folds": len(rr), "seconds_per_fold": [round(x, 2) for x in secs],
+                                            "info_per_fold": infos}
+            if m not in ("zero-shot", "popularity"):
+                g = paired_relative_gain(zs, nd, n_boot=n_boot, seed=k)
+                rows.append({"dataset": ds, "protocol": proto, "method": m, "metric": "relative_gain",
+                             **g, "std": 0.0, "n": 1})
+                rows.append(summarize(secs, dataset=ds, protocol=proto, method=m, metric="seconds"))
+            mspu = [i["ms_per_user"] for i in infos if i.get("ms_per_user") is not None]
+            if mspu:
+                rows.append(summarize(mspu, dataset=ds, protocol=proto, method=m, metric="ms_per_user"))
+    return rows, details
+
+
+NOTES = [
+    "std of hr@10/ndcg@10 = standard error over users (n = users, all folds pooled); relative_gain = "
+    "adapted mean / zero-shot mean - 1 on the same users, 95 % bootstrap CI resampling users "
+    "(ci_low, ci_high, n_users).",
+    "Selection (cohort strategy, auto's candidate and passes, per-user lr/steps and the per-user "
+    "rule) uses the supports only (the last support item held out); query items are only scored.",
+    "ms_per_user = wall clock of one fold's cohort of per-user offsets fitted together (including "
+    "its inner check and lr/steps grid) / its users, on the shared 2-core CPU (other jobs running).",
+]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k", help="ml-100k or beauty")
-    p.add_argument("--folds", type=int, default=5, help="ML-100K user folds (one pretraining each)")
+    p.add_argument("--folds", type=int, default=4, help="ML-100K user folds (one pretraining each)")
+    p.add_argument("--epochs", type=int, default=20, help="ML-100K pretraining epochs (budget)")
+    p.add_argument("--patience", type=int, default=5, help="ML-100K early-stopping patience")
+    p.add_argument("--max-seq-len", type=int, default=100, help="ML-100K history cap (budget)")
     p.add_argument("--ks", nargs="+", type=int, default=KS)
     p.add_argument("--data-dir", default=None, help="data folder (env FSREC_DATA_DIR)")
     p.add_argument("--device", default="cpu")
@@ -110,6 +192,11 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="runs/fewshot", help="fold checkpoints + per-fold records")
     p.add_argument("--pretrain-only", action="store_true")
     p.add_argument("--only-folds", nargs="+", type=int, default=None)
+    p.add_argument("--cohort", nargs="+", default=COHORT, help="cohort strategies (adapt())")
+    p.add_argument("--peruser", default="{}", help="JSON of PerUserConfig fields")
+    p.add_argument("--fresh", action="store_true", help="ignore cached (fold, k) records")
+    p.add_argument("--aggregate-only", action="store_true", help="only summarise cached records")
+    p.add_argument("--out", default=None, help="results name (default fewshot / fewshot-quick)")
     args = p.parse_args(argv)
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -120,13 +207,37 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.num_threads)
-    folds = fold_splits(args.dataset, args)
-    for f, sp in enumerate(folds):
-        if args.only_folds is not None and f not in args.only_folds:
+    records = []
+    datasets = ["ml-100k", "beauty"] if args.aggregate_only else [args.dataset]
+    for ds in datasets:
+        if args.aggregate_only:
+            tag = "quick" if args.quick else ("b" if ds == "beauty" else f"f{args.folds}")
+            records += [json.loads(p.read_text()) for p in sorted(Path(args.cache).glob(f"kshot-{ds}-{tag}-fold*-k*.json"))]
             continue
-        _, info = fold_model(args.dataset, f, sp, args, log)
-        log(f"fold {f}: best epoch {info.get('best_epoch')} valid {info.get('best_valid')} "
-            f"seconds {info.get('seconds')}")
+        folds = fold_splits(ds, args)
+        for f, sp in enumerate(folds):
+            if args.only_folds is not None and f not in args.only_folds:
+                continue
+            model, info = fold_model(ds, f, sp, args, log)
+            log(f"{ds} fold {f}: best epoch {info.get('best_epoch')} valid {info.get('best_valid')}")
+            if args.pretrain_only:
+                continue
+            for k in args.ks:
+                records.append(run_fold_k(ds, f, k, model, sp, args, log))
+    if args.pretrain_only:
+        return 0
+    if not args.aggregate_only:  # the other data set's cached records stay in the table
+        other = [d for d in ("ml-100k", "beauty") if d != args.dataset]
+        for ds in other:
+            tag = "quick" if args.quick else ("b" if ds == "beauty" else f"f{args.folds}")
+            records += [json.loads(p.read_text()) for p in sorted(Path(args.cache).glob(f"kshot-{ds}-{tag}-fold*-k*.json"))]
+    rows, details = aggregate(records)
+    name = args.out or ("fewshot-quick" if args.quick else "fewshot")
+    command = "python -m bench.fewshot " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--aggregate-only")
+    out = write_results(name, command, rows, extra={"notes": NOTES, "details": details,
+                                                    "wall_seconds": time.time() - t0})
+    log(f"wrote {out}")
     return 0
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +78,33 @@ class AdaptArtifact:
 
     # -- saving ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write the artifact folder (see the module docstring) and return its path."""
+        """Write the artifact folder (see the module docstring) and return its path.
+
+        Written to a temporary sibling first and swapped in at the end, so a failed save (or an
+        artifact with non-finite weights, refused up front) never damages what is already there."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        for name, t in self.tensors.items():
+            if torch.is_floating_point(t) and not torch.isfinite(t).all():
+                raise AdaptationError(f"refusing to save {d}: tensor {name!r} has NaN/inf values (a "
+                                      "diverged adaptation); refit with a lower lr")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+        try:
+            self._write(tmp)
+            if d.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{d.name}.old.", dir=d.parent))
+                os.replace(d, old / "x")
+                os.replace(tmp, d)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, d)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.path = d
+        return d
+
+    def _write(self, d: Path) -> None:
         files = []
         if self.peft_model is not None:
             import warnings
@@ -106,7 +132,6 @@ class AdaptArtifact:
             "info": _jsonable(self.info),
         }
         (d / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return d
 
     def size_kb(self) -> float:
         """Size of the weight files (adapter_model.safetensors + tensors.safetensors) in KB."""

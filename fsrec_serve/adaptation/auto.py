@@ -24,10 +24,25 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..data.splits import UserSequence
-from .config import DEFAULT_AUTO_CANDIDATES, TRAINED_STRATEGIES, AdaptConfig, check_strategy
 from ..errors import ConfigError
-from .core import (SELECTION_METRIC, AdaptResult, fit_strategy, has_pairs, inner_min_len, inner_score,
-                   inner_split, train_strategy, zero_shot_result)
+from .config import (
+    DEFAULT_AUTO_CANDIDATES,
+    TRAINED_STRATEGIES,
+    AdaptConfig,
+    check_strategy,
+)
+from .fitting import (
+    SELECTION_METRIC,
+    AdaptResult,
+    fit_strategy,
+    has_pairs,
+    inner_min_len,
+    inner_score,
+    inner_split,
+    train_strategy,
+    training_windows,
+    zero_shot_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +80,6 @@ def auto_adapt(base, support: Sequence[UserSequence], cfg: AdaptConfig, *, valid
         else:
             folds = [inner_split(support, seed=cfg.seed, fold=f, folds=n_folds, min_len=min_len)
                      for f in range(n_folds)]
-
-    from .core import training_windows
 
     folds = [(tr, va) for tr, va in folds if training_windows(tr, cfg, base.config.objective)]
     if not folds:

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
+from ..adaptation.strategies import fsrec_of
 from ..data.splits import Example, Splits, UserSequence
 from ..errors import ConfigError
 from ..evaluation.baselines import PopularityModel
@@ -129,6 +131,105 @@ def user_folds(splits: Splits, n_folds: int, seed: int = 0, min_len: int = 11,
             splits, warm=[s for s in splits.warm if s.user not in cold],
             cold_users=[splits.full_sequences[u] for u in sorted(cold)]))
     return out
+
+
+# -- the k-shot benchmark with power: per-user ranks, per-user offsets, paired gains -----------------
+@torch.no_grad()
+def query_ranks(model, query: Sequence[Example], user_params=None, batch_size: int = 256) -> np.ndarray:
+    """0-based rank of each query's target (full ranking, padding and history excluded, pessimistic
+    ties), optionally with per-user offsets ``user_params`` [E, H] (rows aligned with ``query``)."""
+    from ..evaluation.metrics import rank_of_targets
+    from ..model import pad_histories
+
+    base = fsrec_of(model)
+    out = []
+    for i in range(0, len(query), batch_size):
+        chunk = query[i:i + batch_size]
+        x = pad_histories([e.history for e in chunk], base.config.max_seq_len)
+        up = None if user_params is None else user_params[i:i + batch_size]
+        scores = (base.next_item_scores(x, user_params=up) if up is not None
+                  else model.next_item_scores(x)).float()
+        exclude = torch.zeros_like(scores, dtype=torch.bool)  # [B, N]
+        exclude[:, 0] = True
+        for j, e in enumerate(chunk):
+            exclude[j, torch.as_tensor(e.history, dtype=torch.long)] = True
+        targets = torch.tensor([e.target for e in chunk], dtype=torch.long)
+        out.append(rank_of_targets(scores, targets, exclude))
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def ndcg10(ranks) -> np.ndarray:
+    """Per-example NDCG@10 of 0-based ranks (one relevant item)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
+
+
+def paired_relative_gain(baseline, adapted, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``mean(adapted) / mean(baseline) - 1`` over the same users, with a 95 % bootstrap CI that
+    resamples users (pairs kept together)."""
+    b, a = np.asarray(baseline, dtype=np.float64), np.asarray(adapted, dtype=np.float64)
+    if b.shape != a.shape or b.size == 0:
+        raise ConfigError(f"paired gain needs two equal-length non-empty arrays, got {b.shape} and {a.shape}")
+    idx = np.random.default_rng(seed).integers(0, b.size, size=(n_boot, b.size))
+    bm, am = b[idx].mean(1), a[idx].mean(1)
+    boots = am[bm > 0] / bm[bm > 0] - 1.0
+    gain = float(a.mean() / b.mean() - 1.0) if b.mean() > 0 else float("nan")
+    lo, hi = (np.percentile(boots, [2.5, 97.5]) if boots.size else (float("nan"), float("nan")))
+    return {"mean": gain, "ci_low": float(lo), "ci_high": float(hi), "n_users": int(b.size)}
+
+
+def kshot_fold(model, splits: Splits, k: int, cohort: Sequence[str], config=None, peruser=None,
+               log=print) -> dict:
+    """Every method of the k-shot benchmark on one fold: {method: {"users", "ranks", "seconds",
+    "info"}}. Methods: popularity, zero-shot, each cohort strategy, per-user, cohort+per-user
+    (on the cohort strategy with the best inner NDCG@10) and auto (adapt(strategy="auto") +
+    per-user). Selection uses the supports only (inner folds); the query is only scored."""
+    from ..adaptation import AdaptConfig, PerUserConfig, adapt, fit_user_params
+
+    cfg, pcfg = config or AdaptConfig(), peruser or PerUserConfig()
+    support, query = splits.support_query(k)
+    users = [e.user for e in query]
+    out: dict = {}
+
+    def record(name, ranks, seconds=0.0, **info):
+        out[name] = {"ranks": [int(r) for r in ranks], "seconds": float(seconds), "info": info}
+        log(f"    k={k} {name}: ndcg@10 {ndcg10(ranks).mean():.4f} ({seconds:.1f}s)")
+
+    def with_offsets(name, scorer, **info):
+        t0 = time.perf_counter()
+        res = fit_user_params(scorer, support, pcfg)
+        sec = time.perf_counter() - t0
+        record(name, query_ranks(scorer, query, res.params_for(users)), sec,
+               ms_per_user=1000.0 * sec / max(1, len(support)), n_adapted=int(res.adapted.sum()),
+               n_failed=len(res.failed), lr=res.info.get("lr"), steps=res.info.get("steps"),
+               inner_ndcg=res.info.get("inner_ndcg"), inner_zero_shot_ndcg=res.info.get("inner_zero_shot_ndcg"),
+               **info)
+
+    record("popularity", evaluate_next_item(popularity_for(splits), query, ks=KS, return_ranks=True)["ranks"])
+    record("zero-shot", query_ranks(model, query))
+    best, best_score, best_model = None, float("-inf"), None
+    for strategy in cohort:
+        t0 = time.perf_counter()
+        res = adapt(model, support, strategy=strategy, config=cfg)
+        sec = time.perf_counter() - t0
+        inner = res.info.get("inner", {})
+        record(strategy.replace("_", "-"), query_ranks(res.model, query), sec,
+               inner_ndcg=inner.get("ndcg@10"), inner_zero_shot_ndcg=inner.get("zero_shot_ndcg@10"),
+               degraded=res.info.get("degraded"))
+        score = inner.get("ndcg@10", float("-inf"))
+        if score is not None and score > best_score and res.strategy != "zero_shot":
+            best, best_score, best_model = strategy, score, res.merged_model()
+    with_offsets("per-user", model)
+    if best_model is not None:
+        with_offsets("cohort+per-user", best_model, cohort=best)
+    else:
+        out["cohort+per-user"] = dict(out["per-user"], info=dict(out["per-user"]["info"], cohort="zero_shot"))
+    t0 = time.perf_counter()
+    res = adapt(model, support, strategy="auto", config=cfg)
+    chosen = res.info.get("chosen", {}).get("strategy", res.strategy)
+    auto_model = res.merged_model() if res.strategy != "zero_shot" else model
+    with_offsets("auto", auto_model, cohort=chosen, cohort_seconds=time.perf_counter() - t0)
+    return {"k": k, "users": users, "methods": out, "best_cohort": best}
 
 
 # -- cold-start items ------------------------------------------------------------------------------

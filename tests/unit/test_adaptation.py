@@ -12,7 +12,7 @@ import torch
 
 from fsrec_serve.adaptation import (AdaptArtifact, AdaptConfig, adapt, adapt_each_user, inner_split,
                                     load_adapted, merge)
-from fsrec_serve.adaptation.core import train_strategy
+from fsrec_serve.adaptation.fitting import train_strategy
 from fsrec_serve.data import Example, UserSequence
 from fsrec_serve.errors import AdaptationError, SupportSetError
 from fsrec_serve.evaluation import evaluate_next_item
