@@ -3,12 +3,13 @@
     python -m bench.fastapi_server --model runs/ml-100k --port 8090 [--device cuda]
 
 ``POST /recommend`` with ``{"item_ids": [...], "k": 10}`` (item indices, newest last, the same
-input Triton gets) returns ``{"items": [...], "scores": [...]}``: the history is left-padded,
-run through PyTorch one request at a time (no batching across requests), the user's own items
-are masked and the top k returned: the same work as the served ONNX graph
-(:class:`exporters.export.FsRecTopKModule`). The endpoint is a plain ``def``, so FastAPI runs it
-in its thread pool, as the FastAPI docs recommend for blocking code. ``GET /health`` answers
-once the model is loaded. Binds 127.0.0.1 only.
+input Triton gets) returns ``{"items": [...], "scores": [...]}``: the history, at its own
+length (no padding), runs through PyTorch under ``torch.inference_mode`` one request per forward
+pass (no batching across requests), the user's own items are masked and the top k returned: the
+same graph as the served ONNX one (:class:`exporters.export.FsRecTopKModule`, last position
+only). The endpoint is a plain ``def``, so FastAPI runs it in its thread pool, as the FastAPI
+docs recommend for blocking code. ``GET /health`` answers once the model is loaded. Binds
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -37,16 +38,22 @@ def create_app(model_dir: str, device: str = "cpu", max_top_k: int = 100, num_th
     from fastapi import FastAPI, HTTPException
 
     from exporters.export import FsRecTopKModule
-    from fsrec_serve.model import FsRecModel, pad_histories
+    from fsrec_serve.model import FsRecModel
 
     if num_threads:
         torch.set_num_threads(num_threads)
     dev = torch.device(device)
     model = FsRecModel.from_pretrained(model_dir).to(dev).eval()
     k_max = min(max_top_k, int(model.config.num_items))
-    topk = FsRecTopKModule(model, k_max).eval()
+    topk = FsRecTopKModule(model, k_max, last_position_only=True).eval()
     max_len = int(model.config.max_seq_len)
     n_items = int(model.config.num_items)
+
+    # warm-up, as Triton's model_warmup: one forward per history length, so that the shape-specific
+    # kernels are ready before the first timed request (histories arrive at their own length)
+    with torch.inference_mode():
+        for n in range(1, max_len + 1):
+            topk(torch.ones(1, n, dtype=torch.long, device=dev))
 
     app = FastAPI(title="fsrec FastAPI + PyTorch baseline")
 
@@ -62,7 +69,7 @@ def create_app(model_dir: str, device: str = "cpu", max_top_k: int = 100, num_th
             raise HTTPException(400, f"k must be in 1..{k_max}")
         if min(req.item_ids) < 1 or max(req.item_ids) > n_items:
             raise HTTPException(400, f"item ids must be in 1..{n_items}")
-        x = pad_histories([req.item_ids], max_len, device=dev)  # [1, L]
+        x = torch.as_tensor([req.item_ids[-max_len:]], dtype=torch.long, device=dev)  # [1, L]: its own length
         with torch.inference_mode():
             out = topk(x)
         items = out["top_items"][0, : req.k].tolist()

@@ -1,51 +1,57 @@
 #!/usr/bin/env bash
-# One prepared run of the benchmarks on a GPU host (an H200 lent through the device tool here).
-# Expects, in the working tree: .whl/ (py3.12 wheels of transformers 4.57, tokenizers, hub, peft,
-# optimum(-onnx), tritonclient, fastapi/uvicorn) and .device/data.tar.xz (the data sets).
-# Jobs run side by side (one GPU, 16 cores), each bounded in time; per-seed records of the
-# few-shot and MetaRec benchmarks are cached and aggregated at the end. Everything lands in $OUT.
-set -u
+# Triton on a GPU (issue 12 item 4): real tritonserver 2.51 from the nvidia-pytriton wheel serving
+# the gpu-python target (torch on CUDA, tensors through DLPack), dynamic batching on and off,
+# concurrency 1 / 64 / 256, requests of 1 and 16 users, and torch in-process on the same GPU.
+# At most 10 minutes; fails fast, saying what is missing; leaves ONE archive: $OUT/gpu-serving.tgz
+# (results JSON, logs, nvidia-smi, versions).
+#
+# Expects in the working tree: .whl/ holding the nvidia-pytriton 0.7.0 wheel and py3 wheels of
+# tritonclient[grpc], transformers 4.57, tokenizers, huggingface-hub, safetensors, optimum,
+# optimum-onnx, onnx (the project tree itself travels with the working tree).
+#   OUT=/path bash bench/gpu_run.sh
+set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-B=${BUDGET:-420}   # seconds for each job
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-mkdir -p /tmp/fsrec && tar -xJf .device/data.tar.xz -C /tmp/fsrec && export FSREC_DATA_DIR=/tmp/fsrec/data
-nvidia-smi -L | tee "$OUT/gpu.txt"
-python3 -c "import torch, transformers, peft, optimum, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'peft', peft.__version__, 'numpy', numpy.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
-C=/tmp/fsrec/cache
-run() {  # name seconds cores command...
-  local name=$1 secs=$2 cores=$3; shift 3
-  ( timeout "$secs" taskset -c "$cores" "$@" > "$OUT/$name.log" 2>&1; echo "$name exit $?" >> "$OUT/status.txt" ) &
-}
-R=bench/results
-JOBS=${JOBS:-"quality fewshot metarec serving"}   # which groups to run
-want() { case " $JOBS " in *" $1 "*) return 0;; esac; return 1; }
-if want quality; then
-run q-ml-cloze   "$B" 0-11 python3 -m bench.quality --device cuda --num-threads 1 --datasets ml-100k --methods fsrec-bert4rec popularity --seeds 0 1 2 --max-train-seconds 90 --out quality-gpu-ml-cloze
-run q-ml-causal  "$B" 0-11 python3 -m bench.quality --device cuda --num-threads 1 --datasets ml-100k --methods fsrec-sasrec --seeds 0 1 2 --max-train-seconds 90 --out quality-gpu-ml-causal
-run q-be-cloze   "$B" 0-11 python3 -m bench.quality --device cuda --num-threads 1 --datasets beauty --methods fsrec-bert4rec popularity --seeds 0 1 2 --max-train-seconds 110 --out quality-gpu-be-cloze
-run q-be-causal  "$B" 0-11 python3 -m bench.quality --device cuda --num-threads 1 --datasets beauty --methods fsrec-sasrec --seeds 0 1 2 --max-train-seconds 110 --out quality-gpu-be-causal
-fi
-if want quality-ml; then
-run q-ml-cloze   "$B" 0-11 python3 -m bench.quality --device cuda --num-threads 1 --datasets ml-100k --methods fsrec-bert4rec popularity --seeds 0 1 2 --max-train-seconds ${QSECS:-60} --out quality-gpu-ml-cloze
-run q-ml-causal  "$B" 0-11 python3 -m bench.quality --device cuda --num-threads 1 --datasets ml-100k --methods fsrec-sasrec --seeds 0 1 2 --max-train-seconds ${QSECS:-60} --out quality-gpu-ml-causal
-fi
-if want fewshot; then
-for s in 0 1 2; do
-  run fs-ml-$s "$B" 0-11 python3 -m bench.fewshot --device cuda --num-threads 1 --datasets ml-100k --seeds $s --pretrain-seconds ${FSECS_ML:-90} --cache $C --out fewshot-gpu-ml-s$s
-  run fs-be-$s "$B" 0-11 python3 -m bench.fewshot --device cuda --num-threads 1 --datasets beauty --seeds $s --pretrain-seconds ${FSECS_BE:-120} --cache $C --out fewshot-gpu-be-s$s
-done
-fi
-if want metarec; then
-run mr-a "$B" 0-11 python3 -m bench.metarec --device cuda --num-threads 1 --seeds 0 1 2 3 4 --pretrain-seconds 25 --cache $C --out metarec-gpu-a
-run mr-b "$B" 0-11 python3 -m bench.metarec --device cuda --num-threads 1 --seeds 5 6 7 8 9 --pretrain-seconds 25 --cache $C --out metarec-gpu-b
-fi
-want serving && run serving "$B" 12-15 python3 -m bench.serving --device cuda --skip triton --workdir /tmp/fsrec/serving --out $R/serving-gpu.json
-wait
-# one archive: the device tool brings back only a few files
-mkdir -p "$OUT/all/cache"; cp $C/*.json "$OUT/all/cache/" 2>/dev/null
-cp $R/*gpu*.json $R/*gpu*.png $R/*gpu*.md "$OUT"/*.log "$OUT"/*.txt "$OUT/all/" 2>/dev/null
-tar -czf "$OUT/gpu-results.tgz" -C "$OUT" all && rm -rf "$OUT/all" "$OUT"/*.log
-cat "$OUT/status.txt"; ls "$OUT"
+LOGS="$OUT/gpu-serving"
+mkdir -p "$LOGS"
+pack() { tar -czf "$OUT/gpu-serving.tgz" -C "$OUT" gpu-serving && rm -rf "$LOGS"; ls -l "$OUT"; }
+die() { echo "gpu_run: FAILED: $*" | tee -a "$LOGS/status.txt" >&2; pack; exit 2; }
+T0=$(date +%s)
+echo "start $(date -u +%FT%TZ)" > "$LOGS/status.txt"
+
+# -- 1. the GPU -------------------------------------------------------------------------------------
+command -v nvidia-smi >/dev/null 2>&1 || die "nvidia-smi not found: this is not a GPU host"
+timeout 30 nvidia-smi > "$LOGS/nvidia-smi.txt" 2>&1 || die "nvidia-smi failed (no usable GPU / driver): $(tail -1 "$LOGS/nvidia-smi.txt")"
+
+# -- 2. the wheels, in a venv that sees the image's torch / numpy -------------------------------------
+ls .whl/nvidia_pytriton-*.whl >/dev/null 2>&1 || die "the nvidia-pytriton wheel is missing: put nvidia_pytriton-0.7.0-*.whl under .whl/"
+python3 -m venv --system-site-packages /tmp/fsrec-venv > "$LOGS/venv.log" 2>&1 || die "python3 -m venv failed: $(tail -2 "$LOGS/venv.log")"
+PY=/tmp/fsrec-venv/bin/python
+timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-cache-dir .whl/*.whl >> "$LOGS/venv.log" 2>&1 \
+  || die "installing .whl/*.whl failed: $(tail -2 "$LOGS/venv.log")"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+"$PY" - > "$LOGS/versions.txt" 2>&1 <<'EOF' || die "a required module is missing or CUDA is not usable: $(tail -3 "$LOGS/versions.txt")"
+import importlib, sys
+mods = ["torch", "numpy", "transformers", "optimum", "onnx", "tritonclient.grpc", "pytriton"]
+for m in mods:
+    mod = importlib.import_module(m)
+    print(m, getattr(mod, "__version__", ""))
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__}: torch.cuda.is_available() is False (CUDA runtime/driver mismatch?)")
+print("cuda", torch.version.cuda, torch.cuda.get_device_name(0))
+EOF
+# tritonserver from the wheel: its CUDA 12 runtime and libs sit in nvidia_pytriton.libs
+"$PY" -c "from fsrec_serve.serving import find_triton; print(find_triton())" >> "$LOGS/versions.txt" 2>&1 \
+  || die "tritonserver from the nvidia-pytriton wheel not found/usable: $(tail -2 "$LOGS/versions.txt")"
+
+# -- 3. the run (bounded: 10 min in all) ------------------------------------------------------------
+LEFT=$(( 570 - ($(date +%s) - T0) ))
+[ "$LEFT" -gt 120 ] || die "only ${LEFT}s left after the setup"
+timeout "$LEFT" "$PY" -m bench.gpu_serving --out "$LOGS/serving-gpu-h200.json" --workdir /tmp/fsrec-gpu-serving \
+  > "$LOGS/gpu_serving.log" 2>&1
+RC=$?
+cp /tmp/fsrec-gpu-serving/tritonserver.log "$LOGS/" 2>/dev/null
+[ "$RC" -eq 0 ] || die "bench.gpu_serving exit $RC (124 = out of time): $(tail -3 "$LOGS/gpu_serving.log")"
+echo "done in $(( $(date +%s) - T0 ))s" >> "$LOGS/status.txt"
+pack
