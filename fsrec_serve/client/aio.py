@@ -106,13 +106,6 @@ class AsyncRecommenderClient(ClientBase):
             self.spec = spec_from_model_config(await self.model_config())
         return self.spec
 
-    def refresh(self) -> None:
-        """Re-read the repository's side files (after a new version was rolled out)."""
-        if self.repository is not None:
-            self._load_repository()
-        elif self._explicit_spec is None:
-            self.spec = None
-
     # -- recommendations ---------------------------------------------------------------------
     async def recommend(self, history: Sequence[str | int], k: int = 10, user_params: Any = None) -> Recommendation:
         """Top-``k`` items for one history (raw ids, oldest first); ``user_params``: that user's

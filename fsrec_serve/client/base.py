@@ -156,6 +156,13 @@ class ClientBase:
         self.spec = self._explicit_spec or spec
         self.repository_version = version
 
+    def refresh(self) -> None:
+        """Re-read the repository's side files (after a new version was rolled out)."""
+        if self.repository is not None:
+            self._load_repository()
+        elif self._explicit_spec is None:
+            self.spec = None
+
     def _ctx(self, action: str) -> CallContext:
         return CallContext(self.url, self.protocol, action)
 

@@ -105,7 +105,8 @@ def parameter_groups(
     return groups
 
 
-def _has_varying_ratings(sequences: Sequence) -> bool:
+def has_varying_ratings(sequences: Sequence) -> bool:
+    """True when the sequences carry at least two different rating values."""
     first = None
     for s in sequences:
         for r in s.ratings:
@@ -159,7 +160,7 @@ def train_loop(
         torch.cuda.reset_peak_memory_stats(device)
     if use_ratings is None:
         use_ratings = bool(tc.use_ratings and getattr(cfg, "rating_head", False)
-                           and _has_varying_ratings(sequences))
+                           and has_varying_ratings(sequences))
     cmask = candidate_mask.bool().to(device) if candidate_mask is not None else None
 
     groups = parameter_groups(model, tc.weight_decay, trainable_parameters)

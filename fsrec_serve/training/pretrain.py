@@ -14,7 +14,7 @@ import torch
 from ..errors import ConfigError
 from ..model import FsRecConfig, FsRecModel
 from .config import TrainConfig, recommended_config
-from .loop import METRICS_FILE, TrainLoopResult, train_loop
+from .loop import METRICS_FILE, TrainLoopResult, has_varying_ratings, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,6 @@ class PretrainResult:
     stopped_early: bool = False  # True when patience ran out
 
 
-def _ratings_vary(splits) -> bool:
-    first = None
-    for s in splits.warm:
-        for r in s.ratings:
-            if first is None:
-                first = r
-            elif r != first:
-                return True
-    return False
-
-
 def default_model_config(splits, objective: str = "cloze", **overrides) -> FsRecConfig:
     """FsRecConfig for ``splits``: the recommended hyperparameters of the data set, the catalogue
     size and side-feature width from the splits, and a rating head only when ratings vary."""
@@ -54,7 +43,7 @@ def default_model_config(splits, objective: str = "cloze", **overrides) -> FsRec
     kw.update(
         num_items=len(splits.item_map),
         num_item_features=0 if splits.item_features is None else int(splits.item_features.shape[1]),
-        rating_head=_ratings_vary(splits),
+        rating_head=has_varying_ratings(splits.warm),
     )
     kw.update(overrides)
     return FsRecConfig(**kw)

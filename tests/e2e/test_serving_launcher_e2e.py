@@ -30,6 +30,38 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
+# -- helpers: `fsrec serve` as a subprocess ---------------------------------------------------------
+def _post(url: str, headers: dict | None = None) -> int:
+    req = urllib.request.Request(url, data=b"{}", method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _start_cli(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "fsrec_serve.cli", "serve", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "press Ctrl-C" in line:
+            break
+    return proc, lines
+
+
+def _stubs(cli_pid: int) -> list[int]:
+    import psutil
+
+    return [c.pid for c in psutil.Process(cli_pid).children(recursive=True)
+            if c.name().startswith("triton_python") and c.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_port_in_use_reported_from_the_server_log(fsrec_repository, server_factory):
     """The pre-start check is bypassed (extra flag overrides the port): tritonserver itself fails
     to bind, and the error quotes its own message."""
@@ -86,21 +118,9 @@ def test_stop_terminates_the_process_group(fsrec_repository, server_factory):
 def test_fsrec_serve_cli_stops_cleanly_on_signal(fsrec_repository, triton_available, tmp_path, sig):
     http, grpc, metrics = find_free_ports(3)
     log_file = tmp_path / "triton.log"
-    cmd = [sys.executable, "-m", "fsrec_serve.cli", "serve", "--repository", str(fsrec_repository),
-           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-           "--log-file", str(log_file)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    lines = []
+    proc, lines = _start_cli(["--repository", str(fsrec_repository), "--http-port", str(http), "--grpc-port",
+                              str(grpc), "--metrics-port", str(metrics), "--log-file", str(log_file)], dict(os.environ))
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "press Ctrl-C" in line:
-                break
         assert any("tritonserver ready" in ln for ln in lines), "".join(lines)
         assert urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/fsrec/ready", timeout=5).status == 200
         proc.send_signal(sig)
@@ -160,37 +180,6 @@ def test_grpc_tls(fsrec_repository, server_factory, tmp_path):
 
 
 # -- admin key by default, and recovery from a dead python-backend stub ----------------------------
-def _post(url: str, headers: dict | None = None) -> int:
-    req = urllib.request.Request(url, data=b"{}", method="POST", headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
-def _start_cli(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "fsrec_serve.cli", "serve", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "press Ctrl-C" in line:
-            break
-    return proc, lines
-
-
-def _stubs(cli_pid: int) -> list[int]:
-    import psutil
-
-    return [c.pid for c in psutil.Process(cli_pid).children(recursive=True)
-            if c.name().startswith("triton_python") and c.status() != psutil.STATUS_ZOMBIE]
-
-
 def test_fsrec_serve_without_a_key_generates_one_and_recovers_a_killed_stub(fsrec_repository, triton_available,
                                                                            user_histories, tmp_path):
     """No key given: a random key is written to a 0600 file under the state dir and printed;
