@@ -7,6 +7,8 @@ batch by batch. Then the checks and the cleaning steps of ``cleaning.py`` run on
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -85,10 +87,10 @@ def _times(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
                     continue
         if parsed is None or parsed.null_count:
             vals = arr.to_pylist()
-            ok = _parse_each(vals, spec.time_format)
-            i = ok.index(False)
-            ints = sum(_looks_int(v) for v in vals)
-            mixed = 0 < ints < len(vals)
+            kinds = [_looks_int(v) for v in vals]
+            mixed = 0 < sum(kinds) < len(vals)
+            # mixed: the first row of the other kind than the first row; else the first unparsable
+            i = kinds.index(not kinds[0]) if mixed else _parse_each(vals, spec.time_format).index(False)
             fmt = f"--time-format {spec.time_format!r}" if spec.time_format else "ISO 8601 (2021-03-04 12:00:00)"
             raise DataFormatError(
                 f"{b.where(i)}: column {col!r} (--time-col) holds {vals[i]!r}, "
@@ -154,7 +156,18 @@ def _is_number(x) -> bool:
         return False
 
 
+def _convert(b: Batch, spec: DataSpec) -> tuple:
+    """One batch -> (user dictionary array, item dictionary array, times [n], ratings [n], n)."""
+    t = b.table
+    return (_ids(t.column(spec.user_col), spec.user_col, b), _ids(t.column(spec.item_col), spec.item_col, b),
+            _times(t.column(spec.time_col), spec, b) if spec.time_col else None,
+            _ratings(t.column(spec.rating_col), spec, b) if spec.rating_col else None, t.num_rows)
+
+
 def _read_table_log(spec: DataSpec, json_engine: str):
+    """Stream the log; each batch is converted on a worker thread (the arrow kernels release
+    the GIL) while the reader parses the next one. Results are taken in file order, so the
+    first bad row of the file is the one reported."""
     columns: dict[str, Optional[pa.DataType]] = {spec.user_col: pa.string(), spec.item_col: pa.string()}
     if spec.time_col:
         columns[spec.time_col] = None
@@ -162,14 +175,30 @@ def _read_table_log(spec: DataSpec, json_engine: str):
         columns[spec.rating_col] = None
     users, items, times, ratings = [], [], [], []
     n = 0
-    for b in iter_batches(spec, columns, json_engine=json_engine):
-        users.append(_ids(b.table.column(spec.user_col), spec.user_col, b))
-        items.append(_ids(b.table.column(spec.item_col), spec.item_col, b))
-        if spec.time_col:
-            times.append(_times(b.table.column(spec.time_col), spec, b))
-        if spec.rating_col:
-            ratings.append(_ratings(b.table.column(spec.rating_col), spec, b))
-        n += b.table.num_rows
+
+    def collect(res) -> None:
+        nonlocal n
+        u, i, t, r, rows = res
+        users.append(u)
+        items.append(i)
+        if t is not None:
+            times.append(t)
+        if r is not None:
+            ratings.append(r)
+        n += rows
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque = deque()
+        try:
+            for b in iter_batches(spec, columns, json_engine=json_engine):
+                pending.append(pool.submit(_convert, b, spec))
+                while len(pending) > 2:  # bounded: at most 3 batches in memory at once
+                    collect(pending.popleft().result())
+            while pending:
+                collect(pending.popleft().result())
+        finally:
+            for f in pending:
+                f.cancel()
     return users, items, times, ratings, n
 
 

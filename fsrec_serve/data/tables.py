@@ -153,7 +153,8 @@ def _iter_csv(src, path: Path, columns: dict[str, pa.DataType | None]) -> Iterat
     for c, option in columns.items():
         if c not in header:
             if not header and src.header:
-                raise DataFormatError(f"{path}: the file holds no rows (nothing but blank lines?)")
+                raise DataFormatError(f"{path}: the file is empty (it decompresses to nothing, or holds "
+                                      "only blank lines); point --data at the real log")
             raise missing_column(path, c, _option_of(src, c), header)
     bad: list = []
 
