@@ -54,6 +54,17 @@ def _is_array(a) -> bool:
     return hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "ndim") and not isinstance(a, type)
 
 
+def _array_problem(a, name: str, dtype: str, triton_dtype: str) -> str | None:
+    """The checks every input starts with: present, an array, the right dtype."""
+    if a is None:
+        return f"input '{name}' is missing"
+    if not _is_array(a):
+        return f"input '{name}' is not an array"
+    if _dtype(a) != dtype:
+        return f"input '{name}' must be {triton_dtype}, got {_dtype(a)}"
+    return None
+
+
 def validate_item_ids(arr, max_seq_len: int, num_items: int, buckets=(), strict: bool = False) -> str | None:
     """None when ``arr`` is a valid batch of histories, else a message naming the problem.
 
@@ -61,12 +72,9 @@ def validate_item_ids(arr, max_seq_len: int, num_items: int, buckets=(), strict:
     (L in ``buckets`` when ``strict``) and every id in 0..num_items (0 = padding; indices, not
     raw ids).
     """
-    if arr is None:
-        return f"input '{INPUT_NAME}' is missing"
-    if not _is_array(arr):
-        return f"input '{INPUT_NAME}' is not an array"
-    if _dtype(arr) != "int64":
-        return f"input '{INPUT_NAME}' must be INT64, got {_dtype(arr)}"
+    problem = _array_problem(arr, INPUT_NAME, "int64", "INT64")
+    if problem:
+        return problem
     shape = [int(d) for d in arr.shape]
     if len(shape) != 2 or shape[0] < 1:
         return f"input '{INPUT_NAME}' must have shape [n, L] (n >= 1 histories), got {shape}"
@@ -99,10 +107,9 @@ def validate_user_params(params, n_rows: int, dim: int) -> str | None:
         return None
     if dim <= 0:
         return f"input '{INPUT_USER_PARAMS}' was sent, but this model version has no per-user parameters"
-    if not _is_array(params):
-        return f"input '{INPUT_USER_PARAMS}' is not an array"
-    if _dtype(params) != "float32":
-        return f"input '{INPUT_USER_PARAMS}' must be FP32, got {_dtype(params)}"
+    problem = _array_problem(params, INPUT_USER_PARAMS, "float32", "FP32")
+    if problem:
+        return problem
     shape = [int(d) for d in params.shape]
     if shape != [n_rows, dim]:
         return (f"input '{INPUT_USER_PARAMS}' must have shape [{n_rows}, {dim}] (one row of {dim} per "
