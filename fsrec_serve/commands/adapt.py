@@ -8,6 +8,8 @@ STRATEGY_CHOICES = ["auto", "zero_shot", "head_only", "full", "lora", "adalora",
 
 
 def add_parsers(sub) -> None:
+    from ..data.args import add_data_arguments
+
     p = sub.add_parser("adapt", help="few-shot adaptation: adapt, merge, k-shot evaluation, report")
     asub = p.add_subparsers(dest="adapt_command", metavar="ACTION")
     asub.required = True
@@ -16,7 +18,7 @@ def add_parsers(sub) -> None:
     r.add_argument("--base", required=True, help="pretrained model folder (save_pretrained)")
     r.add_argument("--out", required=True, help="artifact folder to write")
     r.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES)
-    src = r.add_mutually_exclusive_group(required=True)
+    src = r.add_mutually_exclusive_group()  # or --data PATH (your own log; its cold users)
     src.add_argument("--support-file", help="one user a line: 'user_id item_id item_id ...' (raw ids, time order)")
     src.add_argument("--cold-users", metavar="DATASET",
                      help="use the cold users of DATASET's default split as the cohort (first --k items)")
@@ -27,6 +29,7 @@ def add_parsers(sub) -> None:
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override an AdaptConfig field (JSON value), e.g. --set lr=0.01 --set lora_r=16")
     r.add_argument("--merged-out", default=None, help="also write the merged model (LoRA-family) here")
+    add_data_arguments(r)
     r.set_defaults(func=_run)
 
     m = asub.add_parser("merge", help="fold a saved LoRA / AdaLoRA / IA3 artifact into the base weights")
@@ -37,12 +40,13 @@ def add_parsers(sub) -> None:
 
     k = asub.add_parser("kshot", help="cold-start-user k-shot evaluation of strategies on a split")
     k.add_argument("--base", required=True, help="model pretrained WITHOUT the split's cold users")
-    k.add_argument("--dataset", required=True, help="ml-100k or beauty")
+    k.add_argument("--dataset", default=None, help="ml-100k or beauty (or your own log: --data)")
     k.add_argument("--ks", nargs="+", type=int, default=[1, 3, 5, 10])
     k.add_argument("--strategies", nargs="+", default=["popularity", "zero_shot", "lora", "auto"],
                    choices=["popularity"] + STRATEGY_CHOICES)
     k.add_argument("--seed", type=int, default=0, help="split seed (must be the pretraining's)")
     k.add_argument("--data-dir", default=None)
+    add_data_arguments(k)
     k.set_defaults(func=_kshot)
 
     rep = asub.add_parser("report", help="markdown table + PNG plots from bench results JSON files")
@@ -93,10 +97,13 @@ def _run(args) -> int:
         support = _read_support(args.support_file, model)
         query = None
     else:
-        from ..data import SplitConfig, load_dataset, make_splits
-        from ..settings import get_settings
+        from ..data import SplitConfig, data_source_from_args, load_interactions, make_splits
+        from ..errors import ConfigError
 
-        data = load_dataset(args.cold_users, get_settings(data_dir=args.data_dir).data_dir)
+        spec = data_source_from_args(args, dataset=args.cold_users)
+        if spec is None:
+            raise ConfigError("fsrec adapt run needs --support-file, --cold-users DATASET or --data PATH")
+        data = load_interactions(spec)
         splits = make_splits(data, SplitConfig(seed=args.seed))
         support, query = splits.support_query(args.k)
     res = adapt(model, support, strategy=args.strategy, config=_config(args))
@@ -131,12 +138,16 @@ def _merge(args) -> int:
 
 def _kshot(args) -> int:
     from ..adaptation import AdaptConfig
-    from ..data import SplitConfig, load_dataset, make_splits
+    from ..data import SplitConfig, data_source_from_args, load_interactions, make_splits
     from ..experiments.coldstart import coldstart_users
     from ..model import FsRecModel
-    from ..settings import get_settings
 
-    data = load_dataset(args.dataset, get_settings(data_dir=args.data_dir).data_dir)
+    spec = data_source_from_args(args)
+    if spec is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("fsrec adapt kshot needs --dataset (ml-100k, beauty) or --data PATH")
+    data = load_interactions(spec)
     splits = make_splits(data, SplitConfig(seed=args.seed))
     model = FsRecModel.from_pretrained(args.base).eval()
     print("| k | method | HR@10 | NDCG@10 | seconds | KB |")
