@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..contract import RESTRICTED_KEY_HEADER
@@ -27,22 +30,29 @@ log = logging.getLogger(__name__)
 STUB_MARKER = "triton_python_backend_stub"  # the stub's executable name
 
 
-def stub_pids(server_pid: int) -> set[int]:
-    """PIDs of the python-backend stubs under a tritonserver process (psutil)."""
+def stub_models(server_pid: int) -> dict[int, str]:
+    """{pid: model name} of the live python-backend stubs under a tritonserver process. The stub's
+    first argument is ``<repository>/<model>/<version>/model.py``."""
     import psutil
 
     try:
         children = psutil.Process(server_pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        return set()
-    out = set()
+        return {}
+    out = {}
     for c in children:
         try:
-            if c.status() != psutil.STATUS_ZOMBIE and STUB_MARKER in " ".join(c.cmdline()[:1]):
-                out.add(c.pid)
+            argv = c.cmdline()
+            if c.status() != psutil.STATUS_ZOMBIE and argv and STUB_MARKER in argv[0]:
+                out[c.pid] = Path(argv[1]).parent.parent.name if len(argv) > 1 else ""
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
+
+
+def stub_pids(server_pid: int) -> set[int]:
+    """PIDs of the live python-backend stubs under a tritonserver process."""
+    return set(stub_models(server_pid))
 
 
 @dataclass
@@ -59,11 +69,16 @@ class ModelWatcher:
     server: Any  # the TritonServer to watch (pid, models, url_http, restricted_api_key, is_alive())
     interval_s: float = 2.0  # check period
     recoveries: list[Recovery] = field(default_factory=list)  # every reload done, oldest first
+    leftover_grace_s: float = 10.0  # after a reload, old-generation stubs still alive this long are stopped
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _models: dict[int, str] = field(default_factory=dict, repr=False)  # {stub pid: model} at the last poll
+    _known: set[int] = field(default_factory=set, repr=False)  # watched stub pids (leftovers excluded)
+    _leftovers: dict[int, float] = field(default_factory=dict, repr=False)  # pid -> when to stop it
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> "ModelWatcher":
-        self._known = stub_pids(self.server.pid or 0)
+        self._models = stub_models(self.server.pid or 0)
+        self._known = set(self._models)
         self._thread = threading.Thread(target=self._run, name="fsrec-model-watch", daemon=True)
         self._thread.start()
         return self
@@ -83,20 +98,44 @@ class ModelWatcher:
                 log.exception("model watch failed")
 
     def check(self) -> Recovery | None:
-        """One poll: reload the loaded models if a stub known before has disappeared."""
-        now = stub_pids(self.server.pid or 0)
+        """One poll: reload the loaded models if a stub known before has disappeared.
+
+        Measured on 2.51: after such a reload the old generation's surviving stub is not stopped
+        by Triton (the old model never finishes unloading); it is stopped here once
+        ``leftover_grace_s`` has passed, and never counts as a dead stub."""
+        current = stub_models(self.server.pid or 0)
+        self._stop_leftovers(set(current))
+        now = set(current) - set(self._leftovers)
         lost = self._known - now
         if not lost:
-            self._known = now
+            self._known, self._models = now, current
             return None
-        models = [m for m in self.server.models if self._loaded(m)]
+        dead_models = {self._models.get(p, "") for p in lost}
+        models = [m for m in self.server.models if self._loaded(m) and (m in dead_models or "" in dead_models)]
         log.warning("python-backend stub(s) %s died; reloading %s", sorted(lost), ", ".join(models) or "nothing")
         t0 = time.perf_counter()
         errors = [e for e in (self._reload(m) for m in models) if e]
         rec = Recovery(time.time(), len(lost), models, time.perf_counter() - t0, "; ".join(errors))
         self.recoveries.append(rec)
-        self._known = stub_pids(self.server.pid or 0)
+        after = stub_models(self.server.pid or 0)
+        deadline = time.monotonic() + self.leftover_grace_s
+        for pid in (now & set(after)):  # stubs of the generation that was just replaced
+            if current.get(pid) in models:
+                self._leftovers[pid] = deadline
+        self._known = set(after) - set(self._leftovers)
+        self._models = after
         return rec
+
+    def _stop_leftovers(self, alive: set[int]) -> None:
+        for pid, deadline in list(self._leftovers.items()):
+            if pid not in alive:
+                del self._leftovers[pid]
+            elif time.monotonic() >= deadline:  # the stub does not act on SIGTERM while its parent lives
+                log.info("stopping leftover python-backend stub %d of a reloaded model", pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    del self._leftovers[pid]
 
     def _request(self, path: str, body: dict | None = None, timeout: float = 120.0) -> tuple[int, bytes]:
         data = json.dumps(body).encode() if body is not None else None
@@ -112,12 +151,12 @@ class ModelWatcher:
             return 0, str(e).encode()
 
     def _loaded(self, model: str) -> bool:
-        """True unless the repository index says the model was unloaded on purpose."""
+        """True if a version of ``model`` is READY: a model unloaded (or unloading) on purpose
+        (``fsrec models unload``) is left alone."""
         code, body = self._request("/v2/repository/index", {"ready": False}, timeout=10)
         if code != 200:
             return True
-        rows = [r for r in json.loads(body) if r.get("name") == model]
-        return not rows or any(r.get("state") != "UNAVAILABLE" or r.get("reason") != "unloaded" for r in rows)
+        return any(r.get("name") == model and r.get("state") == "READY" for r in json.loads(body))
 
     def _reload(self, model: str) -> str:
         code, body = self._request(f"/v2/repository/models/{model}/load", {})

@@ -215,11 +215,20 @@ def test_fsrec_serve_without_a_key_generates_one_and_recovers_a_killed_stub(fsre
             recovery_s = time.monotonic() - t0
             assert ok == 20, f"no recovery within 30 s; last error: {last_error}"
             assert recovery_s < 30 and stubs[0] not in _stubs(proc.pid)
+            # no stub leaks: the old generation's survivor is stopped, the instance count is as before
+            deadline = time.monotonic() + 40
+            while len(_stubs(proc.pid)) != len(stubs) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert len(_stubs(proc.pid)) == len(stubs) and not set(stubs) & set(_stubs(proc.pid))
+            assert all(c.recommend(user_histories[0], k=5).items == want for _ in range(20))
 
         unload = f"http://127.0.0.1:{http}/v2/repository/models/fsrec/unload"
         assert _post(unload) == 403  # no header
         assert _post(unload, {"fsrec-admin-key": "wrong"}) == 403
         assert _post(unload, {"fsrec-admin-key": key}) == 200  # the generated key works
+        time.sleep(2)  # four watcher polls: a model unloaded on purpose stays unloaded
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/fsrec/ready", timeout=5)
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
