@@ -97,7 +97,12 @@ def _run(args) -> int:
         support = _read_support(args.support_file, model)
         query = None
     else:
-        from ..data import SplitConfig, data_source_from_args, load_interactions, make_splits
+        from ..data import (
+            SplitConfig,
+            data_source_from_args,
+            load_interactions,
+            make_splits,
+        )
         from ..errors import ConfigError
 
         spec = data_source_from_args(args, dataset=args.cold_users)
@@ -138,7 +143,12 @@ def _merge(args) -> int:
 
 def _kshot(args) -> int:
     from ..adaptation import AdaptConfig
-    from ..data import SplitConfig, data_source_from_args, load_interactions, make_splits
+    from ..data import (
+        SplitConfig,
+        data_source_from_args,
+        load_interactions,
+        make_splits,
+    )
     from ..experiments.coldstart import coldstart_users
     from ..model import FsRecModel
 
