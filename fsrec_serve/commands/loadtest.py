@@ -47,6 +47,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--locustfile", default=None, help="Locust file (default: loadtests/locustfile.py)")
     p.add_argument("--seed", type=int, default=0, help="traffic seed")
     p.add_argument("--timeout", type=float, default=None, help="kill Locust after this many seconds")
+    from ..data.args import add_data_arguments
+
+    add_data_arguments(p)  # histories from your own log: --data PATH --user-col ... (or a spec file)
     p.set_defaults(func=_loadtest)
 
 
@@ -61,6 +64,13 @@ def _loadtest(args: argparse.Namespace) -> int:
     from ..settings import get_settings
 
     s = get_settings(data_dir=args.data_dir)
+    dataset = args.dataset
+    if args.data:  # own log: its spec travels as a file (load_dataset reads spec files)
+        from ..data import data_source_from_args
+
+        dataset = str(Path(args.report_dir) / "data_spec.json")
+        Path(args.report_dir).mkdir(parents=True, exist_ok=True)
+        data_source_from_args(args).save(dataset)
     host = args.host or f"{DEFAULT_HOST}:{s.grpc_port if args.protocol == 'grpc' else s.http_port}"
     gate = None if str(args.gate).lower() == "none" else Path(args.gate) if args.gate else DEFAULT_GATE
     repository = Path(args.repository) if args.repository else None
@@ -70,7 +80,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         host=host, allow_remote=args.allow_remote_host, protocol=args.protocol, gate=gate, report_dir=Path(args.report_dir),
         users=args.users, spawn_rate=args.spawn_rate, run_time=args.run_time, k_mix=args.k_mix,
         think_time_s=args.think_time, histories=Path(args.histories) if args.histories else None,
-        dataset=args.dataset, data_dir=s.data_dir, model_name=args.model_name or s.model_name,
+        dataset=dataset, data_dir=s.data_dir, model_name=args.model_name or s.model_name,
         repository=repository, item_map=Path(args.item_map) if args.item_map else None,
         retries=args.retries, request_timeout_s=args.request_timeout,
         locustfile=Path(args.locustfile) if args.locustfile else DEFAULT_LOCUSTFILE,
