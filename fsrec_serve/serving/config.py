@@ -9,7 +9,8 @@ Admin key (Triton's restricted endpoints: model control, repository, trace, logg
   ``$XDG_STATE_HOME/fsrec/admin.key``) and reused by later starts; clients on the same machine
   (``RecommenderClient``, ``fsrec models``, ``fsrec rollout``) find it there on their own;
 - no key on any other address: refused, unless ``allow_unrestricted`` (then model control is
-  open to anyone who reaches the port), as ``docker/entrypoint-serving.sh`` does.
+  open to anyone who reaches the port), as ``docker/entrypoint-serving.sh`` does; an explicit
+  ``admin_key_file`` counts as a key (read, or generated into it when missing).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def resolve_admin_key(config: ServerConfig, host: str) -> AdminKey:
         return AdminKey(config.restricted_api_key, None, False)
     if config.allow_unrestricted:
         return AdminKey(None, None, False)
-    if not is_loopback(host):
+    if not is_loopback(host) and not config.admin_key_file:  # an explicit key file is a key given
         raise ConfigError(
             f"refusing to bind {host} without an admin key: model control would be open to anyone who reaches "
             f"the port. Pass --admin-key-file FILE (or --admin-key / env FSREC_ADMIN_KEY), or {ALLOW_UNRESTRICTED_FLAG} "

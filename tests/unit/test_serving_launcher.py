@@ -198,15 +198,18 @@ def test_generated_admin_key_file_is_private_and_reused(toy_repo, tmp_path):
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "myhost.example", "::"])
-def test_non_loopback_bind_without_a_key_is_refused_unless_allowed(toy_repo, tmp_path, host):
+def test_non_loopback_bind_without_a_key_is_refused_unless_allowed(toy_repo, tmp_path, host, monkeypatch):
     from fsrec_serve.serving import ServerConfig
     from fsrec_serve.serving.config import resolve_admin_key
 
-    key_file = tmp_path / "admin.key"
+    monkeypatch.setenv("FSREC_STATE_DIR", str(tmp_path / "state"))
     with pytest.raises(ConfigError, match="--allow-unrestricted"):
-        resolve_admin_key(ServerConfig(toy_repo, admin_key_file=key_file), host)
-    assert not key_file.exists()
+        resolve_admin_key(ServerConfig(toy_repo), host)
+    assert not (tmp_path / "state" / "admin.key").exists()  # nothing generated for a refused start
     assert resolve_admin_key(ServerConfig(toy_repo, allow_unrestricted=True), host).key is None
+    # a key file named explicitly is a key: read (or generated into it) for any address
+    explicit = resolve_admin_key(ServerConfig(toy_repo, admin_key_file=tmp_path / "mine.key"), host)
+    assert explicit.key and explicit.path == tmp_path / "mine.key"
 
 
 def test_server_config_of_applies_overrides_and_checks_fields(toy_repo):
