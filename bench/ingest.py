@@ -85,7 +85,7 @@ def measure(method: str, path: str) -> dict:
 
 def run_isolated(method: str, path: Path) -> dict:
     out = subprocess.run([sys.executable, "-m", "bench.ingest", "--measure", method, "--path", str(path)],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+                         capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

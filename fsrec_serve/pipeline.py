@@ -7,27 +7,37 @@ Each step is one library call; this module only strings them together and report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
-from .errors import FsRecError
+from .data.spec import DataSpec
+from .errors import ConfigError, FsRecError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PipelineConfig:
-    dataset: str = "ml-100k"  # data set name (ml-100k has titles and genres)
-    data_dir: Optional[Path] = None  # folder with the data sets; None = FSREC_DATA_DIR
+    dataset: str = "ml-100k"  # preset data set name (ml-100k has titles and genres); unused with data
+    data_dir: Path | None = None  # folder with the preset data sets; None = FSREC_DATA_DIR
+    data: DataSpec | None = None  # your own log (--data ...); None = the preset named by dataset
+    use_features: bool = True  # feed item categories (genres / item metadata) to the model
+    stop_after: str | None = None  # stop after this step: data, pretrain, adapt, export (None = all)
+    verbose: bool = False  # show library warnings and logs (fsrec -v); the step summaries always show
     work_dir: Path = Path("runs/pipeline")  # checkpoints, adapter, exports, server logs
     repository: Path = Path("model_repository")  # Triton repository (configs committed, ONNX ignored)
     objective: str = "causal"  # "causal" (SASRec-style) or "cloze" (BERT4Rec-style)
     epochs: int = 40  # pretraining epochs at most (early stopping may end sooner)
-    max_train_seconds: Optional[float] = 240.0  # pretraining time budget (None = no limit)
+    max_seq_len: int | None = None  # longest history the model reads (None = recommended)
+    hidden_size: int | None = None  # model width (None = recommended)
+    batch_size: int | None = None  # pretraining sequences per step (None = recommended)
+    max_train_seconds: float | None = 240.0  # pretraining time budget (None = no limit)
     seed: int = 0  # split / training / adaptation seed
     k: int = 5  # support size of the cold-start cohort that is adapted
     strategy: str = "auto"  # adaptation strategy (auto = chosen on an inner validation split)
@@ -57,30 +67,93 @@ def _step(name: str, echo: Callable[[str], None]):
     return _Timer()
 
 
+STEPS = ("data", "pretrain", "adapt", "export", "quantize", "repository", "serve")
+
+# libraries whose INFO/WARNING logs are hidden unless -v (their warnings too, via warnings filters)
+NOISY_LOGGERS = ("transformers", "optimum", "onnx", "onnxruntime", "torch", "peft", "root")
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool):
+    """Hide library warnings and library logs below ERROR (fsrec's own output stays)."""
+    if verbose:
+        yield
+        return
+    saved = {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in NOISY_LOGGERS:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        try:
+            import onnxruntime as ort
+
+            ort.set_default_logger_severity(3)  # errors only (the C++ "out-of-range" lines)
+        except Exception:  # noqa: BLE001, S110 (onnxruntime absent: nothing to quiet)
+            pass
+        try:
+            yield
+        finally:  # torch stays quiet: its dynamo statistics are logged at interpreter exit
+            for n, level in saved.items():
+                if n != "torch":
+                    logging.getLogger(n).setLevel(level)
+
+
+def _data_line(st: dict) -> str:
+    removed = []
+    for key, label in (("rows_below_threshold", "below the implicit threshold"),
+                       ("duplicate_rows_removed", "duplicates"), ("short_users_dropped", "short users")):
+        if st.get(key):
+            removed.append(f"{st[key]} {label}")
+    if st.get("k_core", {}).get("rows_removed"):
+        removed.append(f"{st['k_core']['rows_removed']} rows by the k-core")
+    return (f"   read {st.get('rows_read')} rows from {st.get('file')} ({st.get('format')}); "
+            + (f"removed {', '.join(removed)}" if removed else "nothing removed by cleaning"))
+
+
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> dict:
     """Run the whole path and return a summary dict (also written to work_dir/summary.json)."""
-    from .data import SplitConfig, load_dataset, make_splits
+    if cfg.stop_after is not None and cfg.stop_after not in STEPS:
+        raise ConfigError(f"stop_after {cfg.stop_after!r} is not one of {', '.join(STEPS)}")
+    with _quiet(cfg.verbose):
+        return _run(cfg, echo)
+
+
+def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
+    from .data import SplitConfig, load_interactions, make_splits, preset_spec
     from .evaluation import PopularityModel, evaluate_next_item
     from .training import pretrain
+    from .training.loop import set_seed
     from .training.pretrain import default_model_config, default_train_config
 
     work = Path(cfg.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
     summary: dict = {"config": {k: str(v) for k, v in asdict(cfg).items() if k != "summary"}}
+    spec = cfg.data if cfg.data is not None else preset_spec(cfg.dataset, cfg.data_dir)
+    label = spec.display_name
 
-    with _step(f"1/7 data: {cfg.dataset}", echo):
-        data = load_dataset(cfg.dataset, cfg.data_dir)
+    with _step(f"1/7 data: {label}", echo):
+        data = load_interactions(spec)  # bad input fails here, before anything is written
         splits = make_splits(data, SplitConfig(seed=cfg.seed))
         s = splits.summary()
+        echo(_data_line(data.stats))
         echo(f"   {len(data)} interactions; {s['warm_users']} warm users, {s['cold_users']} cold users "
-             f"held out, {s['cold_items']} cold items held out, {s['items']} items")
-        summary["data"] = s
+             f"held out, {s['cold_items']} cold items held out, {s['items']} items"
+             + (f"; titles for {len(data.item_names)} items" if data.item_names else ""))
+        summary["data"] = {**s, "cleaning": data.stats, "item_map": splits.item_map.raw_ids}
+    work.mkdir(parents=True, exist_ok=True)
+    if cfg.stop_after == "data":
+        return _finish(cfg, work, summary, echo)
 
     with _step(f"2/7 pretrain ({cfg.objective}, at most {cfg.epochs} epochs)", echo):
-        mcfg = default_model_config(splits, cfg.objective)
+        over = {k: v for k, v in (("max_seq_len", cfg.max_seq_len), ("hidden_size", cfg.hidden_size))
+                if v is not None}
+        if not cfg.use_features:
+            over["num_item_features"] = 0
+        mcfg = default_model_config(splits, cfg.objective, **over)
+        set_seed(cfg.seed)  # the initial weights too: a run does not depend on what ran before it
         tcfg = default_train_config(
             splits, cfg.objective, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device,
             output_dir=str(work / "pretrained"), max_train_seconds=cfg.max_train_seconds,
+            **({"batch_size": cfg.batch_size} if cfg.batch_size else {}),
         )
         res = pretrain(splits, mcfg, tcfg)
         model = res.model.eval()
@@ -90,8 +163,11 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
         echo(f"   best epoch {res.best_epoch}, {res.seconds:.0f}s; warm-user test NDCG@10 "
              f"{test['ndcg@10']:.4f} (popularity {pop['ndcg@10']:.4f}), HR@10 {test['hr@10']:.4f}")
         summary["pretrain"] = {"best_epoch": res.best_epoch, "seconds": res.seconds,
+                               "first_epoch_loss": res.history[0]["loss"] if res.history else None,
                                "test": {k: v for k, v in test.items() if "@" in k},
                                "popularity": {k: v for k, v in pop.items() if "@" in k}}
+    if cfg.stop_after == "pretrain":
+        return _finish(cfg, work, summary, echo)
 
     with _step(f"3/7 adapt to {len(splits.cold_users)} cold users from k={cfg.k} ({cfg.strategy})", echo):
         from .adaptation import AdaptConfig, adapt
@@ -108,18 +184,22 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
                             "seconds": ad.info.get("seconds")}
         served = ad.merged_model().eval()
         served.item_map = splits.item_map
+    if cfg.stop_after == "adapt":
+        return _finish(cfg, work, summary, echo)
 
     with _step("4/7 export to ONNX with Optimum (validated against PyTorch)", echo):
         from exporters.export import export_onnx
 
         valid = splits.loo_valid()[:256]
         exp = export_onnx(served, work / "onnx" / "fp32", validate_with=[e.history for e in valid],
-                          source=f"{cfg.dataset} {cfg.objective} + {ad.strategy} (k={cfg.k})")
+                          source=f"{label} {cfg.objective} + {ad.strategy} (k={cfg.k})")
         v = exp.validation
         echo(f"   {exp.onnx_path} ({exp.size_kb:.0f} kB); max |score diff| {v.max_abs_diff:.2e}, "
              f"top-10 agreement {v.top10_overlap:.4f}")
         summary["export"] = {"size_kb": exp.size_kb, "max_abs_diff": v.max_abs_diff,
                              "top10_overlap": v.top10_overlap}
+    if cfg.stop_after == "export":
+        return _finish(cfg, work, summary, echo)
 
     served_dir = exp.output_dir
     if cfg.quantize:
@@ -141,6 +221,8 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
             summary["quantize"] = {"chosen": decision.chosen, "reason": decision.reason}
     else:
         echo("\n== 5/7 quantization skipped (--no-quantize)")
+    if cfg.stop_after == "quantize":
+        return _finish(cfg, work, summary, echo)
 
     with _step(f"6/7 Triton model repository: {cfg.repository}", echo):
         from exporters.repository import build_model_repository
@@ -148,6 +230,8 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
         rv = build_model_repository(cfg.repository, served_dir, target="cpu", version=cfg.version,
                                     overwrite=True)
         echo(f"   wrote {rv.version_dir} and {rv.config_path}")
+    if cfg.stop_after == "repository":
+        return _finish(cfg, work, summary, echo)
 
     with _step("7/7 serve on Triton and query it", echo):
         from .client import RecommenderClient
@@ -175,10 +259,16 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
                     if not hit:
                         echo(f"   (actual next item {truth} {names.get(truth, '')} not in the top {cfg.top_k})")
                     shown.append({"user": seq.user, "history": history, "items": rec.items,
+                                  "titles": [names.get(it) for it in rec.items],
                                   "scores": rec.scores, "next_item": truth, "hit": hit})
             summary["served"] = {"users": shown, "grpc": server.url_grpc, "http": server.url_http}
         echo("   tritonserver stopped")
+    return _finish(cfg, work, summary, echo)
 
+
+def _finish(cfg: PipelineConfig, work: Path, summary: dict, echo: Callable[[str], None]) -> dict:
+    if cfg.stop_after:
+        echo(f"\nstopped after the {cfg.stop_after} step (--stop-after)")
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     echo(f"\nsummary: {work / 'summary.json'}")
     cfg.summary = summary

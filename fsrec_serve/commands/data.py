@@ -1,4 +1,4 @@
-"""``fsrec data``: inspect, split and download data sets."""
+"""``fsrec data``: inspect, split and download data sets (a preset or your own log)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,21 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
+    from ..data.args import add_data_arguments
+
     p = sub.add_parser("data", help="inspect, split and download data sets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
 
-    s = dsub.add_parser("stats", help="counts and split summary of a data set")
-    s.add_argument("dataset", help="ml-100k or beauty")
+    s = dsub.add_parser(
+        "stats", help="counts, cleaning steps and split summary of a data set",
+        description="Read a preset (ml-100k, beauty) or your own log (--data ...), run the cleaning "
+        "steps and the default split, and print what each step kept and removed.",
+    )
+    s.add_argument("dataset", nargs="?", default=None, help="ml-100k or beauty (or use --data)")
     add_data_dir(s)
     s.add_argument("--seed", type=int, default=0, help="split seed")
+    add_data_arguments(s)
     s.set_defaults(func=_stats)
 
     d = dsub.add_parser("download", help="download a data set and verify its SHA-256")
@@ -39,11 +46,21 @@ def _data_dir(args):
 
 
 def _stats(args) -> int:
-    from ..data import SplitConfig, load_dataset, make_splits
+    from ..data import (
+        SplitConfig,
+        data_source_from_args,
+        load_interactions,
+        make_splits,
+    )
+    from ..errors import ConfigError
 
-    data = load_dataset(args.dataset, _data_dir(args))
+    spec = data_source_from_args(args)
+    if spec is None:
+        raise ConfigError("fsrec data stats needs a data set: ml-100k, beauty, or --data PATH")
+    data = load_interactions(spec)
     splits = make_splits(data, SplitConfig(seed=args.seed))
-    out = {"interactions": len(data), "users": data.n_users, "items": data.n_items, **splits.summary()}
+    out = {"interactions": len(data), "users": data.n_users, "items": data.n_items,
+           "cleaning": data.stats, **splits.summary()}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+DATA_SPEC_FILE = "data_spec.json"  # written next to a model trained on --data (read by evaluate)
+
 
 def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None, help="ml-100k or beauty")
+    from ..data.args import add_data_arguments
+
+    p.add_argument("--dataset", default=None, help="ml-100k or beauty (or your own log: --data)")
     p.add_argument("--data-dir", default=None, help="folder holding the data sets (env FSREC_DATA_DIR)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the cold-user/cold-item split")
     p.add_argument("--full-loo", action="store_true",
                    help="leave-one-out over EVERY user (no cold-start users or items held out)")
+    add_data_arguments(p)
 
 
 def add_parsers(sub) -> None:
@@ -50,7 +55,7 @@ def add_parsers(sub) -> None:
         "The split recorded with the model is rebuilt unless --full-loo/--split-seed are given.",
     )
     e.add_argument("--model", required=True, help="model folder (the --output-dir of fsrec train)")
-    e.add_argument("--dataset", default=None, help="ml-100k or beauty (default: the model's)")
+    e.add_argument("--dataset", default=None, help="ml-100k or beauty (default: the model's data)")
     e.add_argument("--data-dir", default=None, help="folder holding the data sets (env FSREC_DATA_DIR)")
     e.add_argument("--split-seed", type=int, default=None, help="override the recorded split seed")
     e.add_argument("--full-loo", action="store_true", help="evaluate over every user")
@@ -60,6 +65,9 @@ def add_parsers(sub) -> None:
                    help="rank against N sampled negatives (100 = the sampled protocol)")
     e.add_argument("--popularity", action="store_true", help="also report the popularity baseline")
     e.add_argument("--device", default="cpu", help="cpu or cuda")
+    from ..data.args import add_data_arguments
+
+    add_data_arguments(e)
     e.set_defaults(func=_evaluate)
 
 
@@ -73,11 +81,15 @@ def _split_config(args, default_seed: int = 0):
 
 
 def _train(args) -> int:
-    from ..errors import ConfigError
-    from ..training.pretrain import pretrain_dataset
+    from pathlib import Path
 
-    if not args.dataset:
-        raise ConfigError("fsrec train needs --dataset (ml-100k or beauty)")
+    from ..data import data_source_from_args, load_interactions, make_splits
+    from ..errors import ConfigError
+    from ..training.pretrain import default_model_config, default_train_config, pretrain
+
+    spec = data_source_from_args(args)
+    if spec is None:
+        raise ConfigError("fsrec train needs --dataset (ml-100k or beauty) or --data PATH (your log)")
     model_over = {k: v for k, v in {
         "max_seq_len": args.max_seq_len, "hidden_size": args.hidden_size,
         "num_hidden_layers": args.layers, "mask_prob": args.mask_prob,
@@ -92,8 +104,11 @@ def _train(args) -> int:
     }.items() if v is not None}
     train_over["output_dir"] = args.output_dir
     train_over["progress"] = not args.no_progress
-    res, splits = pretrain_dataset(args.dataset, args.data_dir, args.objective, _split_config(args),
-                                   model_over, train_over)
+    splits = make_splits(load_interactions(spec), _split_config(args))  # before any output is written
+    res = pretrain(splits, default_model_config(splits, args.objective, **model_over),
+                   default_train_config(splits, args.objective, **train_over))
+    if args.data:  # evaluate finds the log again from the model folder
+        spec.save(Path(args.output_dir) / DATA_SPEC_FILE)
     print(json.dumps({
         "output_dir": str(res.output_dir), "split": splits.summary(), "best_epoch": res.best_epoch,
         "best_valid": res.best_valid, "epochs_run": len(res.history), "seconds": round(res.seconds, 1),
@@ -103,13 +118,24 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from pathlib import Path
+
+    from ..data import DataSpec, data_source_from_args
     from ..evaluation.protocols import evaluate_checkpoint
 
     split_config = _split_config(args) if (args.full_loo or args.split_seed is not None) else None
+    dataset = data_source_from_args(args) if (args.data or args.dataset) else None
+    saved = Path(args.model) / DATA_SPEC_FILE
+    if dataset is None and saved.exists():
+        import json as _json
+
+        dataset = DataSpec(**_json.loads(saved.read_text()))
     out = evaluate_checkpoint(
-        args.model, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        args.model, dataset=dataset, data_dir=args.data_dir, split=args.split,
         split_config=split_config, ks=tuple(args.ks), sampled_negatives=args.sampled_negatives,
         popularity=args.popularity, device=args.device,
     )
+    if isinstance(out.get("dataset"), DataSpec):
+        out["dataset"] = out["dataset"].display_name
     print(json.dumps(out, indent=2))
     return 0

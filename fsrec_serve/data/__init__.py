@@ -7,13 +7,39 @@ from .idmap import PAD_INDEX, IdMap
 from .interactions import Interactions
 from .loader import load_interactions
 from .metadata import ItemMetadata, read_item_metadata
-from .readers import DATASETS, load_dataset, preset_spec, read_movielens_100k, read_sequences
+from .readers import (
+    DATASETS,
+    load_dataset,
+    preset_spec,
+    read_movielens_100k,
+    read_sequences,
+)
 from .spec import PRESETS, DataSpec, ItemMetadataSpec, load_spec_file
 from .splits import Example, SplitConfig, Splits, UserSequence, make_splits
 
 __all__ = [
-    "PAD_INDEX", "IdMap", "DATASETS", "PRESETS", "Interactions", "load_dataset", "read_movielens_100k",
-    "read_sequences", "download_ml100k", "verify_ml100k", "Example", "SplitConfig", "Splits",
-    "UserSequence", "make_splits", "DataSpec", "ItemMetadataSpec", "load_spec_file", "load_interactions",
-    "preset_spec", "ItemMetadata", "read_item_metadata", "add_data_arguments", "data_source_from_args",
+    "DATASETS",
+    "PAD_INDEX",
+    "PRESETS",
+    "DataSpec",
+    "Example",
+    "IdMap",
+    "Interactions",
+    "ItemMetadata",
+    "ItemMetadataSpec",
+    "SplitConfig",
+    "Splits",
+    "UserSequence",
+    "add_data_arguments",
+    "data_source_from_args",
+    "download_ml100k",
+    "load_dataset",
+    "load_interactions",
+    "load_spec_file",
+    "make_splits",
+    "preset_spec",
+    "read_item_metadata",
+    "read_movielens_100k",
+    "read_sequences",
+    "verify_ml100k",
 ]

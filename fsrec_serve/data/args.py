@@ -11,10 +11,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 from ..errors import ConfigError
-from .spec import DUPLICATE_POLICIES, FORMATS, SPEC_SUFFIXES, DataSpec, ItemMetadataSpec, load_spec_file
+from .spec import (
+    DUPLICATE_POLICIES,
+    FORMATS,
+    SPEC_SUFFIXES,
+    DataSpec,
+    ItemMetadataSpec,
+    load_spec_file,
+)
 
 # argparse dest -> DataSpec field
 _FIELDS = {
@@ -63,7 +69,7 @@ def _overrides(args) -> dict:
     return {f: getattr(args, dest) for dest, f in _FIELDS.items() if getattr(args, dest, None) is not None}
 
 
-def data_source_from_args(args, dataset: Optional[str] = None) -> Optional[DataSpec]:
+def data_source_from_args(args, dataset: str | None = None) -> DataSpec | None:
     """The DataSpec the options describe: ``--data`` (file or spec file, column options applied
     on top), else the preset ``dataset`` (or ``args.dataset``) under ``args.data_dir``; None when
     neither is given."""

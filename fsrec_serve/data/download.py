@@ -67,7 +67,7 @@ def download_ml100k(data_dir: str | Path, url: str = ML100K_URL, timeout: float 
         except ChecksumError:
             pass
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (fixed https URL)
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             blob = r.read()
     except OSError as e:
         raise DataError(

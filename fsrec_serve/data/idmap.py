@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import DataFormatError, UnknownItemError
 
@@ -70,7 +70,7 @@ class IdMap:
         return {"pad_index": PAD_INDEX, "raw_ids": self.raw_ids}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IdMap":
+    def from_dict(cls, d: dict) -> IdMap:
         if "raw_ids" not in d:
             raise DataFormatError("id map has no 'raw_ids' list; regenerate it with save()")
         return cls(d["raw_ids"])
@@ -79,7 +79,7 @@ class IdMap:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "IdMap":
+    def load(cls, path: str | Path) -> IdMap:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))

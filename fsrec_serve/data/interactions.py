@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 
@@ -33,21 +31,21 @@ class Interactions:
     def __init__(
         self,
         name: str,  # data set name ("ml-100k", "beauty", or the spec's name)
-        users: Optional[np.ndarray] = None,  # [N] raw user ids (or pass user_codes + user_vocab)
-        items: Optional[np.ndarray] = None,  # [N] raw item ids (or pass item_codes + item_vocab)
-        ratings: Optional[np.ndarray] = None,  # [N] float32 ratings (1.0 where the log has none)
-        timestamps: Optional[np.ndarray] = None,  # [N] int64 time, or the position in the file
+        users: np.ndarray | None = None,  # [N] raw user ids (or pass user_codes + user_vocab)
+        items: np.ndarray | None = None,  # [N] raw item ids (or pass item_codes + item_vocab)
+        ratings: np.ndarray | None = None,  # [N] float32 ratings (1.0 where the log has none)
+        timestamps: np.ndarray | None = None,  # [N] int64 time, or the position in the file
         has_timestamps: bool = True,  # False when timestamps are only positions
-        item_features: Optional[dict] = None,  # raw item -> multi-hot float32 vector
-        feature_names: Optional[list] = None,  # names of the feature columns
-        user_features: Optional[dict] = None,  # raw user -> demographics
-        item_names: Optional[dict] = None,  # raw item -> title, where known
+        item_features: dict | None = None,  # raw item -> multi-hot float32 vector
+        feature_names: list | None = None,  # names of the feature columns
+        user_features: dict | None = None,  # raw user -> demographics
+        item_names: dict | None = None,  # raw item -> title, where known
         *,
-        user_codes: Optional[np.ndarray] = None,  # [N] int32 codes into user_vocab
-        user_vocab: Optional[np.ndarray] = None,  # [U] unique raw user ids (object)
-        item_codes: Optional[np.ndarray] = None,  # [N] int32 codes into item_vocab
-        item_vocab: Optional[np.ndarray] = None,  # [I] unique raw item ids (object)
-        stats: Optional[dict] = None,  # counts of the reading and cleaning steps
+        user_codes: np.ndarray | None = None,  # [N] int32 codes into user_vocab
+        user_vocab: np.ndarray | None = None,  # [U] unique raw user ids (object)
+        item_codes: np.ndarray | None = None,  # [N] int32 codes into item_vocab
+        item_vocab: np.ndarray | None = None,  # [I] unique raw item ids (object)
+        stats: dict | None = None,  # counts of the reading and cleaning steps
     ):
         self.name = name
         if user_codes is None:
@@ -66,8 +64,8 @@ class Interactions:
         self.user_features = user_features or {}
         self.item_names = item_names or {}
         self.stats = stats or {}
-        self._users: Optional[np.ndarray] = None
-        self._items: Optional[np.ndarray] = None
+        self._users: np.ndarray | None = None
+        self._items: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.user_codes)

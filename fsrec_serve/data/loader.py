@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +52,7 @@ def _np(arr: pa.Array) -> np.ndarray:
     return np.asarray(arr.to_pylist(), dtype=np.float64)
 
 
-def _looks_int(s: Optional[str]) -> bool:
+def _looks_int(s: str | None) -> bool:
     return s is not None and s.strip().lstrip("-").isdigit()
 
 
@@ -102,7 +101,7 @@ def _times(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
     raise DataFormatError(f"{b.file}: column {col!r} (--time-col) has type {t}; use unix times or dates")
 
 
-def _parse_each(vals: list, fmt: Optional[str]) -> list[bool]:
+def _parse_each(vals: list, fmt: str | None) -> list[bool]:
     from datetime import datetime
 
     out = []
@@ -168,7 +167,7 @@ def _read_table_log(spec: DataSpec, json_engine: str):
     """Stream the log; each batch is converted on a worker thread (the arrow kernels release
     the GIL) while the reader parses the next one. Results are taken in file order, so the
     first bad row of the file is the one reported."""
-    columns: dict[str, Optional[pa.DataType]] = {spec.user_col: pa.string(), spec.item_col: pa.string()}
+    columns: dict[str, pa.DataType | None] = {spec.user_col: pa.string(), spec.item_col: pa.string()}
     if spec.time_col:
         columns[spec.time_col] = None
     if spec.rating_col:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +31,7 @@ def read_item_metadata(spec: ItemMetadataSpec | str | Path) -> ItemMetadata:
     """Read an item file. A bare path uses the default column names (item_id, title, categories)."""
     if not isinstance(spec, ItemMetadataSpec):
         spec = ItemMetadataSpec(path=str(spec))
-    columns: dict[str, Optional[pa.DataType]] = {spec.id_col: pa.string()}
+    columns: dict[str, pa.DataType | None] = {spec.id_col: pa.string()}
     if spec.title_col:
         columns[spec.title_col] = pa.string()
     use_cats = bool(spec.categories_col) and not spec.one_hot_cols

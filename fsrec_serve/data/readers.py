@@ -12,11 +12,28 @@ from ..errors import DataNotFoundError
 from ..settings import get_settings
 from .interactions import Interactions
 from .loader import load_interactions
-from .spec import ML100K_GENRES, PRESETS, DataSpec, as_spec_or_name, beauty_spec, ml100k_spec
+from .spec import (
+    ML100K_GENRES,
+    PRESETS,
+    DataSpec,
+    as_spec_or_name,
+    beauty_spec,
+    ml100k_spec,
+)
 from .tables import iter_batches
 
-__all__ = ["Interactions", "ML100K_GENRES", "DATASETS", "load_dataset", "read_movielens_100k",
-           "read_sequences", "preset_spec", "resolve_data", "ml100k_spec", "beauty_spec"]
+__all__ = [
+    "DATASETS",
+    "ML100K_GENRES",
+    "Interactions",
+    "beauty_spec",
+    "load_dataset",
+    "ml100k_spec",
+    "preset_spec",
+    "read_movielens_100k",
+    "read_sequences",
+    "resolve_data",
+]
 
 
 def _require(path: Path, setting_hint: str) -> Path:

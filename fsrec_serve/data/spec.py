@@ -12,7 +12,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import ConfigError, UnknownDatasetError
 
@@ -27,14 +27,14 @@ class ItemMetadataSpec:
 
     path: str  # file with one row per item (CSV/TSV/Parquet/JSON Lines; .gz read transparently)
     id_col: str = "item_id"  # the item id, as written in the interaction log
-    title_col: Optional[str] = "title"  # display title (None = no titles)
-    categories_col: Optional[str] = "categories"  # a list column, or one string split on category_sep
+    title_col: str | None = "title"  # display title (None = no titles)
+    categories_col: str | None = "categories"  # a list column, or one string split on category_sep
     category_sep: str = "|"  # separator inside a categories string ("Action|Comedy")
     one_hot_cols: list[str] = field(default_factory=list)  # 0/1 columns, one per category (instead)
     format: str = "auto"  # csv, parquet, jsonl or auto (from the file name)
-    sep: Optional[str] = None  # CSV separator (None = from the extension: ',' or tab for .tsv)
+    sep: str | None = None  # CSV separator (None = from the extension: ',' or tab for .tsv)
     header: bool = True  # False: the file has no header row, names come from column_names
-    column_names: Optional[list[str]] = None  # names of a headerless file's columns, in order
+    column_names: list[str] | None = None  # names of a headerless file's columns, in order
     encoding: str = "utf-8"  # text encoding of CSV files (latin-1 for ML-100K)
     quoting: bool = True  # False: '"' is an ordinary character (ML-100K titles)
 
@@ -46,25 +46,25 @@ class DataSpec:
     path: str  # a file, or a folder of Parquet shards (Spark/Dask layout); .gz read transparently
     user_col: str = "user_id"  # column with the user id (read as a string, never as a number)
     item_col: str = "item_id"  # column with the item id (read as a string, never as a number)
-    time_col: Optional[str] = None  # unix time (int/float) or dates; None = file order per user
-    rating_col: Optional[str] = None  # explicit rating; None = implicit (every rating 1.0)
-    sep: Optional[str] = None  # CSV separator; None = ',' (tab for .tsv/.tab)
+    time_col: str | None = None  # unix time (int/float) or dates; None = file order per user
+    rating_col: str | None = None  # explicit rating; None = implicit (every rating 1.0)
+    sep: str | None = None  # CSV separator; None = ',' (tab for .tsv/.tab)
     format: str = "auto"  # csv, parquet, jsonl, sequences ('user item item ...'), auto = by name
     header: bool = True  # False: no header row, column names come from column_names
-    column_names: Optional[list[str]] = None  # names of a headerless file's columns, in order
+    column_names: list[str] | None = None  # names of a headerless file's columns, in order
     encoding: str = "utf-8"  # text encoding (a UTF-8 byte-order mark is skipped)
     quoting: bool = True  # False: '"' is an ordinary character in CSV fields
-    time_format: Optional[str] = None  # strptime format of string times; None = ISO 8601
-    name: Optional[str] = None  # data set name (recommended hyperparameters, reports); None = file stem
+    time_format: str | None = None  # strptime format of string times; None = ISO 8601
+    name: str | None = None  # data set name (recommended hyperparameters, reports); None = file stem
     # -- validation ------------------------------------------------------------------------
-    rating_range: Optional[list[float]] = None  # [low, high]: ratings outside are an error
+    rating_range: list[float] | None = None  # [low, high]: ratings outside are an error
     # -- cleaning, in this order; each step is counted in `fsrec data stats` ----------------
-    implicit_threshold: Optional[float] = None  # keep rating >= this, then set ratings to 1.0
+    implicit_threshold: float | None = None  # keep rating >= this, then set ratings to 1.0
     duplicates: str = "keep"  # repeated (user, item): keep all, keep "first"/"last" in time, "drop" all
     user_core: int = 0  # k-core: users need at least this many interactions (0 = off)
     item_core: int = 0  # k-core: items need at least this many interactions (0 = off)
     min_user_interactions: int = 2  # shorter users are dropped and counted (a sequence needs 2)
-    item_metadata: Optional[ItemMetadataSpec] = None  # titles and categories of the items
+    item_metadata: ItemMetadataSpec | None = None  # titles and categories of the items
 
     def __post_init__(self) -> None:
         if isinstance(self.item_metadata, dict):

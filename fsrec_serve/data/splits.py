@@ -108,7 +108,7 @@ class Splits:
             "items": len(self.item_map),
             "warm_users": len(self.warm),
             "cold_users": len(self.cold_users),
-            "cold_items": int(len(self.cold_items)),
+            "cold_items": len(self.cold_items),
             "pretraining_interactions": int(sum(len(s) for s in self.warm)),
             "seed": self.config.seed,
         }

@@ -12,9 +12,9 @@ from __future__ import annotations
 import difflib
 import io
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pv
@@ -48,7 +48,7 @@ class MixedJsonTypes(Exception):
     """Internal: pyarrow's JSON reader refused a field that mixes numbers and strings."""
 
 
-def detect_format(path: Path, fmt: str, sep: Optional[str]) -> str:
+def detect_format(path: Path, fmt: str, sep: str | None) -> str:
     if fmt != "auto":
         return fmt
     if path.is_dir():
@@ -66,7 +66,7 @@ def detect_format(path: Path, fmt: str, sep: Optional[str]) -> str:
     )
 
 
-def default_sep(path: Path, sep: Optional[str]) -> str:
+def default_sep(path: Path, sep: str | None) -> str:
     if sep:
         return {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(sep, sep)
     return "\t" if path.name.lower().removesuffix(".gz").endswith((".tsv", ".tab")) else ","
@@ -111,7 +111,7 @@ def _text_lines(path: Path, encoding: str) -> Iterator[str]:
         yield from io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline=None)
 
 
-def _find_line(path: Path, encoding: str, text: str) -> Optional[int]:
+def _find_line(path: Path, encoding: str, text: str) -> int | None:
     """1-based number of the first line whose content is ``text`` (error path only)."""
     want = text.rstrip("\r\n")
     for n, line in enumerate(_text_lines(path, encoding), 1):
@@ -150,7 +150,7 @@ def _csv_header(src, path: Path) -> list[str]:
 
 def _iter_csv(src, path: Path, columns: dict[str, pa.DataType | None]) -> Iterator[Batch]:
     header = _csv_header(src, path)
-    for c, option in columns.items():
+    for c in columns:
         if c not in header:
             if not header and src.header:
                 raise DataFormatError(f"{path}: the file is empty (it decompresses to nothing, or holds "

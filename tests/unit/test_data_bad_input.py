@@ -44,7 +44,7 @@ def test_unparsable_and_mixed_timestamps_name_the_line(tmp_path):
 
 
 def test_mixed_timestamps_across_streamed_blocks(tmp_path, monkeypatch):
-    import fsrec_serve.data.tables as tables
+    from fsrec_serve.data import tables
 
     monkeypatch.setattr(tables, "BLOCK_BYTES", 64)  # first block all ints, a date later
     p = tmp_path / "late.csv"

@@ -15,8 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from fsrec_serve.data import (
-    DataSpec, SplitConfig, add_data_arguments, data_source_from_args, load_dataset, load_interactions,
-    load_spec_file, make_splits, preset_spec, read_item_metadata,
+    DataSpec,
+    SplitConfig,
+    add_data_arguments,
+    data_source_from_args,
+    load_dataset,
+    load_interactions,
+    load_spec_file,
+    make_splits,
+    preset_spec,
+    read_item_metadata,
 )
 
 # user, item, rating, time: u1 has 3 events, u2 has 2, u3 has 1 (dropped: too short), item "007"
@@ -110,7 +118,7 @@ def test_cleaning_steps_are_counted(tmp_path):
     # u1: i1 twice (t=1 r=5, t=3 r=2), i2 (r=4); u2: i1 (r=5), i3 (r=1); u3: i2 (r=5), i1 (r=4)
     p.write_text("user_id,item_id,rating,time\nu1,i1,5,1\nu1,i2,4,2\nu1,i1,2,3\nu2,i1,5,1\nu2,i3,1,2\n"
                  "u3,i2,5,1\nu3,i1,4,2\n")
-    base = dict(path=str(p), time_col="time", rating_col="rating", min_user_interactions=1)
+    base = {"path": str(p), "time_col": "time", "rating_col": "rating", "min_user_interactions": 1}
     first = load_interactions(DataSpec(**base, duplicates="first"))
     assert [(i, r) for i, r, _ in first.sequences()["u1"]] == [("i1", 5.0), ("i2", 4.0)]
     assert first.stats["duplicate_rows_removed"] == 1
