@@ -45,12 +45,14 @@ def pretrained(splits, args, log):
     from fsrec_serve.model import FsRecModel
     from fsrec_serve.training import default_model_config, default_train_config, pretrain
 
-    out = Path(args.cache) / (f"ml-100k-causal-s{args.seed}" + ("-quick" if args.quick else ""))
+    tag = "quick" if args.quick else f"L{args.max_seq_len}"
+    out = Path(args.cache) / f"ml-100k-causal-s{args.seed}-{tag}"
     if (out / "fsrec_run.json").exists():
         log(f"using cached pretrained model {out}")
         return FsRecModel.from_pretrained(str(out)).eval()
-    mo, to = {}, dict(seed=args.seed, device="cpu", num_threads=args.num_threads, progress=False,
-                      output_dir=str(out))
+    mo = dict(max_seq_len=args.max_seq_len)
+    to = dict(seed=args.seed, device="cpu", num_threads=args.num_threads, progress=False,
+              output_dir=str(out), patience=args.patience)
     if args.quick:
         mo.update(max_seq_len=20, hidden_size=32, num_hidden_layers=1)
         to.update(epochs=1, patience=0)
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-threads", type=int, default=int(os.environ.get("FSREC_BENCH_THREADS", 1)))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache", default="runs/items-cache")
+    p.add_argument("--max-seq-len", type=int, default=50, help="history window of the model")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--pretrain-only", action="store_true")
     p.add_argument("--out", default=None)

@@ -1,5 +1,5 @@
 """RecBole-MetaRec cold-start protocol on ML-100K, 10 random splits (see
-fsrec_serve/evaluation/metarec.py for the protocol and the metric definitions).
+fsrec_serve/experiments/metarec.py for the protocol and the metric definitions).
 
 Per split: users with 13..100 ratings split 8:1:1 (train / validation / test users); our model is
 pretrained on the TRAINING users' sequences only (rating head on, rating loss weight 1.0; early
@@ -15,6 +15,12 @@ ranked by
 * ``fsrec-blend``: per-user standardised rating head + shrunk item mean + next-item logit, with
   blend weights and the item-mean shrinkage chosen on the VALIDATION users of the split;
 * ``fsrec-knn-blend``: fsrec-blend + item-knn (what the model adds on top of the CF baseline);
+* ``feature-head``: a linear rating head on support features (shrunk item mean, item-kNN and
+  MF deviations from the support, genre affinity, log count), fitted on simulated tasks of the
+  training users (random 10-item query, the rest = support);
+* ``feature-head-per-user``: that head adapted per user on their own support (closed-form ridge
+  towards the global head on leave-one-out support features; strength chosen on the VALIDATION
+  users of the split). ``--no-neural`` runs only these and the baselines (no pretraining);
 * ``fsrec-adapted-blend`` (unless --no-adapt): as fsrec-blend, with the rating head first adapted
   (head_only: output bias + rating head) on the test users' SUPPORT ratings (cohort adaptation).
 
@@ -76,24 +82,43 @@ def pretrained(sp, seed: int, args, log):
 def run_split(data, seed: int, args, log) -> dict:
     import torch
 
-    from fsrec_serve.evaluation.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
-                                                ModelNextItemScorer, ModelRatingScorer,
-                                                evaluate_metarec, make_metarec_split, tune_blend)
+    from fsrec_serve.experiments.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
+                                                 ModelNextItemScorer, ModelRatingScorer, PerUserHeadScorer,
+                                                 SupportFeatures, evaluate_metarec, fit_global_head,
+                                                 make_metarec_split, select_per_user_lambda,
+                                                 simulated_tasks, tune_blend)
 
     torch.set_num_threads(args.num_threads)
     sp = make_metarec_split(data, MetaRecConfig(seed=seed))
-    model = pretrained(sp, seed, args, log)
     train = sp.train_sequences()
     item_mean = ItemMeanScorer(train, sp.num_items)
-    rh = ModelRatingScorer(model)
-    ni = ModelNextItemScorer(model)
     out = {"seed": seed, "n_train": len(sp.train_users), "n_valid": len(sp.valid_users),
            "n_test": len(sp.test_users), "methods": {}}
     out["methods"]["item-mean"] = evaluate_metarec(item_mean, sp.test_tasks)
-    out["methods"]["fsrec-rating-head"] = evaluate_metarec(rh, sp.test_tasks)
-
     knn = ItemKNNScorer(train, sp.num_items)
     out["methods"]["item-knn"] = evaluate_metarec(knn, sp.test_tasks)
+
+    # rating head on support features: global (fitted on simulated training tasks) and adapted
+    # per user on their support, the adaptation strength chosen on the validation users
+    c0 = time.process_time()
+    feats = SupportFeatures(train, sp.num_items, sp.splits.item_features, seed=seed)
+    w = fit_global_head(feats, simulated_tasks(train, seed=seed))
+    fit_cpu = time.process_time() - c0
+    lam, lam_scores = select_per_user_lambda(feats, w, sp.valid_tasks)
+    out["methods"]["feature-head"] = evaluate_metarec(PerUserHeadScorer(feats, w, float("inf")), sp.test_tasks)
+    c1 = time.process_time()
+    res = evaluate_metarec(PerUserHeadScorer(feats, w, lam), sp.test_tasks)
+    res.update(lam=lam, valid_ndcg5=lam_scores[lam], valid_by_lam={str(k): v for k, v in lam_scores.items()},
+               global_weights=dict(zip(feats.names, w.tolist())), fit_cpu_seconds=fit_cpu,
+               adapt_cpu_seconds=time.process_time() - c1)
+    out["methods"]["feature-head-per-user"] = res
+    if args.no_neural:
+        log("  " + ", ".join(f"{m} {v['ndcg@5']:.4f}" for m, v in out["methods"].items()))
+        return out
+    model = pretrained(sp, seed, args, log)
+    rh = ModelRatingScorer(model)
+    ni = ModelNextItemScorer(model)
+    out["methods"]["fsrec-rating-head"] = evaluate_metarec(rh, sp.test_tasks)
 
     def blend_for(comps: dict, tag: str, rating_scorer=None) -> dict:
         """Tune the weights (item mean fixed at 1) and the item-mean shrinkage on the VALIDATION
@@ -148,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-epochs", type=int, default=60, help="pretraining epochs per split")
     p.add_argument("--pretrain-seconds", type=float, default=0.0, help="wall-clock budget per split; 0 = none")
     p.add_argument("--no-adapt", action="store_true", help="skip the adapted rating head")
+    p.add_argument("--no-neural", action="store_true",
+                   help="skip the transformer (no pretraining): baselines + the per-user feature head")
     p.add_argument("--cache", default="runs/bench-cache")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--out", default=None)
@@ -165,7 +192,7 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
 
     recs = []
-    tag = "quick" if args.quick else f"e{args.pretrain_epochs}"
+    tag = "quick" if args.quick else ("noneural" if args.no_neural else f"e{args.pretrain_epochs}")
     for seed in seeds:
         path = Path(args.cache) / f"metarec-s{seed}-{tag}.json"
         if path.exists() and not args.fresh:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fsrec_serve.data import UserSequence
-from fsrec_serve.evaluation.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
-                                            MetaRecTask,
-                                            ModelRatingScorer, evaluate_metarec, make_metarec_split,
-                                            metarec_metrics, split_counts, tune_blend)
+from fsrec_serve.experiments.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
+                                             MetaRecTask,
+                                             ModelRatingScorer, evaluate_metarec, make_metarec_split,
+                                             metarec_metrics, split_counts, tune_blend)
 
 D = [1 / math.log2(i + 2) for i in range(5)]  # discounts of ranks 1..5
 IDCG = sum(D)
@@ -147,3 +147,55 @@ def test_item_knn_follows_the_support_ratings_of_similar_items():
     pred = knn([t])[0]
     assert pred[0] > pred[1] and pred[0] > pred[2]
     assert pred[0] == pytest.approx(3.0 + 2.0, abs=1e-4)  # mean 3 + deviation of item 1 (+2)
+
+
+# -- per-user rating head -------------------------------------------------------------------------
+def test_pair_differences_by_hand():
+    from fsrec_serve.experiments.metarec import pair_differences
+
+    F = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    D = pair_differences([F], [[5.0, 3.0, 3.0]])  # pairs (0 > 1), (0 > 2); the 3-3 tie is no pair
+    assert sorted(map(tuple, D.tolist())) == [(-1.0, -2.0), (1.0, -1.0)]
+
+
+def test_fit_pairwise_learns_the_ranking_direction_and_lam_pulls_to_the_prior():
+    from fsrec_serve.experiments.metarec import fit_pairwise
+
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(40, 2))
+    r = F[:, 0] * 3.0  # only feature 0 orders the items
+    i, j = np.nonzero(r[:, None] > r[None, :])
+    w = fit_pairwise(F[i] - F[j], np.zeros(2), lam=0.0, reg=1e-2, iters=30)
+    assert w[0] > 1.0 and abs(w[1]) < 0.3 * w[0]
+    prior = np.array([0.0, 5.0])
+    w_strong = fit_pairwise(F[i] - F[j], prior, lam=1e6)
+    assert np.allclose(w_strong, prior, atol=1e-3)
+
+
+def _tiny_rating_train(n_users=30, n_items=12, seed=0):
+    rng = np.random.default_rng(seed)
+    quality = np.linspace(1.0, 5.0, n_items)  # item i+1 is better than item i
+    out = []
+    for u in range(n_users):
+        items = rng.choice(np.arange(1, n_items + 1), size=8, replace=False).tolist()
+        out.append(UserSequence(str(u), items, [float(np.clip(round(quality[i - 1] + rng.normal(0, 0.5)), 1, 5))
+                                                for i in items]))
+    return out
+
+
+def test_support_features_are_leave_one_out_and_the_head_ranks_good_items_first():
+    from fsrec_serve.experiments.metarec import (PerUserHeadScorer, SupportFeatures, fit_global_head,
+                                                 simulated_tasks)
+
+    train = _tiny_rating_train()
+    feats = SupportFeatures(train, 12, None)
+    task = MetaRecTask("x", [1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0], [5, 6, 7, 8, 9, 10, 11, 12, 1, 2],
+                       [5.0] * 10)
+    changed = MetaRecTask("x", [1, 2, 3, 4], [1.0, 2.0, 3.0, 1.0], task.query_items, task.query_ratings)
+    # item 4's own rating never feeds its own support features (kNN, MF, genre columns)
+    assert np.allclose(feats.support_features(task)[3, 1:4], feats.support_features(changed)[3, 1:4])
+    w = fit_global_head(feats, simulated_tasks(train, query_size=4))
+    q = MetaRecTask("y", [2, 3, 4, 5], [2.0, 2.0, 3.0, 3.0], list(range(3, 13)), [5.0] * 10)
+    glob = PerUserHeadScorer(feats, w, float("inf"))([q])[0]
+    assert np.corrcoef(glob, np.arange(3, 13))[0, 1] > 0.8  # better items score higher
+    assert np.allclose(PerUserHeadScorer(feats, w, 1e9)([q])[0], glob, atol=1e-4)
