@@ -67,7 +67,8 @@ def run(cfg: ServingConfig, command: str, out: Path) -> Path:
     cfg.notes.append("models: random init with each data set's recommended configuration (speed does not "
                      "depend on weights); Triton: the generated cpu repository (2 instances x 1 ORT thread); "
                      f"load: Python gRPC/HTTP client threads in a separate process; {cfg.seconds:g} s measured "
-                     f"after {cfg.warmup:g} s warm-up per point; full run {time.perf_counter() - t0:.0f} s")
+                     f"after {cfg.warmup:g} s warm-up per point, {cfg.rounds} interleaved rounds (median; std "
+                     f"over rounds); full run {time.perf_counter() - t0:.0f} s")
     path = write_results("serving", command, rows, extra={"notes": cfg.notes}, path=out)
     out.with_suffix(".md").write_text(markdown_table(rows) + "\n" + "\n".join(f"- {x}" for x in lines) + "\n")
     return path
@@ -105,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=list(ServingConfig.concurrency))
     ap.add_argument("--seconds", type=float, default=ServingConfig.seconds)
     ap.add_argument("--warmup", type=float, default=ServingConfig.warmup)
+    ap.add_argument("--rounds", type=int, default=ServingConfig.rounds, help="repeats per point (median)")
     ap.add_argument("--methods", nargs="+", default=list(ServingConfig.methods))
     ap.add_argument("--max-users", type=int, default=ServingConfig.max_users)
     ap.add_argument("--workdir", default=ServingConfig.workdir)
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/serving[_tune].json)")
     args = ap.parse_args(argv)
     cfg = ServingConfig(datasets=tuple(args.datasets), concurrency=tuple(args.concurrency), seconds=args.seconds,
-                        warmup=args.warmup, methods=tuple(args.methods), max_users=args.max_users,
+                        warmup=args.warmup, rounds=args.rounds, methods=tuple(args.methods), max_users=args.max_users,
                         workdir=args.workdir)
     command = "python -m bench.serving " + shlex.join([sub] + (argv or []))
     default_out = RESULTS_DIR / ("serving_tune.json" if sub == "tune" else "serving.json")

@@ -43,6 +43,7 @@ class ServingConfig:
     datasets: tuple = ("ml-100k", "beauty")  # traffic + model configuration of each
     concurrency: tuple = (1, 16)  # closed-loop concurrency of the server points
     seconds: float = 6.0  # measured seconds per point
+    rounds: int = 3  # each server point repeated, methods interleaved; the median is reported
     warmup: float = 2.0  # unmeasured seconds before each point
     methods: tuple = ("triton-cpu-varlen", "triton-cpu", "fastapi-torch", "ort-inprocess")
     max_users: int = 2000  # traffic histories per data set (sampled when there are more)
@@ -110,6 +111,20 @@ def load_point(target: str, url: str, hist_file: Path, conc: int, cfg: ServingCo
     return json.loads(out.read_text())
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """Repeated runs of one point -> the median of each metric, with ``<metric>_std`` and ``n``
+    (a shared machine: the median of interleaved rounds, not one lucky or unlucky run)."""
+    out = dict(runs[-1])
+    for m in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch"):
+        vals = [r[m] for r in runs if r.get(m) is not None]
+        if vals:
+            out[m] = float(np.median(vals))
+            out[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    out["n"] = len(runs)
+    out["errors"] = sum(r.get("errors", 0) for r in runs)
+    return out
+
+
 def _counts(url_http: str) -> tuple[int, int]:
     with urllib.request.urlopen(f"{url_http}/v2/models/fsrec/stats", timeout=10) as r:
         s = json.loads(r.read())["model_stats"]
@@ -133,18 +148,20 @@ def measure_triton(tr: Traffic, export: Path, work: Path, cfg: ServingConfig, hi
     build_model_repository(repo, export, spec, target="cpu")
     L = int(tr.model_config["max_seq_len"])
     pads = pads or {"triton-cpu-varlen": 0, "triton-cpu": L}
-    points = {}
+    runs: dict = {}
     with serve(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=180,
                log_file=work / f"tritonserver-{tag}.log") as server:
         for conc in concurrency or cfg.concurrency:
-            for method, pad in pads.items():
-                before = _counts(server.url_http)
-                p = load_point("triton", server.url_grpc.removeprefix("grpc://"), hist_file, conc, cfg,
-                               work / f"{method}-{tag}-c{conc}.json", pad_to=pad)
-                inf, ex = (a - b for a, b in zip(_counts(server.url_http), before))
-                p["mean_batch"] = inf / ex if ex else None
-                points[(method, conc)] = p
-    return points
+            for r in range(cfg.rounds):
+                order = list(pads.items())[:: 1 if r % 2 == 0 else -1]
+                for method, pad in order:  # interleaved, order alternating: a busy spell hits every method alike
+                    before = _counts(server.url_http)
+                    p = load_point("triton", server.url_grpc, hist_file, conc, cfg,
+                                   work / f"{method}-{tag}-c{conc}-r{r}.json", pad_to=pad)
+                    inf, ex = (a - b for a, b in zip(_counts(server.url_http), before))
+                    p["mean_batch"] = inf / ex if ex else None
+                    runs.setdefault((method, conc), []).append(p)
+    return {k: merge_rounds(v) for k, v in runs.items()}
 
 
 def measure_fastapi(ckpt: Path, work: Path, cfg: ServingConfig, hist_file: Path) -> dict:
@@ -163,8 +180,9 @@ def measure_fastapi(ckpt: Path, work: Path, cfg: ServingConfig, hist_file: Path)
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"the FastAPI server did not start: see {work / 'fastapi.log'}") from None
                 time.sleep(0.5)
-        return {("fastapi-torch", c): load_point("fastapi", url, hist_file, c, cfg, work / f"fastapi-c{c}.json")
-                for c in cfg.concurrency}
+        return {("fastapi-torch", c): merge_rounds([
+            load_point("fastapi", url, hist_file, c, cfg, work / f"fastapi-c{c}-r{r}.json") for r in range(cfg.rounds)])
+            for c in cfg.concurrency}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -196,10 +214,13 @@ def measure_ort(tr: Traffic, export: Path, cfg: ServingConfig, batch: int, threa
 
         return send
 
-    p = closed_loop(make, calls, threads, cfg.seconds, cfg.warmup, seed=cfg.seed)
-    p["throughput_rps"] *= len(calls[0])  # users per second
-    p["batch"] = len(calls[0])
-    return p
+    runs = []
+    for r in range(cfg.rounds):
+        p = closed_loop(make, calls, threads, cfg.seconds, cfg.warmup, seed=cfg.seed + r)
+        p["throughput_rps"] *= len(calls[0])  # users per second
+        p["batch"] = len(calls[0])
+        runs.append(p)
+    return merge_rounds(runs)
 
 
 def run_dataset(dataset: str, cfg: ServingConfig) -> tuple[dict, Traffic]:

@@ -29,9 +29,10 @@ def result_rows(points: dict, dataset: str) -> list[dict]:
             extra["mean_batch"] = round(float(p["mean_batch"]), 2)
         if p.get("errors"):
             extra["errors"] = p["errors"]
-        for m in METRICS:
+        for m in METRICS:  # "mean" holds the median of the rounds (robust on a shared machine)
             rows.append({"dataset": dataset, "protocol": "serving", "method": method, "metric": m,
-                         "mean": round(float(p[m]), 3), "std": 0.0, "n": 1, **extra})
+                         "mean": round(float(p[m]), 3), "std": round(float(p.get(f"{m}_std", 0.0)), 3),
+                         "n": int(p.get("n", 1)), **extra})
     return rows
 
 

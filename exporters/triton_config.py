@@ -174,7 +174,7 @@ def _warmup(cfg: mc.ModelConfig, spec: RepositorySpec, target: str) -> None:
     sizes = list(spec.warmup_batch_sizes)
     if target == "gpu" and spec.max_batch_size not in sizes:
         sizes.append(spec.max_batch_size)  # build the TensorRT engine for the largest batch too
-    lengths = spec.buckets() if target != "cpu" else [spec.max_seq_len]
+    lengths = spec.buckets()  # every bucket's shape is ready before the first request
     for b in sizes:
         for n in lengths:
             w = cfg.model_warmup.add(name=f"zero_history_batch{b}_len{n}", batch_size=min(b, spec.max_batch_size))

@@ -79,7 +79,7 @@ def test_generated_config_parses_as_model_config(tmp_path, target):
         assert "EXECUTION_ENV_PATH" not in cfg.parameters  # machine-specific: never generated
         assert params["intra_op_num_threads"] == str(spec.intra_op_threads) and params["runtime"] == "onnxruntime"
         assert not cfg.optimization.execution_accelerators.gpu_execution_accelerator
-        assert [list(w.inputs["item_ids"].dims) for w in cfg.model_warmup] == [[SEQ]]
+        assert [list(w.inputs["item_ids"].dims) for w in cfg.model_warmup] == [[4], [8], [SEQ]]
     elif target == "gpu-python":
         assert cfg.backend == "python" and kind == mc.ModelInstanceGroup.KIND_GPU
         assert params["runtime"] == "torch" and params["device"] == "cuda"
