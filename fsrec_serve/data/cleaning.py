@@ -64,9 +64,9 @@ def k_core(data: Interactions, user_core: int, item_core: int) -> tuple[int, int
 
 def clean(data: Interactions, spec: DataSpec) -> Interactions:
     """Run the cleaning steps of ``spec`` on ``data`` (in place) and record the counts.
-    ``data`` comes straight from a reader: its vocabularies hold exactly the ids rows use."""
+    (Vocabularies may hold unused ids: Parquet dictionaries can be wider than the rows read.)"""
     st = data.stats
-    st["users_read"], st["items_read"] = len(data.user_vocab), len(data.item_vocab)
+    st["users_read"], st["items_read"] = data.n_users, data.n_items
     if spec.implicit_threshold is not None:
         keep = data.ratings >= spec.implicit_threshold
         st["implicit_threshold"] = spec.implicit_threshold

@@ -20,29 +20,33 @@ from ..errors import DataFormatError, EmptyUserError
 from .cleaning import clean
 from .interactions import Interactions
 from .spec import DataSpec
+from . import tables
 from .tables import Batch, MixedJsonTypes, check_file, detect_format, iter_batches
 
 
 def _ids(arr: pa.ChunkedArray, col: str, b: Batch) -> pa.Array:
     """A batch's id column as a dictionary array over strings (ints become their decimal text)."""
     t = arr.type
-    if pa.types.is_dictionary(t):
-        arr = arr.cast(t.value_type)
-        t = t.value_type
-    if pa.types.is_integer(t):
-        arr = arr.cast(pa.string())
-    elif pa.types.is_floating(t):
-        raise DataFormatError(
-            f"{b.file}: id column {col!r} is stored as floating point ({t}); ids are never read as "
-            "floats (1.0 vs 1, lost leading zeros). Fix: write the ids as integers or strings"
-        )
-    elif not (pa.types.is_string(t) or pa.types.is_large_string(t)):
-        raise DataFormatError(f"{b.file}: id column {col!r} has type {t}; write ids as strings or integers")
+    arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
     if arr.null_count:
         i = int(pc.index(pc.is_null(arr), True).as_py())
         raise DataFormatError(f"{b.where(i)}: column {col!r} is empty; every row needs a user and an "
                               "item id. Fix or drop the row")
-    return pc.dictionary_encode(arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks())
+    if pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
+                                      or pa.types.is_integer(t.value_type)):
+        # already encoded (Parquet dictionary pages): only the distinct values are converted
+        return pa.DictionaryArray.from_arrays(arr.indices.cast(pa.int32()), arr.dictionary.cast(pa.string()))
+    if pa.types.is_integer(t):  # hash the ints, then write only the distinct ones as text
+        enc = pc.dictionary_encode(arr)
+        return pa.DictionaryArray.from_arrays(enc.indices, enc.dictionary.cast(pa.string()))
+    if pa.types.is_floating(t):
+        raise DataFormatError(
+            f"{b.file}: id column {col!r} is stored as floating point ({t}); ids are never read as "
+            "floats (1.0 vs 1, lost leading zeros). Fix: write the ids as integers or strings"
+        )
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise DataFormatError(f"{b.file}: id column {col!r} has type {t}; write ids as strings or integers")
+    return pc.dictionary_encode(arr)
 
 
 def _np(arr: pa.Array) -> np.ndarray:
@@ -186,6 +190,10 @@ def _read_table_log(spec: DataSpec, json_engine: str):
             ratings.append(r)
         n += rows
 
+    if not tables.USE_THREADS:
+        for b in iter_batches(spec, columns, json_engine=json_engine):
+            collect(_convert(b, spec))
+        return users, items, times, ratings, n
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending: deque = deque()
         try:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, DataFormatError, DataNotFoundError
 
 BLOCK_BYTES = 16 << 20  # bytes of text parsed per streamed block (CSV, JSON Lines)
+USE_THREADS = True  # parse with pyarrow's thread pool and convert batches on worker threads
 PARQUET_BATCH_ROWS = 1 << 20  # rows per batch read from a Parquet shard
 SEP_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}
 
@@ -126,7 +127,8 @@ def _csv_options(src, path: Path, columns: dict[str, pa.DataType | None], handle
     names = list(src.column_names) if not src.header else None
     if not src.header and not names:
         raise ConfigError(f"{path}: header=false needs column_names (the names of the columns, in order)")
-    ro = pv.ReadOptions(encoding=src.encoding, block_size=BLOCK_BYTES, column_names=names)
+    ro = pv.ReadOptions(encoding=src.encoding, block_size=BLOCK_BYTES, column_names=names,
+                        use_threads=USE_THREADS)
     po = pv.ParseOptions(delimiter=sep, quote_char='"' if src.quoting else False,
                          invalid_row_handler=handler)
     types = {c: (pa.string() if all_strings else t) for c, t in columns.items() if t is not None or all_strings}
@@ -242,9 +244,11 @@ def _iter_parquet(src, path: Path, columns: dict[str, pa.DataType | None]) -> It
                     "type in Spark/Dask before writing), or remove the odd shard"
                 )
             seen.setdefault(c, (t, f))
-    for f in files:
+    ids = [c for c, t in columns.items() if t is not None and pa.types.is_string(t)]
+    for f in files:  # shard by shard; string ids come as Parquet's own dictionaries (no per-row text)
         first = 0
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(columns)):
+        pf = pq.ParquetFile(f, read_dictionary=[c for c in ids if pa.types.is_string(seen[c][0])])
+        for rb in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(columns)):
             if rb.num_rows:
                 yield Batch(pa.Table.from_batches([rb]), f, first, 0, False)
                 first += rb.num_rows

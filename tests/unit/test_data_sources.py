@@ -187,3 +187,13 @@ def test_item_metadata_file_alone(tmp_path):
     meta = read_item_metadata(p)
     assert meta.titles == {"7": "Seven", "8": "Eight"} and meta.feature_names == ["a", "b"]
     assert meta.features["7"].tolist() == [1.0, 1.0] and meta.features["8"].tolist() == [0.0, 0.0]
+
+
+def test_parquet_dictionary_ids_and_integer_ids(tmp_path):
+    # ids stored as Parquet dictionaries (what Spark writes), with a dictionary wider than the rows
+    users = pa.DictionaryArray.from_arrays(pa.array([0, 0, 1, 1], pa.int32()), pa.array(["a", "b", "unused"]))
+    items = pa.array([10, 7, 10, 3], pa.int64())  # integer ids become their decimal text
+    pq.write_table(pa.table({"user_id": users, "item_id": items}), tmp_path / "d.parquet")
+    data = load_interactions(DataSpec(path=str(tmp_path / "d.parquet")))
+    assert {u: [i for i, _, _ in ev] for u, ev in data.sequences().items()} == {"a": ["10", "7"], "b": ["10", "3"]}
+    assert (data.stats["users_read"], data.stats["items_read"], data.stats["users"]) == (2, 3, 2)
