@@ -236,3 +236,26 @@ def seen_mask(tl: Timeline, t: int):
             if e.time < t:
                 mask[e.item] = True
     return mask
+
+
+def ranks_with_user_params(model, examples: Sequence[Example], user_params=None, batch_size: int = 256):
+    """[E] 0-based full-ranking ranks of the targets (own history and padding excluded, ties
+    pessimistic, as ``evaluate_next_item``) with optional per-user offsets [E, H]."""
+    import torch
+
+    from ..evaluation.metrics import rank_of_targets
+    from ..model.modeling_fsrec import pad_histories
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            x = pad_histories([e.history for e in chunk], model.config.max_seq_len)
+            up = None if user_params is None else user_params[i:i + batch_size]
+            s = model.next_item_scores(x, user_params=up)  # [B, N]
+            ex = torch.zeros_like(s, dtype=torch.bool)
+            for r, e in enumerate(chunk):
+                ex[r, torch.as_tensor(e.history, dtype=torch.long)] = True
+            ex[:, 0] = True
+            out.append(rank_of_targets(s, torch.as_tensor([e.target for e in chunk]), ex))
+    return torch.cat(out).numpy()
