@@ -46,22 +46,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from ..contract import (
     CONFIG_FILE,
     INPUT_ITEM_IDS,
-    ITEM_IDS_DTYPE,
     ONNX_FILE,
     OUTPUT_TOP_ITEMS,
 )
 from ..errors import ConfigError, FsRecError, RolloutError
+from .answers import check_answers, compare_answers, smoke_histories
 from .control import ModelControl, write_config_pbtxt
 
 log = logging.getLogger(__name__)
 
 CANDIDATE_SUFFIX = "__candidate"  # the candidate is loaded as <model>__candidate
-FILLER_ITEM = -1  # top_items value of an empty slot (exporters.export.FILLER_ITEM)
 LOCK_FILE = ".rollout.lock"
 
 
@@ -101,58 +98,6 @@ class RolloutReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# -- checks -----------------------------------------------------------------------------------
-def check_answers(histories: np.ndarray, items: np.ndarray, scores: np.ndarray, num_items: int) -> list[str]:
-    """Problems with served answers (empty list = well-formed): shapes, ids in 1..num_items
-    (or the filler -1), the user's own history never recommended, scores finite and sorted."""
-    problems: list[str] = []
-    if items.shape != scores.shape or items.ndim != 2 or items.shape[0] != histories.shape[0]:
-        return [f"answer shapes {items.shape} / {scores.shape} for {histories.shape[0]} histories"]
-    real = items != FILLER_ITEM
-    if np.any(real & ((items < 1) | (items > num_items))):
-        bad = items[real & ((items < 1) | (items > num_items))][:5].tolist()
-        problems.append(f"item ids outside 1..{num_items}: {bad}")
-    if not np.all(np.isfinite(scores[real])):
-        problems.append("non-finite scores")
-    if np.any(np.diff(scores, axis=1) > 1e-6):
-        problems.append("scores are not sorted best first")
-    for row, (h, it) in enumerate(zip(histories, items)):
-        own = set(int(x) for x in h if x > 0) & set(int(x) for x in it if x != FILLER_ITEM)
-        if own:
-            problems.append(f"history {row}: recommends the user's own items {sorted(own)[:5]}")
-            break
-    return problems
-
-
-def compare_answers(items: np.ndarray, scores: np.ndarray, ref_items: np.ndarray, ref_scores: np.ndarray,
-                    tol: float, k: int = 10) -> tuple[bool, dict]:
-    """Served vs ONNX Runtime answers: scores equal within ``tol`` rank by rank and top-``k``
-    overlap >= 0.9 (ties may swap items of equal score)."""
-    k = min(k, items.shape[1])
-    diff = float(np.max(np.abs(scores.astype(np.float64) - ref_scores.astype(np.float64)))) if scores.size else 0.0
-    overlap = float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(items, ref_items)]))
-    ok = diff <= tol and overlap >= 0.9
-    return ok, {"max_score_diff": diff, f"top{k}_overlap": overlap, "tolerance": tol}
-
-
-def smoke_histories(num_items: int, max_seq_len: int, n: int, seed: int = 0,
-                    examples: Sequence | None = None) -> np.ndarray:
-    """int64 [n, max_seq_len] left-padded histories: validation examples' histories when given,
-    else random ones (lengths 1..max_seq_len, ids 1..num_items)."""
-    rows: list[list[int]] = []
-    if examples:
-        rows = [list(getattr(e, "history", e))[-max_seq_len:] for e in list(examples)[:n]]
-        rows = [r for r in rows if r]
-    rng = np.random.default_rng(seed)
-    while len(rows) < n:
-        length = int(rng.integers(1, max_seq_len + 1))
-        rows.append(rng.integers(1, num_items + 1, size=length).tolist())
-    out = np.zeros((len(rows), max_seq_len), dtype=ITEM_IDS_DTYPE)
-    for i, r in enumerate(rows):
-        out[i, max_seq_len - len(r):] = r
-    return out
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -274,6 +219,8 @@ def rollout(
                         )
                     base_config = control.config(model)
                     seq = _io_dims(base_config, "input", INPUT_ITEM_IDS)
+                    if seq == [-1]:  # real-length item_ids: the longest history is the max_seq_len parameter
+                        seq = [int((base_config.get("parameters", {}).get("max_seq_len") or {}).get("string_value", -1))]
                     top = _io_dims(base_config, "output", OUTPUT_TOP_ITEMS)
                     if seq != [meta.max_seq_len] or top != [meta.max_top_k]:
                         raise RolloutError(

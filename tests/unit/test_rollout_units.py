@@ -9,6 +9,11 @@ import pytest
 
 from fsrec_serve.contract import INPUT_ITEM_IDS
 from fsrec_serve.errors import ConfigError, RepositoryError
+from fsrec_serve.operations.answers import (
+    check_answers,
+    compare_answers,
+    smoke_histories,
+)
 from fsrec_serve.operations.control import (
     _glog_message,
     merge_config,
@@ -17,7 +22,6 @@ from fsrec_serve.operations.control import (
     with_version_policy,
     write_config_pbtxt,
 )
-from fsrec_serve.operations.rollout import check_answers, compare_answers, smoke_histories
 
 LIVE = {"name": "fsrec", "backend": "python", "max_batch_size": 64,
         "input": [{"name": "item_ids", "data_type": "TYPE_INT64", "dims": ["20"]}],
