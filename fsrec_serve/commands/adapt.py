@@ -143,21 +143,11 @@ def _merge(args) -> int:
 
 def _kshot(args) -> int:
     from ..adaptation import AdaptConfig
-    from ..data import (
-        SplitConfig,
-        data_source_from_args,
-        load_interactions,
-        make_splits,
-    )
+    from ..data import SplitConfig, load_interactions, make_splits, require_data_source
     from ..experiments.coldstart import coldstart_users
     from ..model import FsRecModel
 
-    spec = data_source_from_args(args)
-    if spec is None:
-        from ..errors import ConfigError
-
-        raise ConfigError("fsrec adapt kshot needs --dataset (ml-100k, beauty) or --data PATH")
-    data = load_interactions(spec)
+    data = load_interactions(require_data_source(args, "fsrec adapt kshot"))
     splits = make_splits(data, SplitConfig(seed=args.seed))
     model = FsRecModel.from_pretrained(args.base).eval()
     print("| k | method | HR@10 | NDCG@10 | seconds | KB |")
