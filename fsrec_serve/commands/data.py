@@ -46,18 +46,9 @@ def _data_dir(args):
 
 
 def _stats(args) -> int:
-    from ..data import (
-        SplitConfig,
-        data_source_from_args,
-        load_interactions,
-        make_splits,
-    )
-    from ..errors import ConfigError
+    from ..data import SplitConfig, load_interactions, make_splits, require_data_source
 
-    spec = data_source_from_args(args)
-    if spec is None:
-        raise ConfigError("fsrec data stats needs a data set: ml-100k, beauty, or --data PATH")
-    data = load_interactions(spec)
+    data = load_interactions(require_data_source(args, "fsrec data stats", dataset=args.dataset))
     splits = make_splits(data, SplitConfig(seed=args.seed))
     out = {"interactions": len(data), "users": data.n_users, "items": data.n_items,
            "cleaning": data.stats, **splits.summary()}

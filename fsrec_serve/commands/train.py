@@ -83,13 +83,10 @@ def _split_config(args, default_seed: int = 0):
 def _train(args) -> int:
     from pathlib import Path
 
-    from ..data import data_source_from_args, load_interactions, make_splits
-    from ..errors import ConfigError
+    from ..data import load_interactions, make_splits, require_data_source
     from ..training.pretrain import default_model_config, default_train_config, pretrain
 
-    spec = data_source_from_args(args)
-    if spec is None:
-        raise ConfigError("fsrec train needs --dataset (ml-100k or beauty) or --data PATH (your log)")
+    spec = require_data_source(args, "fsrec train")
     model_over = {k: v for k, v in {
         "max_seq_len": args.max_seq_len, "hidden_size": args.hidden_size,
         "num_hidden_layers": args.layers, "mask_prob": args.mask_prob,

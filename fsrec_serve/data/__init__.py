@@ -1,7 +1,7 @@
 """Data: one description of an interaction log (DataSpec) for every command, streamed readers,
 cleaning, item metadata, id maps and splits."""
 
-from .args import add_data_arguments, data_source_from_args
+from .args import add_data_arguments, data_source_from_args, require_data_source
 from .download import download_ml100k, verify_ml100k
 from .idmap import PAD_INDEX, IdMap
 from .interactions import Interactions
@@ -41,5 +41,6 @@ __all__ = [
     "read_item_metadata",
     "read_movielens_100k",
     "read_sequences",
+    "require_data_source",
     "verify_ml100k",
 ]

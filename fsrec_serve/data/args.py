@@ -98,6 +98,15 @@ def data_source_from_args(args, dataset: str | None = None) -> DataSpec | None:
     return spec
 
 
+def require_data_source(args, command: str, dataset: str | None = None) -> DataSpec:
+    """``data_source_from_args`` that refuses to return None: the error names the command."""
+    spec = data_source_from_args(args, dataset=dataset)
+    if spec is None:
+        raise ConfigError(f"{command} needs a data set: --dataset ml-100k|beauty, or --data PATH (your log "
+                          "or a data-spec file)")
+    return spec
+
+
 def spec_label(spec: DataSpec) -> str:
     """What reports call the data: the preset name or the spec's name."""
     return spec.display_name

@@ -17,10 +17,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from ..errors import DataFormatError, EmptyUserError
+from . import tables
 from .cleaning import clean
 from .interactions import Interactions
 from .spec import DataSpec
-from . import tables
 from .tables import Batch, MixedJsonTypes, check_file, detect_format, iter_batches
 
 
