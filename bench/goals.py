@@ -44,7 +44,8 @@ class Goal:
     methods: tuple  # candidate method patterns (fnmatch); the best candidate is shown
     checks: tuple  # Check s, all must pass for one candidate; the first one ranks candidates
     dataset: Optional[str] = None  # None = any data set
-    where: dict = field(default_factory=dict)  # extra row fields that must match, e.g. {"concurrency": 256}
+    where: dict = field(default_factory=dict)  # extra row fields that must match when the row has
+    #   them, e.g. {"concurrency": 256} ({"basis": "throughput"} also takes rows without a basis)
     pair: str = "condition"  # how a Check.over baseline row is found: "condition" = same load
     #   condition as the candidate; "peak" = the baseline's highest-throughput load (any condition)
 
@@ -70,12 +71,9 @@ GOALS: list[Goal] = [
          dataset="ml-100k"),
     Goal("10.3", "per-user fitting cost at k=5 on the 2-core CPU <= 5 ms per user", ("fewshot",),
          "coldstart-k5", ("per-user", "cohort+per-user"), (_c("ms_per_user", "<=", 5.0),)),
-    Goal("10.4", "new items learnt: warm users' NDCG@10 after / before >= 0.98",
-         ("items", "fewshot", "fewshot-h200*"), "coldstart-items", ("item-embeddings",),
-         (_c("ratio", ">=", 0.98),)),
-    Goal("10.4", "new items learnt: new-item NDCG@10 >= 0.15",
-         ("items", "fewshot", "fewshot-h200*"), "coldstart-items", ("item-embeddings",),
-         (_c("ndcg@10", ">=", 0.15),)),
+    Goal("10.4", "new items learnt without harm: warm users' NDCG@10 after / before >= 0.98 and "
+         "new-item NDCG@10 >= 0.15, by the same method", ("items", "fewshot", "fewshot-h200*"),
+         "coldstart-items", ("item-embeddings*",), (_c("ratio", ">=", 0.98), _c("ndcg@10", ">=", 0.15))),
     Goal("10.5", "MetaRec protocol nDCG@5 >= 0.66 (mean of 10 splits)", ("metarec", "metarec-h200"),
          "metarec", ("fsrec-*", "*per-user*"), (_c("ndcg@5", ">=", 0.66),), dataset="ml-100k"),
     Goal("10.6", "converged Beauty base: all-user leave-one-out NDCG@10 >= 0.062 over 3 seeds",
@@ -100,7 +98,7 @@ GOALS: list[Goal] = [
          (_c("throughput_rps", ">=", 5.0, over="fastapi-torch"), _c("p99_ms", "<=", 1.0, over="fastapi-torch")),
          dataset="ml-100k", pair="peak"),
     Goal("12", "Triton ÷ in-process ONNX Runtime at the same batch >= 0.90",
-         ("serving-varlen", "serving"), "serving", ("triton-cpu/ort-inprocess", "triton-cpu-*/ort-inprocess*"),
+         ("serving-varlen", "serving"), "serving", ("triton-cpu*/ort-inprocess*",),
          (_c("ratio", ">=", 0.90),), where={"basis": "throughput"}),
     Goal("12", "H200: >= 50,000 sequences/s through Triton", ("serving-gpu*",), "serving",
          ("triton-gpu-python",), (_c("throughput_rps", ">=", 50000),)),
@@ -168,7 +166,7 @@ def _match(row: dict, goal: Goal) -> bool:
         return False
     if goal.dataset is not None and row.get("dataset") != goal.dataset:
         return False
-    return all(row.get(k) == v for k, v in goal.where.items())
+    return all(row.get(k, v) == v for k, v in goal.where.items())
 
 
 def condition(row: dict) -> tuple:

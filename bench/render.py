@@ -152,7 +152,8 @@ def _measured(res: G.GoalResult) -> str:
         if ch.field == "mean" and not ch.over and res.row is not None and ch.metric == res.row["metric"]:
             val = fmt_cell(res.row)
         parts.append(f"{name} {val}")
-    cond = ", ".join(f"{k}={v}" for k, v in G.condition(res.row or {}))
+    cond = ", ".join(([res.row["dataset"]] if res.goal.dataset is None and "dataset" in (res.row or {}) else [])
+                     + [f"{k}={v}" for k, v in G.condition(res.row or {})])
     return f"{res.method}{f' ({cond})' if cond else ''}: " + "; ".join(parts)
 
 
