@@ -119,8 +119,10 @@ class ModelWatcher:
         self.recoveries.append(rec)
         after = stub_models(self.server.pid or 0)
         deadline = time.monotonic() + self.leftover_grace_s
-        for pid in (now & set(after)):  # stubs of the generation that was just replaced
-            if current.get(pid) in models:
+        # the replaced generation: stubs watched before the death that are still alive (never a stub
+        # that appeared since, e.g. one a rollout just started)
+        for pid in (self._known & set(after)):
+            if current.get(pid) in models or not current.get(pid):  # "" = model not known: all reloaded
                 self._leftovers[pid] = deadline
         self._known = set(after) - set(self._leftovers)
         self._models = after
