@@ -20,6 +20,11 @@ OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 CONDITION_KEYS = ("concurrency", "batch", "users_per_request")  # load conditions that pair rows
 
 
+def superseded(stem: str, protocol: str = "") -> Optional[str]:
+    """Why the rows of ``stem`` (for ``protocol``) are superseded, or None."""
+    return SUPERSEDED.get(stem) or SUPERSEDED.get(f"{stem}:{protocol}")
+
+
 @dataclass(frozen=True)
 class Check:
     metric: str  # the row's metric ("ndcg@10", "relative_gain", "throughput_rps", ...)
@@ -120,9 +125,11 @@ GOALS: list[Goal] = [
          (_c("max_abs_diff", "<=", 1e-4),)),
 ]
 
-# Results files kept in JSON but left out of the protocol tables (a newer run covers them).
-# Files ending in "-quick" (smoke runs) are always left out.
+# Results kept in JSON but left out of the protocol tables (a newer run covers them), by file
+# stem or "stem:protocol". They are shown, marked, only where nothing newer covers the data set
+# and protocol. Files ending in "-quick" (smoke runs) are always left out.
 SUPERSEDED: dict[str, str] = {
+    "fewshot:coldstart-items": "the old item-embeddings method; superseded by items.json",
     "fewshot-h200": "GPU run of the old cohort protocol (94 cold users); superseded by fewshot.json",
     "fewshot-h200-beauty": "GPU run of the old cohort protocol on Beauty; superseded by fewshot.json",
     "metarec-h200": "GPU run before the item-kNN blends; superseded by metarec.json",

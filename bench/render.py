@@ -64,12 +64,6 @@ def _file_order(stem: str) -> tuple:
     return (ORDER.index(stem) if stem in ORDER else len(ORDER), stem)
 
 
-def shown_files(files: dict[str, dict]) -> list[str]:
-    """Files whose rows go into the protocol tables, in display order."""
-    return sorted((s for s in files if not s.endswith("-quick") and s not in G.SUPERSEDED),
-                  key=_file_order)
-
-
 # -- formatting ---------------------------------------------------------------------------------
 def fmt_num(v) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -168,7 +162,7 @@ def goals_section(files: dict[str, dict]) -> list[str]:
         thr = "; ".join(c.describe() for c in r.goal.checks)
         status = {"met": "**met**", "missed": "**missed**"}.get(r.status, r.status)
         src = f"`{r.file}.json`" if r.file else "–"
-        if r.file in G.SUPERSEDED:
+        if r.file and r.row and G.superseded(r.file, r.row.get("protocol", "")):
             src += " (superseded run)"
         out.append(cells_line([f"#{r.goal.issue}", r.goal.text, thr, _measured(r), status, src]))
     return out + [""]
@@ -178,7 +172,7 @@ def runs_section(files: dict[str, dict], used: list[str]) -> list[str]:
     out = ["## Runs behind the numbers", ""]
     for s in used:
         d = files[s]
-        tag = " (superseded: " + G.SUPERSEDED[s] + ")" if s in G.SUPERSEDED else ""
+        tag = " (superseded: " + G.SUPERSEDED[s] + ")" if s in G.SUPERSEDED else ""  # whole file
         out.append(f"- `{s}.json`{tag}: `{d.get('command', '?')}` · {d.get('date', '?')} · "
                    f"{d.get('machine', '?')} · commit `{d.get('git_commit', '?')}`")
     skipped = sorted(s for s in files if s.endswith("-quick"))
@@ -248,7 +242,8 @@ def protocol_table(family: str, rows: list[tuple[str, dict]], files: dict[str, d
     for s in stems:
         notes = _notes(files[s])
         row_notes = sorted({str(r["note"]) for st, r in rows if st == s and r.get("note")})
-        src = f"`{s}.json`" + (f" (superseded: {G.SUPERSEDED[s]})" if s in G.SUPERSEDED else "")
+        why = G.superseded(s, next(r["protocol"] for st, r in rows if st == s))
+        src = f"`{s}.json`" + (f" (superseded: {why})" if why else "")
         out.append(f"- {src}" + (": " + "; ".join(notes + row_notes) if notes or row_notes else ""))
     if ks:
         out.append(f"- {KSHOT_MAIN} for every k; the other columns at k={at_k}; "
@@ -267,27 +262,24 @@ def protocol_table(family: str, rows: list[tuple[str, dict]], files: dict[str, d
     return out + [""]
 
 
-def tables_section(files: dict[str, dict], results_dir: Path, make_plots: bool) -> list[str]:
+def tables_section(files: dict[str, dict], results_dir: Path, make_plots: bool) -> tuple[list[str], set]:
+    """The protocol tables and the results files they show."""
     fams: dict[str, list[tuple[str, dict]]] = {}
-    covered: set[tuple] = set()
-    for s in shown_files(files):
-        for r in files[s].get("results", []):
-            if r.get("metric") in SKIP_METRICS or "/" in r.get("method", ""):
-                continue
+    keep = [(s, r) for s in sorted((s for s in files if not s.endswith("-quick")), key=_file_order)
+            for r in files[s].get("results", [])
+            if r.get("metric") not in SKIP_METRICS and "/" not in r.get("method", "")]
+    covered = {(r.get("dataset"), r.get("protocol")) for s, r in keep
+               if not G.superseded(s, r.get("protocol", ""))}
+    for s, r in keep:  # superseded rows only where nothing newer covers the data set and protocol
+        if not G.superseded(s, r.get("protocol", "")) or (r.get("dataset"), r.get("protocol")) not in covered:
             fams.setdefault(_family(r.get("protocol", "-"))[0], []).append((s, r))
-            covered.add((r.get("dataset"), r.get("protocol")))
-    for s in sorted(G.SUPERSEDED):  # superseded files only where nothing newer covers the protocol
-        for r in files.get(s, {}).get("results", []):
-            if (r.get("dataset"), r.get("protocol")) not in covered and "/" not in r.get("method", ""):
-                if r.get("metric") not in SKIP_METRICS:
-                    fams.setdefault(_family(r.get("protocol", "-"))[0], []).append((s, r))
     out = ["## Results by protocol", ""]
     order = list(PROTOCOL_TITLES)
     for fam in sorted(fams, key=lambda f: (order.index(f) if f in order else len(order), f)):
         out += protocol_table(fam, fams[fam], files)
         for png in plots.for_family(fam, fams[fam], results_dir, make_plots):
             out += [f"![{png.stem}](bench/results/{png.name})", ""]
-    return out
+    return out, {s for rows in fams.values() for s, _ in rows}
 
 
 def render(results_dir: Path = RESULTS, make_plots: bool = False) -> str:
@@ -300,11 +292,11 @@ def render(results_dir: Path = RESULTS, make_plots: bool = False) -> str:
         "",
     ]
     parts += goals_section(files)
+    tables, shown = tables_section(files, results_dir, make_plots)
     backing = {r.file for r in goal_rows(files) if r.file}
-    used = sorted(set(shown_files(files)) | backing, key=_file_order)
     parts += broken_section(files)
-    parts += runs_section(files, used)
-    parts += tables_section(files, results_dir, make_plots) if files else ["_No results yet._"]
+    parts += runs_section(files, sorted(shown | backing, key=_file_order))
+    parts += tables if files else ["_No results yet._"]
     return "\n".join(parts).rstrip() + "\n"
 
 

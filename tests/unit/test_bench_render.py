@@ -50,6 +50,7 @@ def results(tmp_path: Path) -> Path:
         _row("coldstart-k1", "zero-shot", "ndcg@10", 0.10),
         _row("coldstart-k5", "zero-shot", "ndcg@10", 0.12),
         _row("coldstart-k5", "auto", "ndcg@10", 0.1332),
+        _row("coldstart-items", "item-embeddings", "ndcg@10", 0.1511),  # old method, superseded
     ])
     # serving: Triton peaks at 600 rps (c=8, p99 40 ms); FastAPI peaks at 100 rps (c=32, p99 300)
     # -> 6x at 0.133x the p99 -> met; at the same concurrency (32) it would be 500/100 = 5x too
@@ -133,6 +134,14 @@ def test_render_tables_goals_and_broken_numbers(results: Path) -> None:
     assert all(len(re.split(r"(?<!\\)\|", ln)) == 6 + 2 for ln in goal_lines)  # 6 cells each
     assert len(lines) <= R.MAX_LINES
     assert R.render(results, make_plots=False) == text  # deterministic
+
+
+def test_superseded_rows_only_where_nothing_newer(results: Path) -> None:
+    tables = R.render(results).split("## Results by protocol")[1]
+    assert "| 0.1511 |" not in tables  # items.json covers ml-100k coldstart-items
+    (results / "items.json").unlink()
+    tables = R.render(results).split("## Results by protocol")[1]
+    assert "| 0.1511 |" in tables and "(superseded: the old item-embeddings method" in tables
 
 
 def test_render_line_limit_and_check(results: Path, tmp_path: Path) -> None:
