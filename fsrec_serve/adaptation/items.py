@@ -66,6 +66,7 @@ class ColdItemConfig:
     target_ratio: float = 0.99  # warm validation NDCG@10 after / before a candidate must keep
     bias_shifts: tuple = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # calibration grid
     replay_positions: int = 2  # earlier positions per replay sequence (besides its last item)
+    replay_tail: int = 0  # > 0: draw those positions among the last ``replay_tail`` only
     max_replay: int = 4000  # cap on replay examples (random sample above it)
     steps: int = 300  # full-batch Adam steps (over all refresh rounds)
     refresh: int = 3  # rounds; states of histories holding a new item are recomputed before each
@@ -75,15 +76,16 @@ class ColdItemConfig:
     seed: int = 0  # seeds the replay sample
 
 
-def _examples(seqs: Sequence[UserSequence], positions: int, rng, last: bool = True) -> list[Example]:
+def _examples(seqs: Sequence[UserSequence], positions: int, rng, last: bool = True,
+              tail: int = 0) -> list[Example]:
     """history -> item examples: each sequence's last item (if ``last``) plus ``positions``
-    random earlier ones (history >= 1 item)."""
+    random earlier ones (history >= 1 item; among the last ``tail`` positions if ``tail``)."""
     out = []
     for s in seqs:
         n = len(s.items)
         if last and n >= 2:
             out.append(Example(s.user, s.items[:-1], s.items[-1]))
-        earlier = np.arange(1, n - 1)
+        earlier = np.arange(max(1, n - 1 - tail) if tail else 1, n - 1)
         if positions and earlier.size:
             for j in rng.choice(earlier, size=min(positions, earlier.size), replace=False):
                 out.append(Example(s.user, s.items[:int(j)], s.items[int(j)]))
@@ -239,7 +241,7 @@ def adapt_cold_items(
     fingerprint = model_fingerprint(base)
     new_set = set(items_t.tolist())
     if replay is not None:  # the last item of every replay sequence + a few earlier ones
-        rep_ex = _examples(replay, cfg.replay_positions, rng)
+        rep_ex = _examples(replay, cfg.replay_positions, rng, tail=cfg.replay_tail)
     else:  # every earlier position of the adaptation sequences themselves
         rep_ex = _examples(seqs, max(len(s.items) for s in seqs), rng, last=False)
     rep_ex = [e for e in rep_ex if e.target not in new_set]
