@@ -45,6 +45,7 @@ def closed_loop(make_sender: Callable[[], Callable[[list], None]], histories: Se
     t_measure = t_end = 0.0  # set once every worker is connected
     lat: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
+    counted = [0] * concurrency  # answered requests of the warm-up
     first_error: list[str] = []
     ready = threading.Barrier(concurrency + 1)
     go = threading.Event()
@@ -62,6 +63,8 @@ def closed_loop(make_sender: Callable[[], Callable[[list], None]], histories: Se
                 send(histories[i % len(histories)])
                 if t0 >= t_measure:
                     lat[w].append(time.perf_counter() - t0)
+                else:
+                    counted[w] += 1
             except Exception as e:  # noqa: BLE001 - counted, the first one reported
                 errors[w] += 1
                 if not first_error:
@@ -77,10 +80,12 @@ def closed_loop(make_sender: Callable[[], Callable[[list], None]], histories: Se
     go.set()
     for t in threads:
         t.join(timeout=warmup + seconds + 60)
+    answered = sum(len(w) for w in lat) + sum(counted)  # warm-up included: what the server did
     all_lat = np.asarray([x for w in lat for x in w]) * 1000.0
     n = len(all_lat)
     pct = (lambda q: float(np.percentile(all_lat, q))) if n else (lambda q: float("nan"))
-    return {"requests": n, "errors": int(sum(errors)), "seconds": seconds, "concurrency": concurrency,
+    return {"requests": n, "answered": int(answered), "errors": int(sum(errors)), "seconds": seconds,
+            "concurrency": concurrency,
             "throughput_rps": n / seconds, "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
             "first_error": first_error[0] if first_error else ""}
 

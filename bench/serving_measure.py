@@ -115,7 +115,7 @@ def merge_rounds(runs: list[dict]) -> dict:
     """Repeated runs of one point -> the median of each metric, with ``<metric>_std`` and ``n``
     (a shared machine: the median of interleaved rounds, not one lucky or unlucky run)."""
     out = dict(runs[-1])
-    for m in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch"):
+    for m in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "server_cpu_ms_per_req"):
         vals = [r[m] for r in runs if r.get(m) is not None]
         if vals:
             out[m] = float(np.median(vals))
@@ -123,6 +123,25 @@ def merge_rounds(runs: list[dict]) -> dict:
     out["n"] = len(runs)
     out["errors"] = sum(r.get("errors", 0) for r in runs)
     return out
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of the live processes of process group ``pgid`` (a server and
+    its python-backend stubs): unlike wall-clock throughput, CPU per request does not depend on
+    what else runs on a shared machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:  # pgrp; utime and stime are fields 14 and 15 of stat
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _counts(url_http: str) -> tuple[int, int]:
@@ -155,11 +174,13 @@ def measure_triton(tr: Traffic, export: Path, work: Path, cfg: ServingConfig, hi
             for r in range(cfg.rounds):
                 order = list(pads.items())[:: 1 if r % 2 == 0 else -1]
                 for method, pad in order:  # interleaved, order alternating: a busy spell hits every method alike
-                    before = _counts(server.url_http)
+                    before, cpu0 = _counts(server.url_http), group_cpu_s(server.pid)
                     p = load_point("triton", server.url_grpc, hist_file, conc, cfg,
                                    work / f"{method}-{tag}-c{conc}-r{r}.json", pad_to=pad)
                     inf, ex = (a - b for a, b in zip(_counts(server.url_http), before))
                     p["mean_batch"] = inf / ex if ex else None
+                    # over warm-up + measured window: every request the server answered then
+                    p["server_cpu_ms_per_req"] = 1000 * (group_cpu_s(server.pid) - cpu0) / max(1, inf)
                     runs.setdefault((method, conc), []).append(p)
     return {k: merge_rounds(v) for k, v in runs.items()}
 
@@ -180,9 +201,17 @@ def measure_fastapi(ckpt: Path, work: Path, cfg: ServingConfig, hist_file: Path)
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"the FastAPI server did not start: see {work / 'fastapi.log'}") from None
                 time.sleep(0.5)
-        return {("fastapi-torch", c): merge_rounds([
-            load_point("fastapi", url, hist_file, c, cfg, work / f"fastapi-c{c}-r{r}.json") for r in range(cfg.rounds)])
-            for c in cfg.concurrency}
+        out = {}
+        for c in cfg.concurrency:
+            runs = []
+            for r in range(cfg.rounds):
+                cpu0 = group_cpu_s(proc.pid)
+                p = load_point("fastapi", url, hist_file, c, cfg, work / f"fastapi-c{c}-r{r}.json")
+                answered = p.get("answered") or p["requests"] * (cfg.seconds + cfg.warmup) / cfg.seconds
+                p["server_cpu_ms_per_req"] = 1000 * (group_cpu_s(proc.pid) - cpu0) / max(1, answered)
+                runs.append(p)
+            out[("fastapi-torch", c)] = merge_rounds(runs)
+        return out
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -216,7 +245,9 @@ def measure_ort(tr: Traffic, export: Path, cfg: ServingConfig, batch: int, threa
 
     runs = []
     for r in range(cfg.rounds):
+        cpu0 = time.process_time()
         p = closed_loop(make, calls, threads, cfg.seconds, cfg.warmup, seed=cfg.seed + r)
+        p["server_cpu_ms_per_req"] = 1000 * (time.process_time() - cpu0) / max(1, p["answered"] * len(calls[0]))
         p["throughput_rps"] *= len(calls[0])  # users per second
         p["batch"] = len(calls[0])
         runs.append(p)
