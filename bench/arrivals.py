@@ -177,6 +177,21 @@ def stage_evaluate(args, tl, acfg, log) -> tuple[list[dict], dict]:
     return rows, details
 
 
+def setup(args):
+    """Shared by the arrivals/items benches: data folder default, torch threads; returns log()."""
+    if args.data_dir is None and not os.environ.get("FSREC_DATA_DIR"):
+        shared = REPO.parent / "shared" / "data"
+        args.data_dir = str(shared) if shared.exists() else None
+    import torch
+
+    torch.set_num_threads(args.num_threads)
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    return log
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["pretrain", "evaluate", "all"], default="all")
@@ -194,16 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.data_dir is None and not os.environ.get("FSREC_DATA_DIR"):
-        shared = REPO.parent / "shared" / "data"
-        args.data_dir = str(shared) if shared.exists() else None
-    import torch
-
-    torch.set_num_threads(args.num_threads)
+    log = setup(args)
     Path(args.cache).mkdir(parents=True, exist_ok=True)
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     tl, acfg = _timeline(args)
     log(f"T={tl.T} boundaries={tl.boundaries}")

@@ -24,7 +24,6 @@ leave-one-out test NDCG@10 after / before (95 % bootstrap CI over warm users); `
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -36,7 +35,6 @@ if __package__ in (None, ""):
 
 from bench.common import write_results  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = "coldstart-items"
 
 
@@ -136,15 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-only", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.data_dir is None and not os.environ.get("FSREC_DATA_DIR"):
-        shared = REPO.parent / "shared" / "data"
-        args.data_dir = str(shared) if shared.exists() else None
-    import torch
+    from bench.arrivals import setup
 
-    torch.set_num_threads(args.num_threads)
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    log = setup(args)
 
     rows, details = run(args, log)
     if rows:

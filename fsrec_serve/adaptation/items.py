@@ -46,7 +46,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.splits import Example, UserSequence
 from ..errors import SupportSetError

@@ -250,6 +250,27 @@ class ItemKNNScorer:
         return out
 
 
+def _model_outputs(model, tasks: Sequence[MetaRecTask], batch_size: int, fn) -> list:
+    """Run ``fn(base, histories [B, L], tasks chunk) -> list`` over ``tasks`` in eval mode, the
+    support (time order) as each history; the model's training flag is restored."""
+    from ..evaluation.protocols import scorer_device
+    from ..model import pad_histories
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dev = scorer_device(model)
+    was = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(tasks), batch_size):
+            chunk = tasks[i:i + batch_size]
+            h = pad_histories([t.support_items for t in chunk], base.config.max_seq_len).to(dev)
+            out += fn(model, h, chunk, dev)
+    if was:
+        model.train()
+    return out
+
+
 class ModelRatingScorer:
     """FsRecModel.predict_ratings with the support (time order) as the history."""
 
@@ -259,26 +280,12 @@ class ModelRatingScorer:
         self.model = model
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def __call__(self, tasks: Sequence[MetaRecTask]) -> list:
-        from ..model import pad_histories
-        from ..evaluation.protocols import scorer_device
-
-        m = self.model
-        base = m.get_base_model() if hasattr(m, "get_base_model") else m
-        L = base.config.max_seq_len
-        dev = scorer_device(m)
-        was = m.training
-        m.eval()
-        out = []
-        for i in range(0, len(tasks), self.batch_size):
-            chunk = tasks[i:i + self.batch_size]
-            h = pad_histories([t.support_items for t in chunk], L).to(dev)
+        def rate(m, h, chunk, dev):
             q = torch.tensor([t.query_items for t in chunk], dtype=torch.long, device=dev)
-            out += list(m.predict_ratings(h, q).float().cpu().numpy())
-        if was:
-            m.train()
-        return out
+            return list(m.predict_ratings(h, q).float().cpu().numpy())
+
+        return _model_outputs(self.model, tasks, self.batch_size, rate)
 
 
 class ModelNextItemScorer:
@@ -288,22 +295,12 @@ class ModelNextItemScorer:
         self.model = model
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def __call__(self, tasks: Sequence[MetaRecTask]) -> list:
-        from ..model import pad_histories
-        from ..evaluation.protocols import scorer_device
+        def logits(m, h, chunk, dev):
+            s = m.next_item_scores(h).float().cpu()
+            return [s[j, t.query_items].numpy() for j, t in enumerate(chunk)]
 
-        m = self.model
-        base = m.get_base_model() if hasattr(m, "get_base_model") else m
-        L = base.config.max_seq_len
-        dev = scorer_device(m)
-        m.eval()
-        out = []
-        for i in range(0, len(tasks), self.batch_size):
-            chunk = tasks[i:i + self.batch_size]
-            s = m.next_item_scores(pad_histories([t.support_items for t in chunk], L).to(dev)).float().cpu()
-            out += [s[j, t.query_items].numpy() for j, t in enumerate(chunk)]
-        return out
+        return _model_outputs(self.model, tasks, self.batch_size, logits)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
