@@ -181,9 +181,11 @@ def test_grpc_tls(fsrec_repository, server_factory, tmp_path):
 
 # -- admin key by default, and recovery from a dead python-backend stub ----------------------------
 def test_fsrec_serve_without_a_key_generates_one_and_recovers_a_killed_stub(fsrec_repository, triton_available,
-                                                                           user_histories, tmp_path):
+                                                                           user_histories, tmp_path, monkeypatch,
+                                                                           capsys):
     """No key given: a random key is written to a 0600 file under the state dir and printed;
-    unload without the header gets 403, with the file's key 200. A python-backend stub killed
+    unload without the header gets 403, with the file's key 200, and `fsrec models` on the same
+    machine finds the key file by itself. A python-backend stub killed
     under `fsrec serve` is replaced (the model is reloaded) and the model answers again."""
     http, grpc = find_free_ports(2)
     env = {k: v for k, v in os.environ.items() if k not in ("FSREC_ADMIN_KEY", "FSREC_ADMIN_KEY_FILE")}
@@ -225,7 +227,14 @@ def test_fsrec_serve_without_a_key_generates_one_and_recovers_a_killed_stub(fsre
         unload = f"http://127.0.0.1:{http}/v2/repository/models/fsrec/unload"
         assert _post(unload) == 403  # no header
         assert _post(unload, {"fsrec-admin-key": "wrong"}) == 403
-        assert _post(unload, {"fsrec-admin-key": key}) == 200  # the generated key works
+        from fsrec_serve.cli import main
+
+        monkeypatch.setenv("FSREC_STATE_DIR", env["FSREC_STATE_DIR"])  # the same machine and user
+        monkeypatch.delenv("FSREC_ADMIN_KEY", raising=False)
+        monkeypatch.delenv("FSREC_ADMIN_KEY_FILE", raising=False)
+        server_args = ["--url", f"127.0.0.1:{http}", "--protocol", "http"]
+        assert main(["models", "list", *server_args, "--json"]) == 0 and '"READY"' in capsys.readouterr().out
+        assert main(["models", "unload", *server_args]) == 0  # no --admin-key: the key file is found
         time.sleep(2)  # four watcher polls: a model unloaded on purpose stays unloaded
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/fsrec/ready", timeout=5)
