@@ -66,27 +66,35 @@ def clean(data: Interactions, spec: DataSpec) -> Interactions:
     """Run the cleaning steps of ``spec`` on ``data`` (in place) and record the counts.
     (Vocabularies may hold unused ids: Parquet dictionaries can be wider than the rows read.)"""
     st = data.stats
-    st["users_read"], st["items_read"] = data.n_users, data.n_items
+    user_counts = np.bincount(data.user_codes, minlength=len(data.user_vocab))  # [U]
+    item_counts = np.bincount(data.item_codes, minlength=len(data.item_vocab))  # [I]
+    st["users_read"], st["items_read"] = int((user_counts > 0).sum()), int((item_counts > 0).sum())
+    changed = False  # the counts above are still those of the rows
     if spec.implicit_threshold is not None:
         keep = data.ratings >= spec.implicit_threshold
         st["implicit_threshold"] = spec.implicit_threshold
         st["rows_below_threshold"] = int((~keep).sum())
         _take(data, keep)
         data.ratings = np.ones(len(data), dtype=np.float32)
+        changed = True
     st["duplicates_policy"] = spec.duplicates
     st["duplicate_rows_removed"] = dedupe(data, spec.duplicates)
     rows, users, items = k_core(data, spec.user_core, spec.item_core)
     st["k_core"] = {"user_core": spec.user_core, "item_core": spec.item_core,
                     "rows_removed": rows, "users_removed": users, "items_removed": items}
-    counts = np.bincount(data.user_codes, minlength=len(data.user_vocab))
-    short = (counts > 0) & (counts < spec.min_user_interactions)
+    if changed or st["duplicate_rows_removed"] or rows:
+        user_counts = np.bincount(data.user_codes, minlength=len(data.user_vocab))
+        item_counts = np.bincount(data.item_codes, minlength=len(data.item_vocab))
+    short = (user_counts > 0) & (user_counts < spec.min_user_interactions)
     st["min_user_interactions"] = spec.min_user_interactions
     st["short_users_dropped"] = int(short.sum())
-    st["short_user_rows_dropped"] = int(counts[short].sum())
+    st["short_user_rows_dropped"] = int(user_counts[short].sum())
     if short.any():
-        _take(data, ~short[data.user_codes])
-    st["rows"], st["users"] = len(data), int(((counts > 0) & ~short).sum())
-    st["items"] = data.n_items
+        drop = short[data.user_codes]  # [N] bool
+        item_counts = item_counts - np.bincount(data.item_codes[drop], minlength=len(item_counts))
+        _take(data, ~drop)
+    st["rows"], st["users"] = len(data), int(((user_counts > 0) & ~short).sum())
+    st["items"] = int((item_counts > 0).sum())
     if len(data) == 0:
         raise EmptyUserError(
             f"{st.get('file', data.name)}: no interaction is left after cleaning ({st}); lower "

@@ -130,10 +130,11 @@ def _ratings(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
             f"{b.where(i)}: rating and time must be numbers: column {col!r} (--rating-col) holds "
             f"{v[i].as_py()!r}. Fix or drop the row"
         )
-    v = arr.combine_chunks().cast(pa.float64())
-    v = _np(v) if v.null_count == 0 else np.array([np.nan if x is None else x for x in v.to_pylist()])
-    bad = ~np.isfinite(v)
-    if bad.any():
+    v = arr.combine_chunks().cast(pa.float32())
+    v = _np(v) if v.null_count == 0 else np.array([np.nan if x is None else x for x in v.to_pylist()], np.float32)
+    # integers are always finite; floats and empty cells (null -> NaN) are checked
+    bad = ~np.isfinite(v) if (arr.null_count or pa.types.is_floating(arr.type)) else None
+    if bad is not None and bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataFormatError(
             f"{b.where(i)}: column {col!r} (--rating-col) is empty or NaN. Fix: fill or drop the row, "
@@ -148,7 +149,7 @@ def _ratings(arr: pa.ChunkedArray, spec: DataSpec, b: Batch) -> np.ndarray:
                 f"{b.where(i)}: column {col!r} (--rating-col) is {v[i]:g}, outside rating_range "
                 f"[{lo:g}, {hi:g}]. Fix the row, or widen rating_range in the data spec"
             )
-    return v.astype(np.float32)
+    return v
 
 
 def _is_number(x) -> bool:
@@ -157,6 +158,9 @@ def _is_number(x) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+CONVERT_THREADS = True  # convert batches on worker threads while the reader parses the next
 
 
 def _convert(b: Batch, spec: DataSpec) -> tuple:
@@ -190,7 +194,7 @@ def _read_table_log(spec: DataSpec, json_engine: str):
             ratings.append(r)
         n += rows
 
-    if not tables.USE_THREADS:
+    if not (tables.USE_THREADS and CONVERT_THREADS):
         for b in iter_batches(spec, columns, json_engine=json_engine):
             collect(_convert(b, spec))
         return users, items, times, ratings, n
