@@ -55,6 +55,8 @@ class PerUserConfig:
     margin: float = 0.0  # log-probability rise the held-out item needs for u to be adapted
     min_support: int = 3  # least support items for an inner check (causal: 2 train + 1 held out)
     per_user_check: bool = True  # False: every fitted user is adapted (no per-user rule)
+    candidates: int = 0  # softmax over the target + the base's top (candidates - 1) items of each
+    #   pair (hard negatives; ~N/candidates times cheaper); 0 = full softmax over the catalogue
     users_per_chunk: int = 512  # users fitted per optimisation (memory: pairs x items floats)
     seed: int = 0  # unused by the fit itself (deterministic); recorded with the result
 
@@ -66,6 +68,8 @@ class PerUserConfig:
             raise ConfigError(f"steps must be step counts >= 1, got {self.steps}")
         if self.l2 < 0:
             raise ConfigError(f"l2 must be >= 0, got {self.l2}")
+        if self.candidates < 0 or self.candidates == 1:
+            raise ConfigError(f"candidates must be 0 (full softmax) or >= 2, got {self.candidates}")
         if self.min_support < 2:
             raise ConfigError(f"min_support must be >= 2 (a pair to train + an item to check), got {self.min_support}")
 
@@ -77,6 +81,7 @@ class PerUserResult:
     adapted: np.ndarray  # [U] bool: the user got a fitted offset
     failed: dict = field(default_factory=dict)  # user -> why it fell back to zero-shot
     info: dict = field(default_factory=dict)  # chosen lr/steps, inner scores, seconds
+    fitted: Optional[torch.Tensor] = None  # [U, H] fitted offsets before the per-user rule
 
     def params_for(self, users: Sequence[str]) -> torch.Tensor:
         """[len(users), H] offsets in the order of ``users`` (zeros for unknown users)."""
@@ -176,7 +181,7 @@ def _logits(model, states: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
 
 def fit_user_params(model, support: Sequence[UserSequence], config: Optional[PerUserConfig] = None) -> PerUserResult:
     """Fit one offset per user of ``support`` (module docstring); never reads a query item."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cfg = config or PerUserConfig()
     base = fsrec_of(model).eval()
     if support is None or len(support) == 0:
@@ -191,15 +196,15 @@ def fit_user_params(model, support: Sequence[UserSequence], config: Optional[Per
             ok.append((i, check_user_support(s, base.config.num_items)))
         except SupportSetError as e:
             failed[s.user] = str(e)
-    params = torch.zeros(len(users), H)
+    params, fitted = torch.zeros(len(users), H), torch.zeros(len(users), H)
     adapted = np.zeros(len(users), dtype=bool)
     fit = [(i, s) for i, s in ok if len(s) >= cfg.min_support]
     info: dict = {"n_users": len(users), "n_fitted": len(fit), "chunks": []}
     for c in range(0, len(fit), cfg.users_per_chunk):
         chunk = fit[c:c + cfg.users_per_chunk]
-        p, a, fl, cinfo = _fit_chunk(base, [s for _, s in chunk], cfg)
+        p, a, fl, cinfo, raw = _fit_chunk(base, [s for _, s in chunk], cfg)
         for j, (i, s) in enumerate(chunk):
-            params[i], adapted[i] = p[j], a[j]
+            params[i], adapted[i], fitted[i] = p[j], a[j], raw[j]
             if j in fl:
                 failed[s.user] = fl[j]
         info["chunks"].append(cinfo)
@@ -209,7 +214,8 @@ def fit_user_params(model, support: Sequence[UserSequence], config: Optional[Per
                     inner_zero_shot_ndcg=first["inner_zero_shot_ndcg"])
     info["n_adapted"] = int(adapted.sum())
     info["seconds"] = time.perf_counter() - t0
-    return PerUserResult(users=users, params=params, adapted=adapted, failed=failed, info=info)
+    info["cpu_seconds"] = time.process_time() - c0
+    return PerUserResult(users=users, params=params, adapted=adapted, failed=failed, info=info, fitted=fitted)
 
 
 @torch.no_grad()
@@ -220,61 +226,75 @@ def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig):
     pairs = _Pairs(base, seqs, min_t)
     table = base.item_vectors()[: base.config.num_items + 1].detach()  # [N, H]
     base_logits = _logits(base, pairs.states, pairs.exclude)  # [P, N]
-    # rows: (lr g, variant v in {inner 0, full 1}, user u) -> r = (g * 2 + v) * U + u
-    src, rows = [], []
-    for g in range(G):
-        for v in (0, 1):
-            keep = torch.ones_like(pairs.last) if v else ~pairs.last
-            idx = torch.nonzero(keep).squeeze(1)
-            src.append(idx)
-            rows.append((g * 2 + v) * U + pairs.owner[idx])
-    src, rows = torch.cat(src), torch.cat(rows)
-    R = G * 2 * U
-    n_pairs = torch.bincount(rows, minlength=R).clamp(min=1).float()  # [R]
-    lr = torch.tensor(cfg.lrs).repeat_interleave(2 * U)[:, None]  # [R, 1]
-    tgt = pairs.targets[src]
-    # inner check: held-out pair of each user (the last one)
+    N = base_logits.shape[1]
+    C = cfg.candidates if 0 < cfg.candidates < N else 0
+    if C:  # target first, then the C - 1 best-scored other items of the frozen base
+        others = base_logits.scatter(1, pairs.targets[:, None], float("-inf"))
+        cand = torch.cat([pairs.targets[:, None], others.topk(C - 1, dim=1).indices], 1)  # [P, C]
+        logits_all = base_logits.gather(1, cand)  # [P, C]
+    # inner check: the held-out (last) pair of each user, full ranking
     held = torch.nonzero(pairs.last).squeeze(1)  # [U] in user order
     held_bl, held_t = base_logits[held], pairs.targets[held]
     zs_rank, zs_logp = _rank_logp(held_bl, held_t)
-    BL = base_logits[src]  # [S, N] frozen part of every trained pair's logits
-    ar = torch.arange(len(src))
-    scale = (1.0 / n_pairs[rows])[:, None]  # [S, 1] each user's loss is a mean over its pairs
-    P = torch.zeros(R, H)  # [R, H] the stacked offsets
-    m, v2 = torch.zeros(R, H), torch.zeros(R, H)
+    # two pair sets: v = 0 "inner" (without the held-out pair), v = 1 "full" (every pair)
+    blocks = []
+    for v in (0, 1):
+        idx = torch.nonzero(torch.ones_like(pairs.last) if v else ~pairs.last).squeeze(1)
+        own = pairs.owner[idx]
+        scale = (1.0 / torch.bincount(own, minlength=U).clamp(min=1).float())[own][:, None]  # [S, 1]
+        if C:
+            blocks.append((own, scale, logits_all[idx], cand[idx], torch.zeros_like(idx)))
+        else:
+            blocks.append((own, scale, base_logits[idx], None, pairs.targets[idx]))
+    # parameters: P[g, v] = [U, H] offsets of lr candidate g, pair set v; Adam is elementwise
+    P = torch.zeros(G, 2, U, H)
+    m, v2 = torch.zeros_like(P), torch.zeros_like(P)
     b1, b2, eps = 0.9, 0.999, 1e-8
-    alive = torch.ones(R, dtype=torch.bool)
+    lr = torch.tensor(cfg.lrs).view(G, 1, 1, 1)
+    alive = torch.ones(G, 2, U, dtype=torch.bool)
     checks, snaps = {}, {}
     for step in range(1, max(cfg.steps) + 1):
-        # forward + analytic gradient of CE (softmax - onehot), no autograd graph
-        Z = torch.addmm(BL, P[rows], table.t())  # [S, N]
-        lse = torch.logsumexp(Z, 1)  # [S]
-        ce = lse - Z[ar, tgt]  # [S]
-        Z.sub_(lse[:, None]).exp_()  # softmax in place
-        Z[ar, tgt] -= 1.0
-        g_rows = (Z @ table) * scale  # [S, H]
-        per_row = torch.zeros(R).index_add_(0, rows, ce * scale[:, 0]) + cfg.l2 * (P * P).sum(1)
-        grad = torch.zeros(R, H).index_add_(0, rows, g_rows) + 2.0 * cfg.l2 * P
-        bad = ~torch.isfinite(per_row) | ~torch.isfinite(grad).all(1)
+        grad = 2.0 * cfg.l2 * P
+        loss = cfg.l2 * (P * P).sum(-1)  # [G, 2, U]
+        for g in range(G):
+            for v, (own, scale, bl, cols, tgt) in enumerate(blocks):
+                if bl.shape[0] == 0:
+                    continue
+                # forward + analytic gradient of CE (softmax - onehot), no autograd graph; the
+                # offsets' item scores are computed once per user ([U, N]), not once per pair
+                pu = P[g, v] @ table.t()  # [U, N]
+                Z = bl + (pu[own[:, None], cols] if C else pu[own])  # [S, C|N]
+                lse = torch.logsumexp(Z, 1)
+                ar = torch.arange(Z.shape[0])
+                ce = lse - Z[ar, tgt]
+                Z.sub_(lse[:, None]).exp_()
+                Z[ar, tgt] -= 1.0
+                Z.mul_(scale)
+                if C:
+                    d = torch.zeros(U, N).index_put_((own[:, None].expand_as(cols), cols), Z, accumulate=True)
+                else:
+                    d = torch.zeros(U, N).index_add_(0, own, Z)
+                grad[g, v] += d @ table  # [U, H]
+                loss[g, v].index_add_(0, own, ce * scale[:, 0])
+        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(-1)
         alive &= ~bad
         grad[~alive] = 0.0
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         P -= lr * (m / (1 - b1 ** step)) / ((v2 / (1 - b2 ** step)).sqrt() + eps)
-        alive &= torch.isfinite(P).all(1)
+        alive &= torch.isfinite(P).all(-1)
         P[~alive] = 0.0
         if step in cfg.steps:
             for g in range(G):
-                inner = P[(g * 2) * U:(g * 2 + 1) * U]  # [U, H]
-                checks[(g, step)] = _rank_logp(held_bl + inner @ table.t(), held_t)
-                snaps[(g, step)] = P[(g * 2 + 1) * U:(g * 2 + 2) * U].clone()
+                checks[(g, step)] = _rank_logp(held_bl + P[g, 0] @ table.t(), held_t)
+                snaps[(g, step)] = P[g, 1].clone()
     ndcg = lambda r: torch.where(r <= 10, 1.0 / torch.log2(r.float() + 1), torch.zeros(r.shape))  # noqa: E731
     zs_ndcg = float(ndcg(zs_rank).mean())
     scores = {key: float(ndcg(r).mean()) for key, (r, _) in checks.items()}
     best = max(scores, key=lambda key: (scores[key], -key[1], -key[0]))  # fewest steps, smallest lr on ties
     g, step = best
     failed = {}
-    dead = ~alive.view(G, 2, U)[g].all(0)  # [U] a row of this user at the chosen lr diverged
+    dead = ~alive[g].all(0)  # [U] a row of this user at the chosen lr diverged
     for u in torch.nonzero(dead).squeeze(1).tolist():
         failed[u] = (f"the per-user fit diverged (non-finite loss or parameters) at lr={cfg.lrs[g]}; "
                      "lower PerUserConfig.lrs; the user is served zero-shot")
@@ -289,8 +309,8 @@ def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig):
     params = torch.where(use[:, None], snaps[best], torch.zeros(U, H))
     info = {"lr": cfg.lrs[g], "steps": step, "inner_ndcg": scores[best], "inner_zero_shot_ndcg": zs_ndcg,
             "grid": {f"{cfg.lrs[gg]}@{s}": round(v, 5) for (gg, s), v in scores.items()},
-            "n_users": U, "n_pairs": int(pairs.targets.numel())}
-    return params, use.numpy(), failed, info
+            "n_users": U, "n_pairs": int(pairs.targets.numel()), "candidates": C or N}
+    return params, use.numpy(), failed, info, snaps[best]
 
 
 @torch.no_grad()
