@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ class PipelineConfig:
     data: DataSpec | None = None  # your own log (--data ...); None = the preset named by dataset
     use_features: bool = True  # feed item categories (genres / item metadata) to the model
     stop_after: str | None = None  # stop after this step: data, pretrain, adapt, export (None = all)
-    verbose: bool = False  # show library warnings and logs (fsrec -v); the step summaries always show
+    verbose: bool = False  # fsrec -v: ONNX Runtime's own log too (the CLI filters the rest)
     work_dir: Path = Path("runs/pipeline")  # checkpoints, adapter, exports, server logs
     repository: Path = Path("model_repository")  # Triton repository (configs committed, ONNX ignored)
     objective: str = "causal"  # "causal" (SASRec-style) or "cloze" (BERT4Rec-style)
@@ -69,33 +68,19 @@ def _step(name: str, echo: Callable[[str], None]):
 
 STEPS = ("data", "pretrain", "adapt", "export", "quantize", "repository", "serve")
 
-# libraries whose INFO/WARNING logs are hidden unless -v (their warnings too, via warnings filters)
-NOISY_LOGGERS = ("transformers", "optimum", "onnx", "onnxruntime", "torch", "peft", "root")
-
-
 @contextlib.contextmanager
 def _quiet(verbose: bool):
-    """Hide library warnings and library logs below ERROR (fsrec's own output stays)."""
-    if verbose:
-        yield
-        return
-    saved = {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for n in NOISY_LOGGERS:
-            logging.getLogger(n).setLevel(logging.ERROR)
+    """Without -v: ONNX Runtime's C++ log (written to stderr directly, not through Python
+    logging) shows errors only. Python warnings and library logs are filtered once for every
+    command by ``cli.configure_output`` (library ones hidden, this project's own shown)."""
+    if not verbose:
         try:
             import onnxruntime as ort
 
-            ort.set_default_logger_severity(3)  # errors only (the C++ "out-of-range" lines)
+            ort.set_default_logger_severity(3)
         except Exception:  # noqa: BLE001, S110 (onnxruntime absent: nothing to quiet)
             pass
-        try:
-            yield
-        finally:  # torch stays quiet: its dynamo statistics are logged at interpreter exit
-            for n, level in saved.items():
-                if n != "torch":
-                    logging.getLogger(n).setLevel(level)
+    yield
 
 
 def _data_line(st: dict) -> str:
