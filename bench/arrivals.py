@@ -192,6 +192,13 @@ def setup(args):
     return log
 
 
+def save(bench: str, args, argv, rows: list, extra: dict, log) -> None:
+    """bench/results/<--out or bench[-quick]>.json with the command that reproduces it."""
+    cmd = f"python -m bench.{bench} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    name = args.out or (f"{bench}-quick" if args.quick else bench)
+    log(f"wrote {write_results(name, cmd, rows, extra=extra)}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["pretrain", "evaluate", "all"], default="all")
@@ -218,9 +225,7 @@ def main(argv=None) -> int:
         stage_pretrain(args, tl, acfg, log)
     if args.stage in ("evaluate", "all"):
         results, extra = stage_evaluate(args, tl, acfg, log)
-        cmd = "python -m bench.arrivals " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        name = args.out or ("arrivals-quick" if args.quick else "arrivals")
-        log(f"wrote {write_results(name, cmd, results, extra=extra)}")
+        save("arrivals", args, argv, results, extra, log)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import write_results  # noqa: E402
 
 PROTOCOL = "coldstart-items"
 
@@ -64,6 +62,29 @@ def _ranks(model, examples):
     from fsrec_serve.evaluation import evaluate_next_item
 
     return evaluate_next_item(model, examples, ks=(10,), return_ranks=True)
+
+
+def frontier(model, items, events, warm, warm0, shifts=(-1.0, -0.5, 0.0, 0.5, 1.0, 2.0)) -> list[dict]:
+    """DIAGNOSTIC only (never used to choose anything): new-item NDCG@10 and warm test ratio if
+    the new items' biases were shifted by ``d`` more than the calibration chose; shows the
+    trade-off between the two goals."""
+    import numpy as np
+    import torch
+
+    from fsrec_serve.evaluation.metrics import ndcg_at_k
+
+    idx = torch.as_tensor(items)
+    b0 = model.output_bias.bias[idx].clone()
+    out = []
+    for d in shifts:
+        with torch.no_grad():
+            model.output_bias.bias[idx] = b0 - d
+        w = ndcg_at_k(np.asarray(_ranks(model, warm)["ranks"]), 10)
+        out.append({"extra_shift": d, "new_ndcg@10": _ranks(model, events)["ndcg@10"],
+                    "warm_ratio": float(w.mean() / warm0.mean())})
+    with torch.no_grad():
+        model.output_bias.bias[idx] = b0
+    return out
 
 
 def run(args, log) -> tuple[list[dict], dict]:
@@ -116,6 +137,8 @@ def run(args, log) -> tuple[list[dict], dict]:
         add(method, "seconds", seconds)
         add(method, "cpu_seconds", cpu)
         details[method] = {k: v for k, v in res.info.items() if k != "config"}
+        if method == "item-embeddings":
+            details["frontier"] = frontier(res.model, splits.cold_items, events, warm, warm0)
         log(f"{method}: new-item ndcg@10 {m['ndcg@10']:.4f} warm ratio {ratio:.4f} "
             f"[{g['ci_low'] + 1:.3f}, {g['ci_high'] + 1:.3f}] ({seconds:.0f}s) info {details[method]}")
     details["warm_ndcg@10_before"] = float(warm0.mean())
@@ -134,15 +157,12 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-only", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    from bench.arrivals import setup
+    from bench.arrivals import save, setup
 
     log = setup(args)
-
     rows, details = run(args, log)
     if rows:
-        cmd = "python -m bench.items " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        name = args.out or ("items-quick" if args.quick else "items")
-        log(f"wrote {write_results(name, cmd, rows, extra={'details': details})}")
+        save("items", args, argv, rows, {"details": details}, log)
     return 0
 
 
