@@ -195,13 +195,13 @@ def _read_table_log(spec: DataSpec, json_engine: str):
         n += rows
 
     if not (tables.USE_THREADS and CONVERT_THREADS):
-        for b in iter_batches(spec, columns, json_engine=json_engine):
+        for b in iter_batches(spec, columns, json_engine=json_engine, check_utf8=False):
             collect(_convert(b, spec))
         return users, items, times, ratings, n
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending: deque = deque()
         try:
-            for b in iter_batches(spec, columns, json_engine=json_engine):
+            for b in iter_batches(spec, columns, json_engine=json_engine, check_utf8=False):
                 pending.append(pool.submit(_convert, b, spec))
                 while len(pending) > 2:  # bounded: at most 3 batches in memory at once
                     collect(pending.popleft().result())
@@ -257,12 +257,20 @@ def _read_sequences(spec: DataSpec):
     return users, items, times, [], n
 
 
-def _codes(chunks: list) -> tuple[np.ndarray, np.ndarray]:
-    """Unify the batches' dictionaries -> (vocab [V] object, in order of first appearance;
-    codes [N] int32)."""
-    ca = pa.chunked_array(chunks).unify_dictionaries()
-    vocab = ca.chunks[0].dictionary.to_numpy(zero_copy_only=False).astype(object)
-    return vocab, np.concatenate([_np(c.indices) for c in ca.chunks]).astype(np.int32, copy=False)
+def _codes(chunks: list, path: Path, col: str, encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the batches' dictionary arrays (arrow unifies their dictionaries) -> (vocab [V]
+    object, in order of first appearance; codes [N] int32). The distinct ids are checked to be
+    UTF-8 here, once, instead of every row while parsing."""
+    combined = pa.concat_arrays(chunks)
+    try:
+        combined.dictionary.validate(full=True)
+    except pa.ArrowInvalid:
+        raise DataFormatError(
+            f"{path}: column {col!r} holds text that is not valid {encoding}; set the file's encoding "
+            "in a data spec (encoding: latin-1, cp1252, ...)"
+        ) from None
+    vocab = combined.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    return vocab, _np(combined.indices).astype(np.int32, copy=False)
 
 
 def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interactions:
@@ -284,9 +292,9 @@ def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interaction
             f"{path}: the file has a header but no rows; it holds no interactions. Point --data at "
             "the full log"
         )
-    user_vocab, user_codes = _codes(users)
+    user_vocab, user_codes = _codes(users, path, spec.user_col, spec.encoding)
     del users
-    item_vocab, item_codes = _codes(items)
+    item_vocab, item_codes = _codes(items, path, spec.item_col, spec.encoding)
     del items
     ts = np.concatenate(times) if times else np.arange(n, dtype=np.int64)
     rt = np.concatenate(ratings) if ratings else np.ones(n, dtype=np.float32)

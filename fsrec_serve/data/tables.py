@@ -122,7 +122,7 @@ def _find_line(path: Path, encoding: str, text: str) -> int | None:
 
 
 def _csv_options(src, path: Path, columns: dict[str, pa.DataType | None], handler=None,
-                 all_strings: bool = False):
+                 all_strings: bool = False, check_utf8: bool = True):
     sep = default_sep(path, src.sep)
     names = list(src.column_names) if not src.header else None
     if not src.header and not names:
@@ -133,7 +133,7 @@ def _csv_options(src, path: Path, columns: dict[str, pa.DataType | None], handle
                          invalid_row_handler=handler)
     types = {c: (pa.string() if all_strings else t) for c, t in columns.items() if t is not None or all_strings}
     co = pv.ConvertOptions(include_columns=list(columns), column_types=types,
-                           strings_can_be_null=not all_strings)
+                           strings_can_be_null=not all_strings, check_utf8=check_utf8 or all_strings)
     return sep, ro, po, co
 
 
@@ -150,7 +150,7 @@ def _csv_header(src, path: Path) -> list[str]:
         return []
 
 
-def _iter_csv(src, path: Path, columns: dict[str, pa.DataType | None]) -> Iterator[Batch]:
+def _iter_csv(src, path: Path, columns: dict[str, pa.DataType | None], check_utf8: bool = True) -> Iterator[Batch]:
     header = _csv_header(src, path)
     for c in columns:
         if c not in header:
@@ -164,7 +164,7 @@ def _iter_csv(src, path: Path, columns: dict[str, pa.DataType | None]) -> Iterat
         bad.append(row)
         return "error"
 
-    sep, ro, po, co = _csv_options(src, path, columns, handler)
+    sep, ro, po, co = _csv_options(src, path, columns, handler, check_utf8=check_utf8)
     offset = 1 if src.header else 0
     first = 0
     try:
@@ -313,15 +313,17 @@ def _iter_jsonl_pandas(src, path: Path, columns) -> Iterator[Batch]:
         raise DataFormatError(f"{path}: not valid JSON Lines ({e}); one JSON object a line") from None
 
 
-def iter_batches(src, columns: dict[str, pa.DataType | None], json_engine: str = "arrow"
-                 ) -> Iterator[Batch]:
+def iter_batches(src, columns: dict[str, pa.DataType | None], json_engine: str = "arrow",
+                 check_utf8: bool = True) -> Iterator[Batch]:
     """Stream the ``columns`` of ``src`` (a DataSpec or ItemMetadataSpec). ``columns`` maps a
-    column name to the type to read it as (``pa.string()`` for ids), or None to infer."""
+    column name to the type to read it as (``pa.string()`` for ids), or None to infer.
+    ``check_utf8=False``: CSV text is not validated per row (the caller validates the distinct
+    values it keeps: much cheaper for id columns)."""
     path = Path(src.path)
     check_file(path)
     fmt = detect_format(path, src.format, src.sep)
     if fmt == "csv":
-        yield from _iter_csv(src, path, columns)
+        yield from _iter_csv(src, path, columns, check_utf8=check_utf8)
     elif fmt == "parquet":
         yield from _iter_parquet(src, path, columns)
     elif fmt == "jsonl":

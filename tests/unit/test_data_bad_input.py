@@ -133,3 +133,12 @@ def test_cli_refuses_bad_data_before_writing_anything(tmp_path, capsys):
     assert not work.exists() and not repo.exists() and not out.exists()
     with pytest.raises(FsRecError):
         _load(p, duplicates="sometimes")
+
+
+def test_text_in_another_encoding_names_the_fix(tmp_path):
+    p = tmp_path / "latin.csv"
+    p.write_bytes("user_id,item_id\nJosé,a\nJosé,b\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"latin\.csv: column 'user_id' holds text that is not valid utf-8; "
+                                              r"set the file's encoding"):
+        _load(p)
+    assert list(_load(p, encoding="latin-1").sequences()) == ["José"]
