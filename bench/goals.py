@@ -87,8 +87,10 @@ GOALS: list[Goal] = [
     # -- issue 11: own data ----------------------------------------------------------------------
     Goal("11", "reading a 20M-row log: fsrec's reader peak memory <= 4096 MB", ("ingest",), "ingest",
          ("fsrec*",), (_c("peak_mb", "<=", 4096),)),
-    Goal("11", "reading a 20M-row log: fsrec's reader rows/s >= 1x pandas.read_csv", ("ingest",),
-         "ingest", ("fsrec*",), (_c("rows_per_s", ">=", 1.0, over="pandas*"),)),
+    Goal("11", "reading the 20M-row CSV: fsrec's reader rows/s >= 1x pandas.read_csv of the same file "
+         "(paired per round)", ("ingest",), "ingest", ("fsrec-csv",), (_c("ratio", ">=", 1.0),)),
+    Goal("11", "reading the same log as Parquet: fsrec's reader rows/s >= 1x pandas.read_csv of the CSV",
+         ("ingest",), "ingest", ("fsrec-parquet",), (_c("ratio", ">=", 1.0),)),
     # -- issue 12: serving speed -----------------------------------------------------------------
     Goal("12", "varlen ÷ padded Triton throughput >= 1.5x on ML-100K, p99 no worse",
          ("serving-varlen", "serving"), "serving", ("triton-cpu-varlen",),
