@@ -51,6 +51,7 @@ class Goal:
     dataset: Optional[str] = None  # None = any data set
     where: dict = field(default_factory=dict)  # extra row fields that must match when the row has
     #   them, e.g. {"concurrency": 256} ({"basis": "throughput"} also takes rows without a basis)
+    every: bool = False  # True: every candidate must meet the checks (the worst one is shown)
     pair: str = "condition"  # how a Check.over baseline row is found: "condition" = same load
     #   condition as the candidate; "peak" = the baseline's highest-throughput load (any condition)
 
@@ -85,8 +86,8 @@ GOALS: list[Goal] = [
          ("quality-beauty", "quality"), "loo-full", ("fsrec-sasrec", "fsrec-bert4rec"),
          (_c("ndcg@10", ">=", 0.062), _c("ndcg@10", ">=", 3, field="n")), dataset="beauty"),
     # -- issue 11: own data ----------------------------------------------------------------------
-    Goal("11", "reading a 20M-row log: fsrec's reader peak memory <= 4096 MB", ("ingest",), "ingest",
-         ("fsrec*",), (_c("peak_mb", "<=", 4096),)),
+    Goal("11", "reading a 20M-row log: every fsrec reader's peak memory <= 4096 MB", ("ingest",), "ingest",
+         ("fsrec*",), (_c("peak_mb", "<=", 4096),), every=True),
     Goal("11", "reading the 20M-row CSV: fsrec's reader rows/s >= 1x pandas.read_csv of the same file "
          "(paired per round)", ("ingest",), "ingest", ("fsrec-csv",), (_c("ratio", ">=", 1.0),)),
     Goal("11", "reading the same log as Parquet: fsrec's reader rows/s >= 1x pandas.read_csv of the CSV",
@@ -237,6 +238,10 @@ def evaluate_goal(goal: Goal, files: dict[str, dict]) -> GoalResult:
                 scored.append((ok, rank, r, vals))
             if all(v is None for s in scored for _, v in s[3][:1]):
                 continue  # e.g. the baseline of a ratio is missing in this file
-            ok, _, r, vals = max(scored, key=lambda s: (s[0], s[1]))
+            if goal.every:
+                ok, _, r, vals = min(scored, key=lambda s: (s[0], s[1]))
+                ok = all(s[0] for s in scored)
+            else:
+                ok, _, r, vals = max(scored, key=lambda s: (s[0], s[1]))
             return GoalResult(goal, "met" if ok else "missed", stem, r["method"], vals, r)
     return GoalResult(goal, "not run yet")
