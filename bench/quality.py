@@ -211,9 +211,11 @@ def _write(name: str, command: str, args, results: list[dict], runs: list[dict])
         "commands": commands,
         "notes": ("leave-one-out over every user, full ranking over the whole catalogue with the "
                   "user's own history excluded; hyperparameters from "
-                  "fsrec_serve.training.recommended_config, early stopping on the validation item; "
-                  "seconds = wall-clock to the best validation epoch on a machine shared with "
-                  "other jobs (cpu_seconds per run in runs[])"),
+                  "fsrec_serve.training.recommended_config (with the command's overrides), early "
+                  "stopping on the validation item"
+                  + (f" of {args.valid_users} sampled users" if args.valid_users else "")
+                  + "; seconds = wall-clock to the best validation epoch on a machine shared with "
+                  "other jobs (cpu_seconds per run in runs[]; per-epoch curves in runs[].history)"),
         "runs": runs,
     })
     return path
