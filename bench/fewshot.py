@@ -96,7 +96,7 @@ def fold_model(dataset: str, fold: int, splits, args, log):
     return res.model.eval(), json.loads((out / "fsrec_run.json").read_text())
 
 
-COHORT = ["head_only", "full", "lora"]
+COHORT = ["head_only+warm", "lora+warm"]
 METRICS = ("hr@10", "ndcg@10")
 
 
@@ -110,6 +110,7 @@ def run_fold_k(dataset: str, fold: int, k: int, model, splits, args, log) -> dic
     if path.exists() and not args.fresh:
         return json.loads(path.read_text())
     cfg = AdaptConfig(seed=fold, device=args.device, num_threads=args.num_threads,
+                      auto_candidates=[{"strategy": s} for s in args.auto_candidates],
                       **({"epochs": 3, "patience": 2} if args.quick else {}))
     pcfg = PerUserConfig(**json.loads(args.peruser))
     rec = kshot_fold(model, splits, k, args.cohort, cfg, pcfg, log=log)
@@ -192,8 +193,12 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="runs/fewshot", help="fold checkpoints + per-fold records")
     p.add_argument("--pretrain-only", action="store_true")
     p.add_argument("--only-folds", nargs="+", type=int, default=None)
-    p.add_argument("--cohort", nargs="+", default=COHORT, help="cohort strategies (adapt())")
-    p.add_argument("--peruser", default="{}", help="JSON of PerUserConfig fields")
+    p.add_argument("--cohort", nargs="+", default=COHORT,
+                   help="cohort strategies (adapt()); '<strategy>+warm' adds warm users' short prefixes")
+    p.add_argument("--auto-candidates", nargs="+", default=["head_only", "lora"],
+                   help="strategies auto chooses among (besides zero_shot)")
+    p.add_argument("--peruser", default='{"lrs": [0.03, 0.1], "steps": [10, 30]}',
+                   help="JSON of PerUserConfig fields")
     p.add_argument("--fresh", action="store_true", help="ignore cached (fold, k) records")
     p.add_argument("--aggregate-only", action="store_true", help="only summarise cached records")
     p.add_argument("--out", default=None, help="results name (default fewshot / fewshot-quick)")
@@ -226,9 +231,9 @@ def main(argv=None) -> int:
                 records.append(run_fold_k(ds, f, k, model, sp, args, log))
     if args.pretrain_only:
         return 0
-    if not args.aggregate_only:  # the other data set's cached records stay in the table
-        other = [d for d in ("ml-100k", "beauty") if d != args.dataset]
-        for ds in other:
+    if not args.aggregate_only:  # every cached record (other folds, the other data set) is in the table
+        records = []
+        for ds in ("ml-100k", "beauty"):
             tag = "quick" if args.quick else ("b" if ds == "beauty" else f"f{args.folds}")
             records += [json.loads(p.read_text()) for p in sorted(Path(args.cache).glob(f"kshot-{ds}-{tag}-fold*-k*.json"))]
     rows, details = aggregate(records)

@@ -5,15 +5,9 @@ Objective: next-item prediction *inside* the support sequences, with the model's
 inference situation "history + [MASK]"; causal: every support item predicts the next one).
 Query items are never seen: ``adapt`` only receives the support.
 
-Procedure (``fitting.fit_strategy``) for a trained strategy (``head_only``, ``full``, ``lora``, ``adalora``, ``ia3``,
-``prefix``, ``prompt``):
-
-1. inner split of the support: for ``inner_valid_frac`` of the users with >= 2 support items, the
-   LAST support item is held out as an inner-validation target (history = their earlier support
-   items); everything else is inner training data;
-2. train on the inner training data with AdamW, warmup/decay and early stopping on the inner
-   NDCG@10 (``train_loop`` of the training package); the best pass count is kept;
-3. ``refit``: retrain from the pretrained weights on the WHOLE support for that many passes.
+A trained strategy (``head_only``, ``full``, ``lora``, ``adalora``, ``ia3``, ``prefix``,
+``prompt``) runs ``fitting.fit_strategy`` (inner split, early stopping, refit: see that module);
+``auto`` runs ``auto.auto_adapt``.
 
 Support sets where no user has two items (k = 1) contain no (history, target) pair to train or
 validate on: every strategy then returns the zero-shot model and says so in ``info["degraded"]``.
