@@ -32,6 +32,20 @@ def add_parsers(sub) -> None:
     add_data_arguments(r)
     r.set_defaults(func=_run)
 
+    u = asub.add_parser("per-user", help="fit per-user user_params (user-state offsets) for a cohort, one "
+                        "vectorized fit, and save them as JSON {users, params, adapted, failed}")
+    u.add_argument("--base", required=True, help="pretrained (or merged adapted) model folder")
+    u.add_argument("--out", required=True, help="JSON file to write (written atomically)")
+    usrc = u.add_mutually_exclusive_group()
+    usrc.add_argument("--support-file", help="one user a line: 'user_id item_id item_id ...' (raw ids, time order)")
+    usrc.add_argument("--cold-users", metavar="DATASET", help="the cold users of DATASET's default split (first --k)")
+    u.add_argument("--k", type=int, default=5, help="support size with --cold-users")
+    u.add_argument("--seed", type=int, default=0, help="split seed (--cold-users)")
+    u.add_argument("--data-dir", default=None, help="data folder (env FSREC_DATA_DIR)")
+    u.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a PerUserConfig field (JSON value), e.g. --set lrs=[0.1] --set l2=0.01")
+    u.set_defaults(func=_per_user)
+
     m = asub.add_parser("merge", help="fold a saved LoRA / AdaLoRA / IA3 artifact into the base weights")
     m.add_argument("--base", required=True, help="pretrained model folder")
     m.add_argument("--artifact", required=True, help="artifact folder (fsrec adapt run --out)")
@@ -165,4 +179,40 @@ def _report(args) -> int:
 
     for p in write_report(args.results, args.out, metric=args.metric):
         print(p)
+    return 0
+
+
+def _per_user(args) -> int:
+    from ..adaptation import PerUserConfig, fit_user_params
+    from ..errors import ConfigError
+    from ..model import FsRecModel
+
+    model = FsRecModel.from_pretrained(args.base).eval()
+    if args.support_file:
+        support = _read_support(args.support_file, model)
+    elif args.cold_users:
+        from ..data import SplitConfig, load_dataset, make_splits
+        from ..settings import get_settings
+
+        data = load_dataset(args.cold_users, get_settings(data_dir=args.data_dir).data_dir)
+        support, _ = make_splits(data, SplitConfig(seed=args.seed)).support_query(args.k)
+    else:
+        raise ConfigError("fsrec adapt per-user needs --support-file FILE or --cold-users DATASET")
+    over = {}
+    for item in args.set:
+        key, _, val = item.partition("=")
+        try:
+            over[key] = json.loads(val)
+        except json.JSONDecodeError:
+            over[key] = val
+    try:
+        cfg = PerUserConfig(**over)
+    except TypeError as e:
+        raise ConfigError(f"--set: {e}; PerUserConfig fields: lrs, steps, l2, margin, min_support, "
+                          "per_user_check, candidates, users_per_chunk") from e
+    res = fit_user_params(model, support, cfg)
+    res.save(args.out)
+    print(json.dumps({"out": args.out, "n_users": len(res.users), "n_adapted": int(res.adapted.sum()),
+                      "failed": res.failed, "lr": res.info.get("lr"), "steps": res.info.get("steps"),
+                      "seconds": round(res.info["seconds"], 2)}, indent=2))
     return 0
