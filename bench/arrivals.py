@@ -6,7 +6,8 @@ fine-tuning on each round's new slice, chained) / ``retrain`` (fresh pretraining
 before each round boundary), queries = each arrival's (k+1)-th item after their first k.
 
     python -m bench.arrivals --stage pretrain      # stale + one retrain per round (cached)
-    python -m bench.arrivals --stage evaluate      # cohort updates, metrics, results JSON
+    python -m bench.arrivals --stage evaluate      # cohort updates, metrics -> arrivals.json
+    python -m bench.arrivals --rounds 3 --out arrivals-r3   # coarser rounds (arrivals-r3.json)
     python -m bench.arrivals --quick               # smoke run: tiny model, 1 epoch
 
 CPU seconds are ``time.process_time()`` of this process around each path's training (all
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["pretrain", "evaluate", "all"], default="all")
     p.add_argument("--quantile", type=float, default=0.8)
-    p.add_argument("--rounds", type=int, default=4, help="update rounds after T (equal event counts)")
+    p.add_argument("--rounds", type=int, default=6, help="update rounds after T (equal event counts)")
     p.add_argument("--max-seq-len", type=int, default=50, help="history window of every model")
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10])
@@ -212,11 +213,12 @@ def main(argv=None) -> int:
     p.add_argument("--cohort-epochs", type=int, default=3)
     p.add_argument("--cohort-lr", type=float, default=5e-4)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--cache", default="runs/arrivals-cache")
+    p.add_argument("--cache", default=None, help="model cache (default runs/arrivals-cache-r<rounds>)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     log = setup(args)
+    args.cache = args.cache or f"runs/arrivals-cache-r{args.rounds}"
     Path(args.cache).mkdir(parents=True, exist_ok=True)
 
     tl, acfg = _timeline(args)
