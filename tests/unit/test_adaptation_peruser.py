@@ -156,3 +156,19 @@ def test_query_ranks_match_the_evaluator_and_gains_are_paired():
     assert g["mean"] == pytest.approx(0.5) and g["ci_low"] == pytest.approx(0.5) and g["n_users"] == 4
     g = paired_relative_gain([0.2, 0.4], [0.3, 0.3])  # means 0.3 and 0.3: no gain
     assert g["mean"] == pytest.approx(0.0) and g["ci_low"] < 0 < g["ci_high"]
+
+
+def test_cli_per_user_writes_one_offset_per_user(tmp_path):
+    from fsrec_serve.cli import main
+    from fsrec_serve.data import IdMap
+
+    m = tiny_model(seed=9)
+    m.item_map = IdMap([str(i) for i in range(1, N_ITEMS + 1)])
+    m.save_pretrained(tmp_path / "base")
+    (tmp_path / "support.txt").write_text("a 1 2 3 4 5\nb 6 7 8 9 10\nc 11\n")
+    out = tmp_path / "user_params.json"
+    rc = main(["adapt", "per-user", "--base", str(tmp_path / "base"), "--support-file",
+               str(tmp_path / "support.txt"), "--out", str(out), "--set", "lrs=[0.1]", "--set", "steps=[5]"])
+    d = json.loads(out.read_text())
+    assert rc == 0 and d["users"] == ["a", "b", "c"] and len(d["params"]) == 3
+    assert all(len(p) == H for p in d["params"]) and d["params"][2] == [0.0] * H  # k=1: zero-shot
