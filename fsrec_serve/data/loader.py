@@ -171,6 +171,41 @@ def _convert(b: Batch, spec: DataSpec) -> tuple:
             _ratings(t.column(spec.rating_col), spec, b) if spec.rating_col else None, t.num_rows)
 
 
+class _Growing:
+    """A column filled batch by batch with no final concatenation: sized from an estimate of
+    the row count (np.empty touches no memory until written), doubled if the estimate is short."""
+
+    def __init__(self, dtype) -> None:
+        self.dtype, self.buf, self.n = dtype, None, 0
+
+    def add(self, a: np.ndarray, estimate: int) -> None:
+        if self.buf is None:
+            self.buf = np.empty(max(estimate, len(a)), self.dtype)
+        if self.n + len(a) > len(self.buf):
+            grown = np.empty(max(2 * len(self.buf), self.n + len(a)), self.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n : self.n + len(a)] = a
+        self.n += len(a)
+
+    def array(self) -> np.ndarray | None:
+        return None if self.buf is None else self.buf[: self.n]
+
+
+def _estimate_rows(spec: DataSpec, b: Batch) -> int:
+    """Rows of the whole log, from the first batch (text) or the shards' footers (Parquet)."""
+    path = Path(spec.path)
+    if b.is_lines is False:
+        import pyarrow.parquet as pq
+
+        files = tables.shard_files(path) if path.is_dir() else [path]
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if path.name.endswith(".gz"):
+        return 8 * b.table.num_rows  # unknown ratio: grow by doubling
+    size = path.stat().st_size  # a text batch is one block of the file (the last one: the rest)
+    return int(size * b.table.num_rows / max(1, min(tables.BLOCK_BYTES, size)) * 1.2) + b.table.num_rows
+
+
 def _read_table_log(spec: DataSpec, json_engine: str):
     """Stream the log; each batch is converted on a worker thread (the arrow kernels release
     the GIL) while the reader parses the next one. Results are taken in file order, so the
@@ -180,8 +215,9 @@ def _read_table_log(spec: DataSpec, json_engine: str):
         columns[spec.time_col] = None
     if spec.rating_col:
         columns[spec.rating_col] = None
-    users, items, times, ratings = [], [], [], []
-    n = 0
+    users, items = [], []
+    times, ratings = _Growing(np.int64), _Growing(np.float32)
+    n, estimate = 0, 0
 
     def collect(res) -> None:
         nonlocal n
@@ -189,19 +225,21 @@ def _read_table_log(spec: DataSpec, json_engine: str):
         users.append(u)
         items.append(i)
         if t is not None:
-            times.append(t)
+            times.add(t, estimate)
         if r is not None:
-            ratings.append(r)
+            ratings.add(r, estimate)
         n += rows
 
     if not (tables.USE_THREADS and CONVERT_THREADS):
         for b in iter_batches(spec, columns, json_engine=json_engine, check_utf8=False):
+            estimate = estimate or _estimate_rows(spec, b)
             collect(_convert(b, spec))
-        return users, items, times, ratings, n
+        return users, items, times.array(), ratings.array(), n
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending: deque = deque()
         try:
             for b in iter_batches(spec, columns, json_engine=json_engine, check_utf8=False):
+                estimate = estimate or _estimate_rows(spec, b)
                 pending.append(pool.submit(_convert, b, spec))
                 while len(pending) > 2:  # bounded: at most 3 batches in memory at once
                     collect(pending.popleft().result())
@@ -210,7 +248,7 @@ def _read_table_log(spec: DataSpec, json_engine: str):
         finally:
             for f in pending:
                 f.cancel()
-    return users, items, times, ratings, n
+    return users, items, times.array(), ratings.array(), n
 
 
 def _read_sequences(spec: DataSpec):
@@ -273,6 +311,13 @@ def _codes(chunks: list, path: Path, col: str, encoding: str) -> tuple[np.ndarra
     return vocab, _np(combined.indices).astype(np.int32, copy=False)
 
 
+def _column(values, n: int, default, dtype) -> np.ndarray:
+    """A reader's column: one array, a list of per-batch arrays, or None (-> default(n))."""
+    if values is None or (isinstance(values, list) and not values):
+        return default(n, dtype=dtype)
+    return np.concatenate(values) if isinstance(values, list) else values
+
+
 def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interactions:
     """Read, check and clean the log of ``spec``; ``stats`` records every step's counts."""
     path = Path(spec.path)
@@ -296,8 +341,8 @@ def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interaction
     del users
     item_vocab, item_codes = _codes(items, path, spec.item_col, spec.encoding)
     del items
-    ts = np.concatenate(times) if times else np.arange(n, dtype=np.int64)
-    rt = np.concatenate(ratings) if ratings else np.ones(n, dtype=np.float32)
+    ts = _column(times, n, np.arange, np.int64)
+    rt = _column(ratings, n, np.ones, np.float32)
     data = Interactions(
         name=spec.display_name, ratings=rt, timestamps=ts, has_timestamps=has_time,
         user_codes=user_codes, user_vocab=user_vocab, item_codes=item_codes, item_vocab=item_vocab,
