@@ -119,8 +119,8 @@ def run(args, log) -> tuple[list[dict], dict]:
     variants = {
         "item-embeddings": (ColdItemConfig(seed=args.seed),
                             dict(replay=splits.loo_train(), warm_valid=splits.loo_valid())),
-        "item-embeddings-noreplay": (ColdItemConfig(seed=args.seed, replay_weights=(0.0,),
-                                                    bias_shifts=(0.0,), target_ratio=0.0), {}),
+        "item-embeddings-noreplay": (ColdItemConfig(seed=args.seed, replay_weights=(0.0,), bias_shifts=(0.0,),
+                                                    shift_forms=("uniform",), target_ratio=0.0), {}),
     }
     for method, (cfg, kw) in variants.items():
         t0, c0 = time.perf_counter(), time.process_time()

@@ -23,17 +23,21 @@ What is fitted instead (a softmax regression on frozen user states, full batch, 
     new item (its input vector changes after adaptation); states are computed once with the
     pretrained rows, which is exact for the replay histories of warm users.
 
-Bias calibration: after a fit, the smallest shift (of ``bias_shifts``) subtracted from every
-new item's bias that keeps warm users' validation NDCG@10 after / before >= ``target_ratio``
-(``warm_valid``, e.g. ``Splits.loo_valid()``; default: the replay examples).
+Bias calibration: after a fit, the smallest shift d (of ``bias_shifts``) subtracted from the
+new items' biases that keeps warm users' validation NDCG@10 after / before >= ``target_ratio``
+(``warm_valid``, e.g. ``Splits.loo_valid()``; default: the replay examples). Shapes
+(``shift_forms``): "uniform" (every new item - d) or "count" (item i - d * max_n / n_i, n_i its
+adaptation events: the less an item was seen, the more its bias is shrunk, as a prior would);
+the shape is chosen with the replay weight on the held-out events below.
 
 Default ``w`` = 1: a replay example weighs as much as a new-item example (the mixture a log
 with the new items in it would give); the calibration alone enforces the harm constraint.
-Optional selection among several ``replay_weights`` (never on evaluation events): the last
+Selection among (``replay_weights`` x ``shift_forms``), never on evaluation events: the last
 adaptation sequence of every new item with >= 2 is held out (inner new-item NDCG@10); each
-``w`` is fitted on the rest and calibrated; the best inner new-item NDCG@10 among the ``w``
-whose calibrated warm ratio reaches ``target_ratio`` wins (else the highest warm ratio). With
-one held-out event per item this choice was noise on small data, hence one ``w`` by default.
+``w`` is fitted on the rest and calibrated in each shape; the best inner new-item NDCG@10 among
+the candidates whose calibrated warm ratio reaches ``target_ratio`` wins (else the highest warm
+ratio). With one held-out event per item the choice of ``w`` was noise on small data, hence
+one ``w`` by default.
 Then the fit on every adaptation sequence and a fresh calibration.
 """
 
@@ -64,6 +68,7 @@ class ColdItemConfig:
     replay_weights: tuple = (1.0,)  # candidate w (weight of a replay example); >1 value = selection
     target_ratio: float = 0.99  # warm validation NDCG@10 after / before a candidate must keep
     bias_shifts: tuple = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # calibration grid
+    shift_forms: tuple = ("uniform", "count")  # calibration shapes, chosen on the held-out events
     replay_positions: int = 2  # earlier positions per replay sequence (besides its last item)
     replay_tail: int = 0  # > 0: draw those positions among the last ``replay_tail`` only
     max_replay: int = 4000  # cap on replay examples (random sample above it)
@@ -187,17 +192,32 @@ def _fit(work, problems: Sequence[_Problem], pos: _Problem, rep: _Problem, vec0:
     return vecs, b
 
 
+def _shift_scale(form: str, seqs: Sequence[UserSequence], items: torch.Tensor) -> torch.Tensor:
+    """[n] how much of the shift each new item gets: 1 each ("uniform"), or max count / own
+    count of adaptation events ("count": the less an item was seen, the more its bias is
+    shrunk, as a prior would)."""
+    if form == "uniform":
+        return torch.ones(len(items))
+    n = torch.zeros(len(items))
+    col = {int(c): j for j, c in enumerate(items)}
+    for s in seqs:
+        if s.items[-1] in col:
+            n[col[s.items[-1]]] += 1
+    return n.max().clamp(min=1) / n.clamp(min=1)
+
+
 def _calibrate(valid: _Problem, warm0: float, vecs: torch.Tensor, bias: torch.Tensor,
-               cfg: ColdItemConfig) -> tuple[float, float]:
-    """(shift, ratio): the smallest shift of ``cfg.bias_shifts`` subtracted from every new
-    item's bias that keeps the warm validation NDCG@10 ratio >= ``cfg.target_ratio`` (the
-    largest shift if none does)."""
+               cfg: ColdItemConfig, scale: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """(shifted biases, d, ratio): the smallest d of ``cfg.bias_shifts`` such that the biases
+    minus d * ``scale`` keep the warm validation NDCG@10 ratio >= ``cfg.target_ratio`` (the
+    largest d if none does)."""
     ratio = float("nan")
     for d in cfg.bias_shifts:
-        ratio = valid.ndcg(vecs, bias - d) / warm0 if warm0 > 0 else float("nan")
+        ratio = valid.ndcg(vecs, bias - d * scale) / warm0 if warm0 > 0 else float("nan")
         if not ratio < cfg.target_ratio:
-            return float(d), ratio
-    return float(cfg.bias_shifts[-1]), ratio
+            return bias - d * scale, float(d), ratio
+    d = float(cfg.bias_shifts[-1])
+    return bias - d * scale, d, ratio
 
 
 def _split_item_sequences(sequences: Sequence[UserSequence]):
@@ -260,33 +280,35 @@ def adapt_cold_items(
     warm0 = valid.ndcg()
     train, held = _split_item_sequences(seqs)
     candidates: dict = {}
-    weights = tuple(cfg.replay_weights)
-    if held and train and len(weights) > 1:
+    weights, forms = tuple(cfg.replay_weights), tuple(cfg.shift_forms)
+    if held and train and len(weights) * len(forms) > 1:
         pos_tr = _Problem(base, _examples(train, 0, rng), items_t, cfg.batch_size)
         pos_va = _Problem(base, _examples(held, 0, rng), items_t, cfg.batch_size)
         for w in weights:
             v, b = _fit(work, (pos_tr, pos_va, rep, valid), pos_tr, rep, vec0, bias0, w, cfg)
-            shift, ratio = _calibrate(valid, warm0, v, b, cfg)
-            candidates[w] = {"new_ndcg@10": pos_va.ndcg(v, b - shift), "warm_ratio": ratio,
-                             "bias_shift": shift}
-        ok = [w for w in weights if candidates[w]["warm_ratio"] >= cfg.target_ratio]
-        w = (max(ok, key=lambda x: (candidates[x]["new_ndcg@10"], x)) if ok
-             else max(weights, key=lambda x: (candidates[x]["warm_ratio"], x)))
+            for form in forms:
+                bs, d, ratio = _calibrate(valid, warm0, v, b, cfg, _shift_scale(form, train, items_t))
+                candidates[f"{w}/{form}"] = {"replay_weight": w, "shift_form": form, "bias_shift": d,
+                                             "new_ndcg@10": pos_va.ndcg(v, bs), "warm_ratio": ratio}
+        ok = [c for c in candidates.values() if c["warm_ratio"] >= cfg.target_ratio]
+        best = (max(ok, key=lambda c: (c["new_ndcg@10"], c["replay_weight"])) if ok
+                else max(candidates.values(), key=lambda c: (c["warm_ratio"], c["replay_weight"])))
+        w, form = best["replay_weight"], best["shift_form"]
         _set_rows(work, items_t, vec0, bias0)
-    else:
-        w = max(weights)  # nothing to select on: the most conservative candidate
+    else:  # nothing to select on: the most conservative candidate
+        w, form = max(weights), forms[0]
     pos = _Problem(work, _examples(seqs, 0, rng), items_t, cfg.batch_size)
     for p in (rep, valid):
         if p.needs_refresh:
             p.refresh(work)
     vecs, bias = _fit(work, (pos, rep), pos, rep, vec0, bias0, w, cfg)
-    shift, ratio = _calibrate(valid, warm0, vecs, bias, cfg)
-    _set_rows(work, items_t, vecs, bias - shift)
+    bias, shift, ratio = _calibrate(valid, warm0, vecs, bias, cfg, _shift_scale(form, seqs, items_t))
+    _set_rows(work, items_t, vecs, bias)
     adapted = work
     adapted.eval()
     info = {"strategy": COLD_ITEMS_STRATEGY, "n_items": int(items_t.numel()),
             "n_sequences": len(seqs), "n_replay": len(rep_ex), "replay_weight": w,
-            "bias_shift": shift, "warm_valid_ratio": ratio,
+            "bias_shift": shift, "shift_form": form, "warm_valid_ratio": ratio,
             "target_ratio": cfg.target_ratio, "candidates": candidates,
             "warm_valid_ndcg@10_before": warm0, "config": asdict(cfg),
             "seconds": time.perf_counter() - t0}

@@ -105,7 +105,7 @@ def test_explicit_replay_is_calibrated_on_warm_validation(pretrained, tiny_split
 def test_without_replay_or_calibration_the_new_items_flood_warm_top10(pretrained, tiny_splits, events):
     """The harm this module prevents: the same fit on the new items' sequences alone."""
     adapt_seqs, _ = events
-    cfg = ColdItemConfig(replay_weights=(0.0,), bias_shifts=(0.0,), target_ratio=0.0)
+    cfg = ColdItemConfig(replay_weights=(0.0,), bias_shifts=(0.0,), shift_forms=("uniform",), target_ratio=0.0)
     res = adapt_cold_items(pretrained, adapt_seqs, tiny_splits.cold_items, cfg)
     warm = tiny_splits.loo_test()
     assert ndcg(res.model, warm) / ndcg(pretrained, warm) < 0.9
