@@ -82,11 +82,12 @@ def pretrained(sp, seed: int, args, log):
 def run_split(data, seed: int, args, log) -> dict:
     import torch
 
-    from fsrec_serve.experiments.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
-                                                 ModelNextItemScorer, ModelRatingScorer, PerUserHeadScorer,
-                                                 SupportFeatures, evaluate_metarec, fit_global_head,
-                                                 make_metarec_split, select_per_user_lambda,
-                                                 simulated_tasks, tune_blend)
+    from fsrec_serve.experiments.metarec import (MetaRecConfig, evaluate_metarec, make_metarec_split,
+                                                 simulated_tasks)
+    from fsrec_serve.experiments.metarec_scorers import (BlendScorer, ItemKNNScorer, ItemMeanScorer,
+                                                         ModelNextItemScorer, ModelRatingScorer, PerUserHeadScorer,
+                                                         SupportFeatures, fit_global_head, select_per_user_lambda,
+                                                         tune_blend)
 
     torch.set_num_threads(args.num_threads)
     sp = make_metarec_split(data, MetaRecConfig(seed=seed))

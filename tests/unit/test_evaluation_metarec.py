@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fsrec_serve.data import UserSequence
-from fsrec_serve.experiments.metarec import (BlendScorer, ItemKNNScorer, ItemMeanScorer, MetaRecConfig,
-                                             MetaRecTask,
-                                             ModelRatingScorer, evaluate_metarec, make_metarec_split,
-                                             metarec_metrics, split_counts, tune_blend)
+from fsrec_serve.experiments.metarec import (MetaRecConfig, MetaRecTask, evaluate_metarec, make_metarec_split,
+                                             metarec_metrics, split_counts)
+from fsrec_serve.experiments.metarec_scorers import (BlendScorer, ItemKNNScorer, ItemMeanScorer, ModelRatingScorer,
+                                                     tune_blend)
 
 D = [1 / math.log2(i + 2) for i in range(5)]  # discounts of ranks 1..5
 IDCG = sum(D)
@@ -151,7 +151,7 @@ def test_item_knn_follows_the_support_ratings_of_similar_items():
 
 # -- per-user rating head -------------------------------------------------------------------------
 def test_pair_differences_by_hand():
-    from fsrec_serve.experiments.metarec import pair_differences
+    from fsrec_serve.experiments.metarec_scorers import pair_differences
 
     F = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     D = pair_differences([F], [[5.0, 3.0, 3.0]])  # pairs (0 > 1), (0 > 2); the 3-3 tie is no pair
@@ -159,7 +159,7 @@ def test_pair_differences_by_hand():
 
 
 def test_fit_pairwise_learns_the_ranking_direction_and_lam_pulls_to_the_prior():
-    from fsrec_serve.experiments.metarec import fit_pairwise
+    from fsrec_serve.experiments.metarec_scorers import fit_pairwise
 
     rng = np.random.default_rng(0)
     F = rng.normal(size=(40, 2))
@@ -184,8 +184,8 @@ def _tiny_rating_train(n_users=30, n_items=12, seed=0):
 
 
 def test_support_features_are_leave_one_out_and_the_head_ranks_good_items_first():
-    from fsrec_serve.experiments.metarec import (PerUserHeadScorer, SupportFeatures, fit_global_head,
-                                                 simulated_tasks)
+    from fsrec_serve.experiments.metarec import simulated_tasks
+    from fsrec_serve.experiments.metarec_scorers import PerUserHeadScorer, SupportFeatures, fit_global_head
 
     train = _tiny_rating_train()
     feats = SupportFeatures(train, 12, None)
