@@ -111,9 +111,9 @@ def run_fold_k(dataset: str, fold: int, k: int, model, splits, args, log) -> dic
         return json.loads(path.read_text())
     cfg = AdaptConfig(seed=fold, device=args.device, num_threads=args.num_threads,
                       auto_candidates=[{"strategy": s} for s in args.auto_candidates],
-                      **({"epochs": 3, "patience": 2} if args.quick else {}))
+                      **({"epochs": 3, "patience": 2} if args.quick else {}), **json.loads(args.adapt))
     pcfg = PerUserConfig(**json.loads(args.peruser))
-    rec = kshot_fold(model, splits, k, args.cohort, cfg, pcfg, log=log)
+    rec = kshot_fold(model, splits, k, args.cohort, cfg, pcfg, log=log, max_warm=args.max_warm)
     rec.update(dataset=dataset, fold=fold)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rec) + "\n")
@@ -199,6 +199,9 @@ def main(argv=None) -> int:
                    help="strategies auto chooses among (besides zero_shot)")
     p.add_argument("--peruser", default='{"lrs": [0.03, 0.1], "steps": [10, 30]}',
                    help="JSON of PerUserConfig fields")
+    p.add_argument("--adapt", default="{}", help="JSON of AdaptConfig fields (cohort adapters, auto)")
+    p.add_argument("--max-warm", type=int, default=None,
+                   help="'+warm' cohorts: at most this many pretraining users' prefixes (budget)")
     p.add_argument("--fresh", action="store_true", help="ignore cached (fold, k) records")
     p.add_argument("--aggregate-only", action="store_true", help="only summarise cached records")
     p.add_argument("--out", default=None, help="results name (default fewshot / fewshot-quick)")

@@ -242,8 +242,8 @@ def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig):
         idx = torch.nonzero(torch.ones_like(pairs.last) if v else ~pairs.last).squeeze(1)
         own = pairs.owner[idx]
         scale = (1.0 / torch.bincount(own, minlength=U).clamp(min=1).float())[own][:, None]  # [S, 1]
-        if C:
-            blocks.append((own, scale, logits_all[idx], cand[idx], torch.zeros_like(idx)))
+        if C:  # the candidates' item vectors, gathered once: [S, C, H]
+            blocks.append((own, scale, logits_all[idx], table[cand[idx]], torch.zeros_like(idx)))
         else:
             blocks.append((own, scale, base_logits[idx], None, pairs.targets[idx]))
     # parameters: P[g, v] = [U, H] offsets of lr candidate g, pair set v; Adam is elementwise
@@ -257,13 +257,15 @@ def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig):
         grad = 2.0 * cfg.l2 * P
         loss = cfg.l2 * (P * P).sum(-1)  # [G, 2, U]
         for g in range(G):
-            for v, (own, scale, bl, cols, tgt) in enumerate(blocks):
+            for v, (own, scale, bl, cols, tgt) in enumerate(blocks):  # cols: [S, C, H] or None
                 if bl.shape[0] == 0:
                     continue
                 # forward + analytic gradient of CE (softmax - onehot), no autograd graph; the
                 # offsets' item scores are computed once per user ([U, N]), not once per pair
-                pu = P[g, v] @ table.t()  # [U, N]
-                Z = bl + (pu[own[:, None], cols] if C else pu[own])  # [S, C|N]
+                if C:
+                    Z = bl + torch.einsum("sch,sh->sc", cols, P[g, v][own])  # [S, C]
+                else:
+                    Z = bl + (P[g, v] @ table.t())[own]  # [S, N]
                 lse = torch.logsumexp(Z, 1)
                 ar = torch.arange(Z.shape[0])
                 ce = lse - Z[ar, tgt]
@@ -271,10 +273,9 @@ def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig):
                 Z[ar, tgt] -= 1.0
                 Z.mul_(scale)
                 if C:
-                    d = torch.zeros(U, N).index_put_((own[:, None].expand_as(cols), cols), Z, accumulate=True)
+                    grad[g, v].index_add_(0, own, torch.einsum("sc,sch->sh", Z, cols))
                 else:
-                    d = torch.zeros(U, N).index_add_(0, own, Z)
-                grad[g, v] += d @ table  # [U, H]
+                    grad[g, v] += torch.zeros(U, N).index_add_(0, own, Z) @ table  # [U, H]
                 loss[g, v].index_add_(0, own, ce * scale[:, 0])
         bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(-1)
         alive &= ~bad

@@ -182,7 +182,7 @@ WARM_SUFFIX = "+warm"
 
 
 def short_prefix_data(splits: Splits, support: Sequence[UserSequence], k: int, seed: int = 0,
-                      valid_frac: float = 0.2, max_valid: int = 500):
+                      valid_frac: float = 0.2, max_valid: int = 500, max_warm: Optional[int] = None):
     """Training sequences and validation examples of a ``<strategy>+warm`` cohort adapter: the
     cold users' supports plus the pretraining (warm) users' first k+1 interactions, early-stopped
     on held-out warm users' (k+1)-th interaction given their first k (validation users: never a
@@ -190,6 +190,9 @@ def short_prefix_data(splits: Splits, support: Sequence[UserSequence], k: int, s
     cold-start histories are exactly such short prefixes."""
     warm = [s for s in splits.warm if len(s) >= k + 1]
     perm = np.random.default_rng(seed).permutation(len(warm))
+    if max_warm is not None:  # a random subset of the pretraining users (budget)
+        warm = [warm[i] for i in sorted(perm[:max_warm].tolist())]
+        perm = np.random.default_rng(seed).permutation(len(warm))
     n_valid = min(max_valid, max(1, int(round(valid_frac * len(warm)))))
     held = set(perm[:n_valid].tolist())
     train = list(support) + [UserSequence(s.user, s.items[: k + 1], s.ratings[: k + 1])
@@ -200,7 +203,7 @@ def short_prefix_data(splits: Splits, support: Sequence[UserSequence], k: int, s
 
 
 def kshot_fold(model, splits: Splits, k: int, cohort: Sequence[str], config=None, peruser=None,
-               log=print) -> dict:
+               log=print, max_warm: Optional[int] = None) -> dict:
     """Every method of the k-shot benchmark on one fold: {method: {"users", "ranks", "seconds",
     "info"}}. Methods: popularity, zero-shot, each cohort strategy (``lora``, or ``lora+warm``:
     see ``short_prefix_data``), per-user, cohort+per-user (on the cohort strategy with the best
@@ -237,7 +240,7 @@ def kshot_fold(model, splits: Splits, k: int, cohort: Sequence[str], config=None
         t0 = time.perf_counter()
         name = strategy.replace("_", "-")
         if strategy.endswith(WARM_SUFFIX):  # cohort + warm users' short prefixes
-            train, valid = short_prefix_data(splits, support, k, seed=cfg.seed)
+            train, valid = short_prefix_data(splits, support, k, seed=cfg.seed, max_warm=max_warm)
             res = adapt(model, train, strategy=strategy[: -len(WARM_SUFFIX)], config=cfg, valid=valid)
         else:
             res = adapt(model, support, strategy=strategy, config=cfg)
@@ -257,7 +260,7 @@ def kshot_fold(model, splits: Splits, k: int, cohort: Sequence[str], config=None
         out["cohort+per-user"] = dict(out["per-user"], info=dict(out["per-user"]["info"], cohort="zero_shot"))
     t0 = time.perf_counter()
     if any(c.endswith(WARM_SUFFIX) for c in cohort):  # auto sees the same data as the cohorts
-        train, valid = short_prefix_data(splits, support, k, seed=cfg.seed)
+        train, valid = short_prefix_data(splits, support, k, seed=cfg.seed, max_warm=max_warm)
         res = adapt(model, train, strategy="auto", config=cfg, valid=valid)
     else:
         res = adapt(model, support, strategy="auto", config=cfg)
