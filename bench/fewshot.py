@@ -162,6 +162,24 @@ def aggregate(records: list[dict], n_boot: int = 2000) -> tuple[list[dict], dict
     return rows, details
 
 
+def carried_rows(name: str, protocols) -> dict:
+    """Rows of ``protocols`` from the existing results file (protocols this script no longer
+    runs, e.g. ``forgetting``), with a note naming the run they come from."""
+    from bench.common import RESULTS_DIR
+
+    path = RESULTS_DIR / f"{name}.json"
+    if not protocols or not path.exists():
+        return {"rows": [], "note": ""}
+    old = json.loads(path.read_text())
+    rows = [r for r in old.get("results", []) if r.get("protocol") in protocols]
+    note = (f"{', '.join(protocols)}: carried over unchanged from the earlier run "
+            f"`{old.get('command')}` (commit {old.get('git_commit')}, {old.get('date')}).")
+    if rows and old.get("notes"):
+        prior = [n for n in old["notes"] if any(n.startswith(p) for p in protocols)]
+        note = " ".join([note] + prior)
+    return {"rows": rows, "note": note}
+
+
 NOTES = [
     "std of hr@10/ndcg@10 = standard error over users (n = users, all folds pooled); relative_gain = "
     "adapted mean / zero-shot mean - 1 on the same users, 95 % bootstrap CI resampling users "
@@ -202,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--adapt", default="{}", help="JSON of AdaptConfig fields (cohort adapters, auto)")
     p.add_argument("--max-warm", type=int, default=None,
                    help="'+warm' cohorts: at most this many pretraining users' prefixes (budget)")
+    p.add_argument("--keep-protocols", nargs="*", default=["forgetting"],
+                   help="protocols of the existing results file to carry over (not run here)")
     p.add_argument("--fresh", action="store_true", help="ignore cached (fold, k) records")
     p.add_argument("--aggregate-only", action="store_true", help="only summarise cached records")
     p.add_argument("--out", default=None, help="results name (default fewshot / fewshot-quick)")
@@ -241,9 +261,12 @@ def main(argv=None) -> int:
             records += [json.loads(p.read_text()) for p in sorted(Path(args.cache).glob(f"kshot-{ds}-{tag}-fold*-k*.json"))]
     rows, details = aggregate(records)
     name = args.out or ("fewshot-quick" if args.quick else "fewshot")
+    kept = carried_rows(name, args.keep_protocols)
+    rows += kept["rows"]
     command = "python -m bench.fewshot " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--aggregate-only")
-    out = write_results(name, command, rows, extra={"notes": NOTES, "details": details,
+    notes = NOTES + ([kept["note"]] if kept["rows"] else [])
+    out = write_results(name, command, rows, extra={"notes": notes, "details": details,
                                                     "wall_seconds": time.time() - t0})
     log(f"wrote {out}")
     return 0
