@@ -18,6 +18,13 @@ def _load(path, **kw):
     return load_interactions(DataSpec(path=str(path), **kw))
 
 
+def _refused(path, text: str, pattern: str, **kw) -> None:
+    """Writing ``text`` to ``path`` and reading it with ``kw`` fails with ``pattern``."""
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=pattern):
+        _load(path, **kw)
+
+
 def test_missing_column_and_typo_suggest_the_closest_name(tmp_path):
     p = tmp_path / "log.csv"
     p.write_text("user_id,item_id,timestamp\n1,a,1\n1,b,2\n")
@@ -33,14 +40,10 @@ def test_missing_column_and_typo_suggest_the_closest_name(tmp_path):
 
 
 def test_unparsable_and_mixed_timestamps_name_the_line(tmp_path):
-    p = tmp_path / "t.csv"
-    p.write_text("user_id,item_id,t\n1,a,2021-01-01\n1,b,yesterday\n")
-    with pytest.raises(DataFormatError, match=r"t\.csv:3: column 't' \(--time-col\) holds 'yesterday'.*--time-format"):
-        _load(p, time_col="t")
-    m = tmp_path / "mixed.csv"
-    m.write_text("user_id,item_id,t\n1,a,1609459200\n1,b,2021-01-02\n")
-    with pytest.raises(DataFormatError, match=r"mixed\.csv:3: .*'2021-01-02'.*mixes unix times \(ints\) and dates"):
-        _load(m, time_col="t")
+    _refused(tmp_path / "t.csv", "user_id,item_id,t\n1,a,2021-01-01\n1,b,yesterday\n",
+             r"t\.csv:3: column 't' \(--time-col\) holds 'yesterday'.*--time-format", time_col="t")
+    _refused(tmp_path / "mixed.csv", "user_id,item_id,t\n1,a,1609459200\n1,b,2021-01-02\n",
+             r"mixed\.csv:3: .*'2021-01-02'.*mixes unix times \(ints\) and dates", time_col="t")
 
 
 def test_mixed_timestamps_across_streamed_blocks(tmp_path, monkeypatch):
@@ -78,19 +81,12 @@ def test_float_ids_in_parquet_are_refused(tmp_path):
 
 
 def test_nan_and_out_of_range_ratings(tmp_path):
-    p = tmp_path / "r.csv"
-    p.write_text("user_id,item_id,rating\n1,a,4\n1,b,\n")
-    with pytest.raises(DataFormatError, match=r"r\.csv:3: column 'rating' \(--rating-col\) is empty or NaN"):
-        _load(p, rating_col="rating")
-    p.write_text("user_id,item_id,rating\n1,a,4\n1,b,NaN\n")
-    with pytest.raises(DataFormatError, match=r"r\.csv:3: column 'rating' .*NaN"):
-        _load(p, rating_col="rating")
-    p.write_text("user_id,item_id,rating\n1,a,4\n1,b,5\n2,a,7\n")
-    with pytest.raises(DataFormatError, match=r"r\.csv:4: column 'rating' \(--rating-col\) is 7, outside rating_range \[1, 5\]"):
-        _load(p, rating_col="rating", rating_range=[1, 5])
-    p.write_text("user_id,item_id,rating\n1,a,4\n1,b,five\n")
-    with pytest.raises(DataFormatError, match=r"r\.csv:3: rating and time must be numbers.*'five'"):
-        _load(p, rating_col="rating")
+    p, head = tmp_path / "r.csv", "user_id,item_id,rating\n1,a,4\n"
+    _refused(p, head + "1,b,\n", r"r\.csv:3: column 'rating' \(--rating-col\) is empty or NaN", rating_col="rating")
+    _refused(p, head + "1,b,NaN\n", r"r\.csv:3: column 'rating' .*NaN", rating_col="rating")
+    _refused(p, head + "1,b,5\n2,a,7\n", r"r\.csv:4: column 'rating' \(--rating-col\) is 7, outside rating_range "
+             r"\[1, 5\]", rating_col="rating", rating_range=[1, 5])
+    _refused(p, head + "1,b,five\n", r"r\.csv:3: rating and time must be numbers.*'five'", rating_col="rating")
 
 
 def test_one_interaction_user_is_dropped_and_counted(tmp_path):
