@@ -162,6 +162,42 @@ def aggregate(records: list[dict], n_boot: int = 2000) -> tuple[list[dict], dict
     return rows, details
 
 
+def fast_peruser_rows(dataset: str, args, log) -> list[dict]:
+    """``per-user-fast``: the per-user fit with ONE lr and the candidate softmax (the cost
+    configuration), on every fold at k=5: ndcg@10, relative_gain over zero-shot, ms_per_user."""
+    import numpy as np
+
+    from bench.common import summarize
+    from fsrec_serve.adaptation import PerUserConfig, fit_user_params
+    from fsrec_serve.experiments.coldstart import ndcg10, paired_relative_gain, query_ranks
+
+    cfg = PerUserConfig(**json.loads(args.fast_peruser))
+    zs, ad, ms, cpu = [], [], [], []
+    for f, sp in enumerate(fold_splits(dataset, args)):
+        path = Path(args.cache) / f"fast-{dataset}-f{args.folds}-fold{f}-k5.json"
+        if not path.exists():
+            model, _ = fold_model(dataset, f, sp, args, log)
+            support, query = sp.support_query(5)
+            res = fit_user_params(model, support, cfg)
+            rec = {"zero": query_ranks(model, query).tolist(),
+                   "fast": query_ranks(model, query, res.params_for([e.user for e in query])).tolist(),
+                   "ms_per_user": 1000 * res.info["seconds"] / len(support),
+                   "cpu_ms_per_user": 1000 * res.info["cpu_seconds"] / len(support), "config": vars(cfg)}
+            path.write_text(json.dumps(rec) + "\n")
+            log(f"  per-user-fast fold {f}: {rec['ms_per_user']:.1f} ms/user ({rec['cpu_ms_per_user']:.1f} CPU)")
+        rec = json.loads(path.read_text())
+        zs.append(ndcg10(rec["zero"]))
+        ad.append(ndcg10(rec["fast"]))
+        ms.append(rec["ms_per_user"])
+        cpu.append(rec["cpu_ms_per_user"])
+    z, a = np.concatenate(zs), np.concatenate(ad)
+    base = dict(dataset=dataset, protocol="coldstart-k5", method="per-user-fast")
+    return [dict(base, metric="ndcg@10", mean=float(a.mean()), std=float(a.std(ddof=1) / np.sqrt(a.size)), n=int(a.size)),
+            dict(base, metric="relative_gain", **paired_relative_gain(z, a, seed=5), std=0.0, n=1),
+            summarize(ms, **base, metric="ms_per_user"),
+            summarize(cpu, **base, metric="cpu_ms_per_user")]
+
+
 def carried_rows(name: str, protocols) -> dict:
     """Rows of ``protocols`` from the existing results file (protocols this script no longer
     runs, e.g. ``forgetting``), with a note naming the run they come from."""
@@ -222,6 +258,8 @@ def main(argv=None) -> int:
                    help="'+warm' cohorts: at most this many pretraining users' prefixes (budget)")
     p.add_argument("--keep-protocols", nargs="*", default=["forgetting"],
                    help="protocols of the existing results file to carry over (not run here)")
+    p.add_argument("--fast-peruser", default=None,
+                   help="JSON PerUserConfig of the cost run (ML-100K, k=5, every fold): per-user-fast rows")
     p.add_argument("--fresh", action="store_true", help="ignore cached (fold, k) records")
     p.add_argument("--aggregate-only", action="store_true", help="only summarise cached records")
     p.add_argument("--out", default=None, help="results name (default fewshot / fewshot-quick)")
@@ -263,6 +301,8 @@ def main(argv=None) -> int:
     name = args.out or ("fewshot-quick" if args.quick else "fewshot")
     kept = carried_rows(name, args.keep_protocols)
     rows += kept["rows"]
+    if args.fast_peruser:
+        rows += fast_peruser_rows("ml-100k", args, log)
     command = "python -m bench.fewshot " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--aggregate-only")
     notes = NOTES + ([kept["note"]] if kept["rows"] else [])
