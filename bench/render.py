@@ -65,32 +65,39 @@ def _file_order(stem: str) -> tuple:
 
 
 # -- formatting ---------------------------------------------------------------------------------
-def fmt_num(v) -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
+def _spec(v: float) -> str:
+    """The format of a number by its magnitude (4 significant-ish digits)."""
     a = abs(v)
     if a == 0:
-        return "0"
+        return "{:.0f}"
     if a < 1e-3:
-        return f"{v:.1e}"
+        return "{:.1e}"
     if a >= 1000:
-        return f"{v:,.0f}"
+        return "{:,.0f}"
     if a >= 100:
-        return f"{v:.1f}"
+        return "{:.1f}"
     if a >= 10:
-        return f"{v:.2f}"
-    return f"{v:.4f}" if a < 1 else f"{v:.3f}"
+        return "{:.2f}"
+    return "{:.4f}" if a < 1 else "{:.3f}"
+
+
+def fmt_num(v, like=None) -> str:
+    """A number for a table; ``like``: format it as that number is formatted (std as its mean)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int) and like is None:
+        return f"{v:,}"
+    spec = _spec(like if isinstance(like, (int, float)) and like and "e" not in _spec(like) else v)
+    return spec.format(v)
 
 
 def fmt_cell(r: dict, table_n: Optional[int] = None) -> str:
     cell = fmt_num(r["mean"])
     n = r.get("n", 1)
     if n and n > 1 and r.get("std") is not None:
-        cell += f" ± {fmt_num(r['std'])}"
+        cell += f" ± {fmt_num(r['std'], like=r['mean'])}"
     if "ci_low" in r and "ci_high" in r:
-        cell += f" [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]"
+        cell += f" [{fmt_num(r['ci_low'], like=r['mean'])}, {fmt_num(r['ci_high'], like=r['mean'])}]"
     if table_n is not None and n != table_n:
         cell += f" (n={n})"
     return cell
