@@ -145,6 +145,10 @@ KNOWN_CAUSES: list[tuple[str, str, str, str, str]] = [
     ("fewshot*", "coldstart-items", "item-embeddings", "ratio",
      "the old item-embeddings trained only on sequences that end in a new item, so the model "
      "pushes new items into every warm user's top 10 (issue 10 item 4)"),
+    ("arrivals*", "arrivals-k*", "*", "gap_closed",
+     "the retrain barely beats the stale model, so the denominator (retrain - stale) is near 0 "
+     "and the ratio swings (see its CI in the JSON); above 1 the adapted model beats the full "
+     "retrain. Read relative_gain over stale instead"),
     ("items", "coldstart-items", "item-embeddings-noreplay", "ratio",
      "the control without warm replay, bias shift or ratio target: the old method, kept to "
      "show what the replay fixes"),
@@ -160,6 +164,8 @@ def flag_reason(row: dict) -> Optional[str]:
         return f"ratio {v:.3f}"
     if m == "relative_gain" and v < -0.10:
         return f"gain {v:+.1%}"
+    if m == "gap_closed" and not -0.5 <= v <= 1.0:
+        return f"gap_closed {v:.2f}"
     return None
 
 

@@ -189,17 +189,29 @@ def runs_section(files: dict[str, dict], used: list[str]) -> list[str]:
 
 
 def broken_section(files: dict[str, dict]) -> list[str]:
-    out = ["## Broken-looking numbers", ""]
+    """Every flagged row with its cause; rows of one file, data set, protocol family and metric
+    are summarized in one line (value range, protocols, methods)."""
+    groups: dict[tuple, list] = {}
     for s in sorted((s for s in files if not s.endswith("-quick")), key=_file_order):
         for r in files[s].get("results", []):
             why = G.flag_reason(r)
             if why:
-                cause = G.known_cause(s, r)
-                out.append(f"- `{s}.json` {r.get('dataset', '-')} {r.get('protocol', '-')} "
-                           f"{r.get('method', '-')}: {why}. "
-                           + (f"Cause: {cause}." if cause else "**Cause not explained yet.**"))
+                key = (s, r.get("dataset", "-"), _family(r.get("protocol", "-"))[0], r.get("metric"))
+                groups.setdefault(key, []).append((r, why, G.known_cause(s, r)))
+    out = ["## Broken-looking numbers", ""]
+    for (s, ds, _, metric), hits in groups.items():
+        protos = "/".join(dict.fromkeys(r.get("protocol", "-") for r, _, _ in hits))
+        methods = ", ".join(dict.fromkeys(r.get("method", "-") for r, _, _ in hits))
+        if len(hits) == 1:
+            what = hits[0][1]
+        else:
+            vals = [r["mean"] for r, _, _ in hits]
+            what = f"{metric} {fmt_num(min(vals))} to {fmt_num(max(vals))} ({len(hits)} rows)"
+        cause = hits[0][2]
+        out.append(f"- `{s}.json` {ds} {protos} {methods}: {what}. "
+                   + (f"Cause: {cause}." if cause else "**Cause not explained yet.**"))
     if len(out) == 2:
-        out.append("None: no ratio below 0.5 and no gain below -10 % in any results file.")
+        out.append("None: no ratio below 0.5, gain below -10 % or gap closed outside [-0.5, 1].")
     return out + [""]
 
 
