@@ -83,6 +83,11 @@ def add_parsers(sub) -> None:
     r.add_argument("--root-certificates", default=None, help="CA bundle (PEM) for --ssl")
     r.add_argument("--private-key", default=None, help="client key (PEM) for mutual TLS")
     r.add_argument("--certificate-chain", default=None, help="client certificate (PEM) for mutual TLS")
+    r.add_argument("--item-metadata", default=None, metavar="PATH",
+                   help="item file (CSV/TSV/Parquet/JSON Lines, .gz read) with a title per item: titles are "
+                   "printed next to the recommended ids (ids without a title print alone)")
+    r.add_argument("--item-id-col", default="item_id", help="id column of --item-metadata (default item_id)")
+    r.add_argument("--title-col", default="title", help="title column of --item-metadata (default title)")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.set_defaults(func=_recommend)
 
@@ -144,10 +149,29 @@ def _serve(args) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def item_titles(path: str | Path, id_col: str = "item_id", title_col: str = "title") -> dict[str, str]:
+    """raw item id -> title from an item metadata file (only the id and title columns are read).
+    Raises DataNotFoundError / DataFormatError naming the file and the option to fix."""
+    from ..data import read_item_metadata
+    from ..data.spec import ItemMetadataSpec
+    from ..errors import DataFormatError, DataNotFoundError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataNotFoundError(f"--item-metadata {path}: no such file or directory; pass an existing item file "
+                                f"with the columns {id_col!r} and {title_col!r}, or leave the option out")
+    spec = ItemMetadataSpec(path=str(path), id_col=id_col, title_col=title_col, categories_col=None)
+    try:
+        return read_item_metadata(spec).titles
+    except DataFormatError as e:
+        raise DataFormatError(f"--item-metadata: {e} (the columns are chosen with --item-id-col / --title-col)") from e
+
+
 def _recommend(args) -> int:
     from ..client import RecommenderClient
     from ..errors import ConfigError
 
+    titles = item_titles(args.item_metadata, args.item_id_col, args.title_col) if args.item_metadata else None
     headers = {}
     for h in args.header:
         name, sep, value = h.partition("=")
@@ -162,8 +186,11 @@ def _recommend(args) -> int:
     ) as client:  # fmt: skip
         rec = client.recommend(args.history, k=args.k)
     if args.json:
-        print(json.dumps({"history": args.history, "items": rec.items, "scores": rec.scores,
-                          "model_version": rec.model_version, "dropped": list(rec.dropped)}))  # fmt: skip
+        out = {"history": args.history, "items": rec.items, "scores": rec.scores,
+               "model_version": rec.model_version, "dropped": list(rec.dropped)}  # fmt: skip
+        if titles is not None:
+            out["titles"] = [titles.get(str(item)) for item in rec.items]
+        print(json.dumps(out))
         return 0
     if client.item_map is None:
         print("note: no id map (pass --repository or --item-map): ids are the model's indices", file=sys.stderr)
@@ -171,7 +198,8 @@ def _recommend(args) -> int:
     if rec.dropped:
         print(f"dropped (unknown): {' '.join(map(str, rec.dropped))}")
     print(f"model version: {rec.model_version}")
-    print(f"{'rank':>4}  {'item':<12} score")
+    print(f"{'rank':>4}  {'item':<12} {'score':>8}" + ("  title" if titles is not None else ""))
     for i, (item, score) in enumerate(zip(rec.items, rec.scores), 1):
-        print(f"{i:>4}  {item:<12} {score:.4f}")
+        title = titles.get(str(item), "") if titles is not None else ""
+        print(f"{i:>4}  {item!s:<12} {score:8.4f}" + (f"  {title}" if title else ""))
     return 0
