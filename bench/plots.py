@@ -34,13 +34,16 @@ def _pyplot():
     return plt
 
 
-def kshot(rows: list[tuple[str, dict]], dataset: str, path: Path, metric: str = "ndcg@10") -> bool:
+def kshot(rows: list[tuple[str, dict]], dataset: str, path: Path, metric: str = "ndcg@10",
+          who: str = "cold-start users") -> bool:
     """``metric`` against k per method (error bars = std over seeds); False without data."""
     pts: dict[str, list] = {}
-    for _, r in rows:
+    stems = {s for s, r in rows if r.get("dataset") == dataset}
+    for stem, r in rows:
         m = KSHOT.match(r.get("protocol", ""))
         if m and r.get("dataset") == dataset and r.get("metric") == metric and "/" not in r["method"]:
-            pts.setdefault(r["method"], []).append((int(m.group(2)), r["mean"], r.get("std", 0.0)))
+            label = r["method"] + (f" ({stem})" if len(stems) > 1 else "")  # one line per run
+            pts.setdefault(label, []).append((int(m.group(2)), r["mean"], r.get("std", 0.0)))
     ks = sorted({k for v in pts.values() for k, _, _ in v})
     if len(ks) < 2:
         return False
@@ -51,9 +54,9 @@ def kshot(rows: list[tuple[str, dict]], dataset: str, path: Path, metric: str = 
     for method in sorted(pts):
         k, mean, std = zip(*sorted(pts[method]))
         ax.errorbar(k, mean, yerr=std, marker="o", capsize=2, label=method,
-                    linestyle="--" if method in ("popularity", "zero-shot") else "-")
-    ax.set(xlabel="k (support interactions per cold user)", ylabel=metric, xticks=ks,
-           title=f"{dataset}: cold-start users, {metric} against k")
+                    linestyle="--" if method.split(" ")[0] in ("popularity", "zero-shot", "stale") else "-")
+    ax.set(xlabel="k (first interactions of the user as support)", ylabel=metric, xticks=ks,
+           title=f"{dataset}: {who}, {metric} against k")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -102,7 +105,8 @@ def for_family(family: str, rows: list[tuple[str, dict]], results_dir: Path, mak
     if family in ("coldstart", "arrivals"):
         for ds in sorted({r.get("dataset") for _, r in rows if r.get("dataset")}):
             p = Path(results_dir) / f"plot-{family}-{ds}.png"
-            wanted.append((p, lambda p=p, ds=ds: kshot(rows, ds, p)))
+            who = "users who arrive after training" if family == "arrivals" else "cold-start users"
+            wanted.append((p, lambda p=p, ds=ds, who=who: kshot(rows, ds, p, who=who)))
     if family == "serving":
         for stem in dict.fromkeys(s for s, _ in rows):
             p = Path(results_dir) / f"plot-latency-{stem}.png"
