@@ -221,13 +221,15 @@ def _family(protocol: str) -> tuple[str, Optional[int]]:
     return (m.group(1), int(m.group(2))) if m else (protocol, None)
 
 
-def _lead(rows: list[dict]) -> dict:
-    """method -> the condition shown: where its throughput is highest (serving), else none."""
-    best: dict[str, tuple] = {}
-    for r in rows:
-        if r["metric"] == "throughput_rps" and (r["method"] not in best or r["mean"] > best[r["method"]][0]):
-            best[r["method"]] = (r["mean"], table_condition(r))
-    return {m: c for m, (_, c) in best.items()}
+def _lead(rows: list[tuple[str, dict]]) -> dict:
+    """(file, data set, method) -> the condition shown: where its throughput is highest
+    (serving), else none."""
+    best: dict[tuple, tuple] = {}
+    for stem, r in rows:
+        key = (stem, r.get("dataset", "-"), r["method"])
+        if r["metric"] == "throughput_rps" and (key not in best or r["mean"] > best[key][0]):
+            best[key] = (r["mean"], table_condition(r))
+    return {k: c for k, (_, c) in best.items()}
 
 
 def protocol_table(family: str, rows: list[tuple[str, dict]], files: dict[str, dict]) -> list[str]:
@@ -235,7 +237,7 @@ def protocol_table(family: str, rows: list[tuple[str, dict]], files: dict[str, d
     ks = sorted({_family(r["protocol"])[1] for _, r in rows} - {None})
     at_k = (5 if 5 in ks else ks[-1]) if ks else None
     cells: dict[tuple, dict[str, dict]] = {}
-    lead = _lead([r for _, r in rows])
+    lead = _lead(rows)
     for stem, r in rows:
         k = _family(r["protocol"])[1]
         if k is not None and r["metric"] == KSHOT_MAIN:
@@ -244,11 +246,10 @@ def protocol_table(family: str, rows: list[tuple[str, dict]], files: dict[str, d
             continue
         else:
             col = r["metric"] if k is None else f"{r['metric']} k={k}"
-        cond = table_condition(r)
-        want = lead.get(r["method"])
+        key = (stem, r.get("dataset", "-"), r["method"])
+        cond, want = table_condition(r), lead.get(key)
         if cond and want is not None and cond != want:
             continue
-        key = (stem, r.get("dataset", "-"), r["method"])
         cells.setdefault(key, {}).setdefault(col, r)  # first row of a (method, column) wins
     cols = sorted({c for v in cells.values() for c in v},
                   key=lambda c: (not c.startswith(f"{KSHOT_MAIN} k="), _metric_key(c.split(" k=")[0]),
@@ -274,7 +275,7 @@ def protocol_table(family: str, rows: list[tuple[str, dict]], files: dict[str, d
     head = (["run"] if multi else []) + ["data set", "method"] + (["at"] if lead else []) + cols
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (stem, ds, method), v in sorted(cells.items(), key=lambda kv: (_file_order(kv[0][0]), kv[0][1])):
-        at = ", ".join(f"{k}={x}" for k, x in lead.get(method, ()))
+        at = ", ".join(f"{k}={x}" for k, x in lead.get((stem, ds, method), ()))
         line = ([stem] if multi else []) + [ds, method] + ([at] if lead else [])
         line += [fmt_cell(v[c], table_n) if c in v else "" for c in cols]
         out.append(cells_line(line))

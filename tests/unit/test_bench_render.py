@@ -64,6 +64,11 @@ def results(tmp_path: Path) -> Path:
         _row("serving", "fastapi-torch", "throughput_rps", 100.0, concurrency=32),
         _row("serving", "fastapi-torch", "p99_ms", 300.0, concurrency=32),
         _row("serving", "triton-cpu/fastapi-torch", "ratio", 5.0, concurrency=32, basis="throughput"),
+        # Beauty: the same method peaks at another load; its row must show that load
+        _row("serving", "triton-cpu", "throughput_rps", 700.0, "beauty", concurrency=1),
+        _row("serving", "triton-cpu", "p99_ms", 5.0, "beauty", concurrency=1),
+        _row("serving", "triton-cpu", "throughput_rps", 650.0, "beauty", concurrency=8),
+        _row("serving", "triton-cpu", "p99_ms", 30.0, "beauty", concurrency=8),
     ])
     # ingest: the CSV reader's 5000 MB breaks "every reader <= 4096 MB" although Parquet meets it
     _write(tmp_path, "ingest", [
@@ -143,6 +148,7 @@ def test_render_tables_goals_and_broken_numbers(results: Path) -> None:
     assert "| ml-100k | auto |  | 0.1332 | 0.1100 [0.0400, 0.1800] |" in text
     # serving: one row per method at its best-throughput load; the ratio rows only feed goals
     assert "| ml-100k | triton-cpu | concurrency=8 | 600.0 | 40.00 |" in text
+    assert "| beauty | triton-cpu | concurrency=1 | 700.0 | 5.000 |" in text
     assert "| triton-cpu/fastapi-torch |" not in text
     assert "synthetic quality note" in text
     assert "fsrec-sasrec seed 0 14/17, fsrec-sasrec seed 1 20/20 (early stopping ended 1 of 2)" in text
