@@ -59,6 +59,22 @@ def error_lines(log_text: str, limit: int = 25) -> list[str]:
     return out[-limit:]
 
 
+def startup_exit_message(returncode: int | None) -> str:
+    """What a tritonserver that ended during start-up died of. A negative code is the signal
+    that killed it (subprocess's convention): named, and for SIGSEGV with the known cause."""
+    if returncode is None or returncode >= 0:
+        return f"tritonserver exited with code {returncode} during start-up"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    msg = f"tritonserver died of {name} (exit code {returncode}) during start-up"
+    if -returncode == signal.SIGSEGV:
+        msg += ("; a model warm-up the model refuses crashes Triton 2.51 \u2014 check the model_warmup entries of "
+                "config.pbtxt (inputs, shapes, dtypes) against the model, or remove them")
+    return msg
+
+
 def _port_in_use(log_text: str) -> bool:
     t = log_text.lower()
     return "already in use" in t or "address in use" in t or "address already in use" in t
@@ -213,7 +229,7 @@ class TritonServer:
         delay = 0.1
         while True:
             if not self.is_alive():
-                self._failed(f"tritonserver exited with code {self.returncode} during start-up")
+                self._failed(startup_exit_message(self.returncode))
             if self.is_ready():
                 log.info("tritonserver ready: http=%s grpc=%s", self.url_http, self.url_grpc)
                 return self
@@ -244,7 +260,7 @@ class TritonServer:
             )
         if not lines:
             lines = [ln for ln in text.splitlines() if ln.strip()][-15:]
-        msg = f"{what}.\n" + ("\n".join(hints) + "\n" if hints else "") + "server log (" + str(self.log_path) + "):\n  " + "\n  ".join(lines)
+        msg = f"{what}.\n" + ("\n".join(hints) + "\n" if hints else "") + "last log lines (" + str(self.log_path) + "):\n  " + "\n  ".join(lines)
         err = ServerStartError(msg)
         err.log_lines = lines  # type: ignore[attr-defined]
         err.log_path = self.log_path  # type: ignore[attr-defined]
