@@ -7,7 +7,7 @@ same masking: batch building is cheap next to the transformer), and :class:`Batc
 hands each rank its rows ``rank::world_size`` of every batch. The local loss is re-weighted by
 the rank's share of labelled positions, so DDP's gradient average equals the gradient of the
 single-process loss of the whole batch: with dropout off, a 2-process run follows the
-1-process loss curve up to float rounding (``tests/unit/test_ddp.py``). Every rank evaluates the
+1-process loss curve up to float rounding (``tests/unit/test_training_ddp.py``). Every rank evaluates the
 same weights on the same validation examples, so early stopping decides the same everywhere
 (checked each epoch: a disagreement raises instead of hanging). Rank 0 alone writes files.
 
