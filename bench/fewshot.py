@@ -216,6 +216,16 @@ def carried_rows(name: str, protocols) -> dict:
     return {"rows": rows, "note": note}
 
 
+COMMANDS = [
+    "nice -n 10 python -m bench.fewshot --dataset ml-100k --ks 5 1 3 10 --cohort head_only+warm  (one "
+    "process per fold: --only-folds 0 / 1)",
+    "nice -n 10 python -m bench.fewshot --dataset beauty --ks 5 --cohort head_only+warm --auto-candidates "
+    "head_only --max-warm 3000 --adapt '{\"epochs\": 10, \"patience\": 3}' --peruser '{\"lrs\": [0.03, "
+    "0.1], \"steps\": [10, 30], \"candidates\": 256, \"users_per_chunk\": 256}'  (Beauty pretraining "
+    "stopped by hand after epoch 1, see docs/adaptation.md)",
+    "python -m bench.fewshot --aggregate-only --fast-peruser '{\"lrs\": [0.03], \"steps\": [10, 30], "
+    "\"candidates\": 256}'",
+]
 NOTES = [
     "std of hr@10/ndcg@10 = standard error over users (n = users, all folds pooled); relative_gain = "
     "adapted mean / zero-shot mean - 1 on the same users, 95 % bootstrap CI resampling users "
@@ -230,19 +240,19 @@ NOTES = [
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k", help="ml-100k or beauty")
-    p.add_argument("--folds", type=int, default=4, help="ML-100K user folds (one pretraining each)")
-    p.add_argument("--epochs", type=int, default=20, help="ML-100K pretraining epochs (budget)")
-    p.add_argument("--patience", type=int, default=5, help="ML-100K early-stopping patience")
-    p.add_argument("--max-seq-len", type=int, default=100, help="ML-100K history cap (budget)")
+    p.add_argument("--folds", type=int, default=2, help="ML-100K user folds (one pretraining each)")
+    p.add_argument("--epochs", type=int, default=10, help="ML-100K pretraining epochs (budget)")
+    p.add_argument("--patience", type=int, default=3, help="ML-100K early-stopping patience")
+    p.add_argument("--max-seq-len", type=int, default=50, help="ML-100K history cap (budget)")
     p.add_argument("--ks", nargs="+", type=int, default=KS)
     p.add_argument("--data-dir", default=None, help="data folder (env FSREC_DATA_DIR)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-threads", type=int, default=int(os.environ.get("FSREC_BENCH_THREADS", 2)))
-    p.add_argument("--beauty-cold", type=int, default=2500, help="Beauty cold users (one fold)")
+    p.add_argument("--beauty-cold", type=int, default=3800, help="Beauty cold users (one fold)")
     p.add_argument("--beauty-min-len", type=int, default=6, help="Beauty cold users' least length")
     p.add_argument("--beauty-max-seq-len", type=int, default=20, help="Beauty history cap (budget)")
-    p.add_argument("--beauty-epochs", type=int, default=12, help="Beauty pretraining epochs (budget)")
-    p.add_argument("--beauty-seconds", type=float, default=1500.0, help="Beauty pretraining wall-clock cap")
+    p.add_argument("--beauty-epochs", type=int, default=3, help="Beauty pretraining epochs (budget)")
+    p.add_argument("--beauty-seconds", type=float, default=900.0, help="Beauty pretraining wall-clock cap")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 epochs")
     p.add_argument("--cache", default="runs/fewshot", help="fold checkpoints + per-fold records")
     p.add_argument("--pretrain-only", action="store_true")
@@ -306,7 +316,7 @@ def main(argv=None) -> int:
     command = "python -m bench.fewshot " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--aggregate-only")
     notes = NOTES + ([kept["note"]] if kept["rows"] else [])
-    out = write_results(name, command, rows, extra={"notes": notes, "details": details,
+    out = write_results(name, command, rows, extra={"notes": notes, "details": details, "commands": COMMANDS,
                                                     "wall_seconds": time.time() - t0})
     log(f"wrote {out}")
     return 0
