@@ -60,13 +60,16 @@ def auto_adapt(base, support: Sequence[UserSequence], cfg: AdaptConfig, *, valid
     t0 = time.perf_counter() if t0 is None else t0
     cands = [{"strategy": "zero_shot"}] + [dict(c) for c in (cfg.auto_candidates or DEFAULT_AUTO_CANDIDATES)]
     objective = base.config.objective
-    if not has_pairs(support, objective) and not valid:
-        msg = ("auto: a causal model needs users with 2 or more support items to train and validate "
-               "a candidate; every user has 1, so using zero_shot (support items as history only)")
+    def degraded(msg: str):
+        # too little support to train and validate a candidate: zero-shot, with the reason recorded
         log.warning(msg)
         res = zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg, chosen={"strategy": "zero_shot"}))
         res.info["seconds"] = time.perf_counter() - t0
         return res
+
+    if not has_pairs(support, objective) and not valid:
+        return degraded("auto: a causal model needs users with 2 or more support items to train and validate "
+                        "a candidate; every user has 1, so using zero_shot (support items as history only)")
 
     # inner folds: (training sequences, validation examples)
     if valid:
@@ -83,12 +86,8 @@ def auto_adapt(base, support: Sequence[UserSequence], cfg: AdaptConfig, *, valid
 
     folds = [(tr, va) for tr, va in folds if training_windows(tr, cfg, base.config.objective)]
     if not folds:
-        msg = ("auto: too few support items to both train and validate a candidate; using "
-               "zero_shot (support items as history only)")
-        log.warning(msg)
-        res = zero_shot_result(base, cfg, fingerprint, dict(info, degraded=msg, chosen={"strategy": "zero_shot"}))
-        res.info["seconds"] = time.perf_counter() - t0
-        return res
+        return degraded("auto: too few support items to both train and validate a candidate; using "
+                        "zero_shot (support items as history only)")
     records: list[dict[str, Any]] = []
     for cand in cands:
         strategy, ccfg = _candidate_config(cfg, cand)
