@@ -151,6 +151,12 @@ KNOWN_CAUSES: list[tuple[str, str, str, str, str]] = [
      "the retrain barely beats the stale model, so the denominator (retrain - stale) is near 0 "
      "and the ratio swings (see its CI in the JSON); above 1 the adapted model beats the full "
      "retrain. Read relative_gain over stale instead"),
+    ("fewshot", "coldstart-k10", "*", "relative_gain",
+     "Beauty's fold base was stopped by hand after ONE epoch for CPU (valid NDCG@10 0.0094, at "
+     "popularity level), so the k=10 cohort of 1,049 users has 13 zero-shot hits against 12 "
+     "adapted: -15 % is one hit, CI [-64 %, +114 %]. cohort+per-user and auto equal head-only+warm "
+     "because validation on pretraining users chose that adapter and the per-user rule adapted "
+     "nobody. Not fixable without a converged Beauty fold base (no CPU left this session)"),
     ("items", "coldstart-items", "item-embeddings-noreplay", "ratio",
      "the control without warm replay, bias shift or ratio target: the old method, kept to "
      "show what the replay fixes"),
