@@ -107,7 +107,6 @@ def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
     from .data import SplitConfig, load_interactions, make_splits, preset_spec
     from .evaluation import PopularityModel, evaluate_next_item
     from .training import pretrain
-    from .training.loop import set_seed
     from .training.pretrain import default_model_config, default_train_config
 
     work = Path(cfg.work_dir)
@@ -134,7 +133,6 @@ def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
         if not cfg.use_features:
             over["num_item_features"] = 0
         mcfg = default_model_config(splits, cfg.objective, **over)
-        set_seed(cfg.seed)  # the initial weights too: a run does not depend on what ran before it
         tcfg = default_train_config(
             splits, cfg.objective, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device,
             output_dir=str(work / "pretrained"), max_train_seconds=cfg.max_train_seconds,

@@ -14,7 +14,7 @@ import torch
 from ..errors import ConfigError
 from ..model import FsRecConfig, FsRecModel
 from .config import TrainConfig, recommended_config
-from .loop import METRICS_FILE, TrainLoopResult, has_varying_ratings, train_loop
+from .loop import METRICS_FILE, TrainLoopResult, has_varying_ratings, set_seed, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def pretrain(
     objective = model_config.objective if model_config is not None else "cloze"
     cfg = model_config or default_model_config(splits, objective)
     tc = train_config or default_train_config(splits, objective)
+    set_seed(tc.seed)  # the initial weights too: a run does not depend on what ran before it
     model = build_model(splits, cfg)
     cmask = pretrain_candidate_mask(splits, cfg.num_items)
     train_sequences = splits.loo_train() if train_sequences is None else train_sequences
