@@ -9,7 +9,7 @@ from .aio import AsyncRecommenderClient
 from ..settings import ENV_ADMIN_KEY
 from .base import parse_url
 from .errors import RetryPolicy, is_retryable, map_exception
-from .idmap import IdMap
+from ..idmap import IdMap
 from .sync import RecommenderClient
 from .validation import (
     EncodedHistory,

@@ -24,7 +24,7 @@ from ..contract import (
 from ..errors import ClientError, ConfigError, InferenceServerError, ModelControlError
 from ..settings import find_admin_key
 from .errors import CallContext, RetryPolicy, map_exception
-from .idmap import IdMap
+from ..idmap import IdMap
 from .validation import (
     INPUT_NAME,
     OUTPUT_ITEMS,

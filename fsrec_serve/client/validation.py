@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InvalidRequestError
-from .idmap import IdMap
+from ..idmap import IdMap
 
 log = logging.getLogger("fsrec_serve.client")
 

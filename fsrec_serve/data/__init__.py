@@ -3,7 +3,8 @@ cleaning, item metadata, id maps and splits."""
 
 from .args import add_data_arguments, data_source_from_args, require_data_source
 from .download import download_ml100k, verify_ml100k
-from .idmap import PAD_INDEX, IdMap
+from ..contract import PAD_INDEX
+from ..idmap import IdMap
 from .interactions import Interactions
 from .loader import load_interactions
 from .metadata import ItemMetadata, read_item_metadata

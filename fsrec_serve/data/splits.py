@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError, EmptyUserError
-from .idmap import IdMap
+from ..idmap import IdMap
 from .readers import Interactions
 
 

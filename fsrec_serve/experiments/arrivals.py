@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..data.idmap import IdMap
+from ..idmap import IdMap
 from ..data.splits import Example, SplitConfig, Splits, UserSequence
 from ..errors import ConfigError
 

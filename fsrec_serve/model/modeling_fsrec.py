@@ -21,7 +21,7 @@ from transformers import BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..contract import ITEM_MAP_FILE, MASK_VALUE, PAD_INDEX
-from ..data.idmap import IdMap
+from ..idmap import IdMap
 from .configuration_fsrec import FsRecConfig
 
 

@@ -26,7 +26,7 @@ MAX_LINES = 450
 
 # The data flow, left to right. A module belongs to the layer of its longest listed prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("fsrec_serve", "fsrec_serve.contract", "fsrec_serve.errors", "fsrec_serve.settings")),
+    ("base", ("fsrec_serve", "fsrec_serve.contract", "fsrec_serve.errors", "fsrec_serve.settings", "fsrec_serve.idmap")),
     ("data", ("fsrec_serve.data",)),
     ("model", ("fsrec_serve.model",)),
     ("evaluation", ("fsrec_serve.evaluation",)),  # metrics, next-item/rating evaluators, baselines, report (model-level: no training)
@@ -41,7 +41,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("loadtests", ("loadtests",)),
     ("top", ("fsrec_serve.commands", "fsrec_serve.cli", "fsrec_serve.pipeline")),
 ]
-CLIENT_MAY_IMPORT = ("fsrec_serve.contract", "fsrec_serve.errors", "fsrec_serve.settings", "fsrec_serve.client")
+CLIENT_MAY_IMPORT = ("fsrec_serve.contract", "fsrec_serve.errors", "fsrec_serve.settings", "fsrec_serve.idmap",
+                     "fsrec_serve.client")
 
 # (importer, imported) -> why it is still there. Only known offenders of work in flight.
 PENDING_EDGES: dict[tuple[str, str], str] = {}

@@ -1,4 +1,9 @@
-"""Raw id <-> contiguous index maps. Index 0 is reserved for padding."""
+"""Raw id <-> contiguous index maps (``item_map.json``, contract.ITEM_MAP_FILE). Index 0 = padding.
+
+Torch- and pyarrow-free, in the base layer: the data package builds and saves maps, the model
+keeps one, and the thin client reads the served model's map with the same class. The file format
+is the contract: ``{"pad_index": 0, "raw_ids": [raw id of index 1, raw id of index 2, ...]}``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,8 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import DataFormatError, UnknownItemError
-
-PAD_INDEX = 0  # index 0 is padding everywhere in the project
+from .contract import PAD_INDEX
+from .errors import DataFormatError, UnknownItemError
 
 
 class IdMap:
@@ -71,8 +75,10 @@ class IdMap:
 
     @classmethod
     def from_dict(cls, d: dict) -> IdMap:
-        if "raw_ids" not in d:
-            raise DataFormatError("id map has no 'raw_ids' list; regenerate it with save()")
+        if not isinstance(d, dict) or not isinstance(d.get("raw_ids"), list):
+            raise DataFormatError("id map has no 'raw_ids' list; regenerate it with save() or re-export the model")
+        if d.get("pad_index", PAD_INDEX) != PAD_INDEX:
+            raise DataFormatError(f"id map: pad_index must be {PAD_INDEX}; regenerate it with save()")
         return cls(d["raw_ids"])
 
     def save(self, path: str | Path) -> None:
@@ -84,7 +90,7 @@ class IdMap:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
-            raise DataFormatError(f"id map {path} is missing; it is written by save_pretrained") from None
+            raise DataFormatError(f"id map {path} is missing; it is written by save_pretrained and beside every export") from None
         except json.JSONDecodeError as e:
             raise DataFormatError(f"id map {path} is not valid JSON ({e}); regenerate it") from None
 
