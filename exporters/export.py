@@ -46,7 +46,7 @@ from fsrec_serve.contract import (
     SEQUENCE_AXIS,
 )
 from fsrec_serve.errors import ConfigError, ExportError, ExportValidationError
-from fsrec_serve.model import FsRecModel
+from fsrec_serve.model import FsRecModel, model_fingerprint
 
 from .onnx_config import FsRecOnnxConfig
 from .runtime import (
@@ -204,7 +204,7 @@ def export_onnx(
     meta = ExportMeta(
         max_seq_len=int(cfg.max_seq_len), max_top_k=int(max_top_k), num_items=int(cfg.num_items),
         objective=str(cfg.objective), precision="fp32", source=str(source), opset=int(opset),
-        mask_value=float(MASK_VALUE), user_params_dim=int(cfg.hidden_size),
+        mask_value=float(MASK_VALUE), user_params_dim=int(cfg.hidden_size), fingerprint=model_fingerprint(model),
         extra={**dict(extra or {}), "last_position_only": bool(last_position_only)},
     )
     meta.save(out)

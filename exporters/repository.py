@@ -254,6 +254,8 @@ def runtime_repository(
         src = repo / name
         cfg = load_model_config(src)
         vs = versions(src)
+        if not vs and "role" in cfg.parameters:  # fsrec_user / fsrec_events: no weights of their own
+            vs = versions(src, with_model=False)
         if not vs:
             raise RepositoryError(
                 f"{src} has no version with a {ONNX_FILE}: export the model and run "

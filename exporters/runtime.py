@@ -47,6 +47,9 @@ class ExportMeta:
     mask_value: float = MASK_VALUE  # score given to masked items (history, padding)
     # width H of the graph's optional ``user_params`` input [B, H] (0 = an older graph without it)
     user_params_dim: int = 0
+    # hash of the exported weights (fsrec_serve.model.model_fingerprint): per-user parameters are
+    # served only by the version whose fingerprint they were fitted on ("" = unknown: none are)
+    fingerprint: str = ""
     extra: dict = field(default_factory=dict)  # free-form provenance (quantization preset, ...)
 
     def save(self, directory: str | Path) -> Path:

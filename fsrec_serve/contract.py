@@ -26,6 +26,26 @@ TRITON_SCORE_DTYPE = "FP32"
 BATCH_AXIS = "batch_size"  # name of the dynamic batch axis in the ONNX graph
 SEQUENCE_AXIS = "sequence_length"  # name of the dynamic history axis in the ONNX graph
 
+# -- the user-facing models in front of the ranker (lookup-then-rank, event intake) ------------
+USER_MODEL_NAME = "fsrec_user"  # Triton model: user id -> store lookup -> ranker (BLS) -> top-k
+EVENTS_MODEL_NAME = "fsrec_events"  # Triton model: events -> the store's event log
+INPUT_USER_ID = "user_id"  # [B, 1] BYTES: raw user id (UTF-8, 1..256 bytes); hashed on arrival
+# [B, R] int64, optional: item indices the user interacted with that the store has not seen yet
+# (newest last, 0 = padding); appended to the stored history for this answer only
+INPUT_RECENT_ITEMS = "recent_items"
+OUTPUT_SOURCE = "source"  # [B, 1] BYTES: how the answer was made (one of SOURCES)
+OUTPUT_RANKER_VERSION = "ranker_version"  # [B, 1] BYTES: the ranker version that answered ("" = none)
+# personal = history + the user's parameters fitted on the answering model; history = the
+# model on the history (+ recent_items) without parameters; popularity = nothing known at all
+SOURCES = ("personal", "history", "popularity")
+INPUT_ITEM_ID = "item_id"  # [B, 1] BYTES: raw item id of an event (unknown ids are kept, counted)
+INPUT_TIMESTAMP = "timestamp"  # [B, 1] FP64, optional: event time, epoch seconds (absent = now)
+INPUT_EVENT_ID = "event_id"  # [B, 1] BYTES: unique event id (the client makes one when absent)
+OUTPUT_ACCEPTED = "accepted"  # [B, 1] INT32: 1 = stored, 0 = a duplicate event id (stored before)
+MAX_USER_ID_BYTES = 256  # longest user id accepted
+MAX_RECENT_ITEMS = 1024  # most recent_items per request (older events belong in the store)
+POPULARITY_FILE = "popularity.json"  # fallback ranking beside the user model: {"items", "scores"}
+
 # -- values ------------------------------------------------------------------------------------
 PAD_INDEX = 0  # item index of padding (left side of a history); never recommended
 MASK_VALUE = -1.0e4  # score of items that must never be recommended (fp16-safe)

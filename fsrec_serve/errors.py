@@ -136,3 +136,22 @@ class LoadTestError(FsRecError):
 # -- operations (appended by the ops area) ------------------------------------------------------
 class RolloutError(ServingError):
     """A rollout of a new model version failed; the serving version(s) were kept (or restored)."""
+
+
+# -- per-user state and events (store area) ----------------------------------------------------
+class StoreError(FsRecError):
+    """The per-user state store or its event log refused or failed an operation."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The store (SQLite file, redis-server) cannot be reached; the message names it and the fix."""
+
+
+class InvalidEventError(StoreError, ValueError):
+    """An event or a user id was refused before it was stored (empty / oversized / non-UTF-8 id,
+    bad timestamp); the message names the field and the fix."""
+
+
+# -- the learner (operations area) ------------------------------------------------------------------
+class LearnerError(FsRecError):
+    """The online learner could not fit, re-fine-tune or roll out; what is served is unchanged."""

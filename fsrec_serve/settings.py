@@ -12,6 +12,8 @@ ENV_ADMIN_KEY = "FSREC_ADMIN_KEY"  # env: the admin key itself
 ENV_ADMIN_KEY_FILE = "FSREC_ADMIN_KEY_FILE"  # env: file holding the admin key
 ENV_STATE_DIR = "FSREC_STATE_DIR"  # env: per-user state folder (default $XDG_STATE_HOME/fsrec)
 ADMIN_KEY_FILE_NAME = "admin.key"  # the key `fsrec serve` generates, inside the state folder
+ENV_USER_KEY_FILE = "FSREC_USER_KEY_FILE"  # env: secret of the keyed hash of user ids
+USER_KEY_FILE_NAME = "user.key"  # the user-id hashing secret, inside the state folder
 
 
 def _env_path(name: str, default: Path) -> Path:
@@ -96,3 +98,10 @@ def find_admin_key(explicit: str | None = None) -> str | None:
         return os.environ[ENV_ADMIN_KEY]
     path = admin_key_path()
     return read_admin_key_file(path) if path.is_file() else None
+
+
+def user_key_path() -> Path:
+    """Secret of the keyed hash (HMAC-SHA256) of user ids: $FSREC_USER_KEY_FILE, else
+    <state_dir>/user.key (created 0600 on first use by ``fsrec_serve.store.keys``)."""
+    env = os.environ.get(ENV_USER_KEY_FILE)
+    return Path(env).expanduser() if env else state_dir() / USER_KEY_FILE_NAME

@@ -8,10 +8,12 @@
   cold users and cold items held out.
 - ``tiny_model_config`` / ``tiny_model``: a 1-layer, hidden-16 model for ``tiny_splits``
   (factory fixture: ``tiny_model(objective="causal")``).
+- ``redis_server`` / ``redis_url``: a real redis-server for the session (tests/redis_server.py),
+  flushed for each test that takes ``redis_url``; skipped with the reason when it is not installed.
 
 Per-user state (the admin key ``fsrec serve`` generates) goes to a temp folder for the whole
 run (``FSREC_STATE_DIR``), never to the real ``~/.local/state/fsrec``; ``FSREC_ADMIN_KEY`` /
-``FSREC_ADMIN_KEY_FILE`` from the caller's shell are ignored.
+``FSREC_ADMIN_KEY_FILE`` / ``FSREC_USER_KEY_FILE`` / ``FSREC_STORE`` from the caller's shell are ignored.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # the machine is shared: with 2 threads OpenMP spin-waits under load
 
 os.environ["FSREC_STATE_DIR"] = tempfile.mkdtemp(prefix="fsrec-test-state-")
-for _name in ("FSREC_ADMIN_KEY", "FSREC_ADMIN_KEY_FILE"):
+for _name in ("FSREC_ADMIN_KEY", "FSREC_ADMIN_KEY_FILE", "FSREC_USER_KEY_FILE", "FSREC_STORE"):
     os.environ.pop(_name, None)
 
 
@@ -160,3 +162,28 @@ def fast_train_config():
         return TrainConfig(**base)
 
     return make
+
+
+# -- a real redis-server (tests/redis_server.py) ------------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the session (loopback, free port, append-only file in a temp folder)."""
+    from redis_server import redis_server_binary, running_redis
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed: apt-get install redis-server (scripts/setup.sh does it as root)")
+    with running_redis(tmp_path_factory.mktemp("redis")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The URL of the session's redis-server, emptied (FLUSHALL) for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
@@ -13,7 +14,10 @@ import numpy as np
 from ..errors import ClientError, ConfigError, RequestTimeoutError, ServerUnavailableError
 from .base import ClientBase
 from .errors import is_retryable
-from .validation import Recommendation, as_history_batch, model_counts, normalize_statistics, spec_from_model_config
+from ..contract import EVENTS_MODEL_NAME, USER_MODEL_NAME
+from .users import EventRecord, accepted_of, as_events, decode_user_answer, encode_recent, event_inputs, user_inputs
+from .validation import (Recommendation, as_history_batch, chunks, model_counts, normalize_statistics,
+                         spec_from_model_config, validate_k)
 
 
 class AsyncRecommenderClient(ClientBase):
@@ -139,6 +143,47 @@ class AsyncRecommenderClient(ClientBase):
             return items, scores, self._version_of(r)
 
         return await self._call(f"inference on {self.model_name!r}", run)
+
+    # -- by user id and events (see RecommenderClient) ------------------------------------------
+    async def recommend_for_user(self, user_id: str, k: int = 10, recent_items: Sequence | None = None) -> Recommendation:
+        return (await self.recommend_for_users([user_id], k, None if recent_items is None else [recent_items]))[0]
+
+    async def recommend_for_users(self, user_ids: Sequence, k: int = 10,
+                                  recent_items: Sequence[Sequence] | None = None) -> list[Recommendation]:
+        spec = await self.ensure_spec()
+        k = validate_k(k, spec.max_top_k)
+        out: list[Recommendation] = []
+        for sl in chunks(len(user_ids), spec.max_batch_size):
+            recent = encode_recent(None if recent_items is None else recent_items[sl], len(user_ids[sl]),
+                                   self.item_map, spec.num_items)
+            inputs, outputs = user_inputs(self._inputs_module(), user_ids[sl], recent)
+
+            async def run(c, inputs=inputs, outputs=outputs):
+                r = await c.infer(USER_MODEL_NAME, inputs, outputs=outputs, headers=self._request_headers(),
+                                  **self._timeout_kw())
+                return decode_user_answer(r, k, self.item_map, spec.num_items)
+
+            rows = await self._call(f"inference on {USER_MODEL_NAME!r}", run)
+            out += [Recommendation(i, s, v, (), src) for i, s, src, v in rows]
+        return out
+
+    async def record(self, user_id: str, item_id: str, timestamp: float | None = None,
+                     event_id: str | None = None) -> bool:
+        return (await self.record_many([EventRecord(user_id, item_id, timestamp, event_id)]))[0]
+
+    async def record_many(self, events: Sequence) -> list[bool]:
+        evs = [e if e.event_id else EventRecord(e.user_id, e.item_id, e.timestamp, uuid.uuid4().hex)
+               for e in as_events(events)]
+        out: list[bool] = []
+        for sl in chunks(len(evs), 64):
+            inputs, outputs = event_inputs(self._inputs_module(), evs[sl])
+
+            async def run(c, inputs=inputs, outputs=outputs):
+                return accepted_of(await c.infer(EVENTS_MODEL_NAME, inputs, outputs=outputs,
+                                                 headers=self._request_headers(), **self._timeout_kw()))
+
+            out += await self._call(f"inference on {EVENTS_MODEL_NAME!r}", run)
+        return out
 
     # -- health ---------------------------------------------------------------------------------
     async def is_live(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -12,7 +13,10 @@ import numpy as np
 from ..errors import ClientError, ConfigError, ServerUnavailableError
 from .base import ClientBase
 from .errors import is_retryable
-from .validation import Recommendation, as_history_batch, model_counts, normalize_statistics, spec_from_model_config
+from ..contract import EVENTS_MODEL_NAME, USER_MODEL_NAME
+from .users import EventRecord, accepted_of, as_events, decode_user_answer, encode_recent, event_inputs, user_inputs
+from .validation import (Recommendation, as_history_batch, chunks, model_counts, normalize_statistics,
+                         spec_from_model_config, validate_k)
 
 
 class RecommenderClient(ClientBase):
@@ -171,6 +175,46 @@ class RecommenderClient(ClientBase):
             return items, scores, self._version_of(r)
 
         return self._call(f"inference on {self.model_name!r}", run)
+
+    # -- by user id (store lookup, then the ranker) and events ----------------------------------
+    def recommend_for_user(self, user_id: str, k: int = 10, recent_items: Sequence | None = None) -> Recommendation:
+        """Top-``k`` for a user by id: the server reads the user's history and per-user parameters
+        from its store; ``recent_items`` (raw ids, oldest first) are interactions not recorded yet.
+        ``Recommendation.source`` says how it was made (personal / history / popularity)."""
+        return self.recommend_for_users([user_id], k, None if recent_items is None else [recent_items])[0]
+
+    def recommend_for_users(self, user_ids: Sequence, k: int = 10,
+                            recent_items: Sequence[Sequence] | None = None) -> list[Recommendation]:
+        """:meth:`recommend_for_user` for many users (one request per max_batch_size users)."""
+        spec = self.ensure_spec()
+        k = validate_k(k, spec.max_top_k)
+        out: list[Recommendation] = []
+        for sl in chunks(len(user_ids), spec.max_batch_size):
+            recent = encode_recent(None if recent_items is None else recent_items[sl], len(user_ids[sl]),
+                                   self.item_map, spec.num_items)
+            inputs, outputs = user_inputs(self._inputs_module(), user_ids[sl], recent)
+            rows = self._call(f"inference on {USER_MODEL_NAME!r}", lambda c: decode_user_answer(
+                c.infer(USER_MODEL_NAME, inputs, outputs=outputs, headers=self._request_headers(),
+                        **self._timeout_kw()), k, self.item_map, spec.num_items))
+            out += [Recommendation(i, s, v, (), src) for i, s, src, v in rows]
+        return out
+
+    def record(self, user_id: str, item_id: str, timestamp: float | None = None, event_id: str | None = None) -> bool:
+        """Record one interaction; True = stored, False = its ``event_id`` was stored before."""
+        return self.record_many([EventRecord(user_id, item_id, timestamp, event_id)])[0]
+
+    def record_many(self, events: Sequence) -> list[bool]:
+        """Record many interactions (EventRecord s, dicts or tuples) in batched requests; every
+        event gets an id before the first attempt, so retries never store one twice."""
+        evs = [e if e.event_id else EventRecord(e.user_id, e.item_id, e.timestamp, uuid.uuid4().hex)
+               for e in as_events(events)]
+        out: list[bool] = []
+        for sl in chunks(len(evs), 64):
+            inputs, outputs = event_inputs(self._inputs_module(), evs[sl])
+            out += self._call(f"inference on {EVENTS_MODEL_NAME!r}", lambda c: accepted_of(
+                c.infer(EVENTS_MODEL_NAME, inputs, outputs=outputs, headers=self._request_headers(),
+                        **self._timeout_kw())))
+        return out
 
     # -- health ---------------------------------------------------------------------------------
     def is_live(self) -> bool:

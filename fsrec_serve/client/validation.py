@@ -38,6 +38,7 @@ class Recommendation:
     scores: list[float]  # the model's score of each item, same order
     model_version: str = ""  # version of the Triton model that answered
     dropped: tuple = ()  # raw ids of the history that the id map did not know (on_unknown="drop")
+    source: str = ""  # by user id: "personal" | "history" | "popularity" (contract.SOURCES); "" = by items
 
 
 @dataclass(frozen=True)

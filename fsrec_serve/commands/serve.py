@@ -45,6 +45,9 @@ def add_parsers(sub) -> None:
                    "logging, shared-memory)")
     p.add_argument("--execution-env", default=None,
                    help="Python environment of the python-backend model (default: this interpreter's sys.prefix)")
+    p.add_argument("--store", default=None,
+                   help="per-user state store of the fsrec_user / fsrec_events models: a SQLite path or "
+                        "redis://host:port/db (default $FSREC_STORE, else the embedded SQLite file)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
     p.add_argument("--watch-interval", type=float, default=2.0,
                    help="seconds between checks that reload a model whose python-backend stub died (0 = off)")
@@ -66,7 +69,12 @@ def add_parsers(sub) -> None:
     )
     r.add_argument("--url", default=None, help="server address (default 127.0.0.1 and the protocol's port)")
     r.add_argument("--protocol", choices=["grpc", "http"], default=None, help="default: from the url scheme, else grpc")
-    r.add_argument("--history", nargs="+", required=True, metavar="ITEM", help="raw item ids, oldest first")
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--history", nargs="+", metavar="ITEM", help="raw item ids, oldest first")
+    who.add_argument("--user", default=None, metavar="ID",
+                     help="a user id: the server reads the user's history and parameters from its store")
+    r.add_argument("--recent", nargs="+", default=None, metavar="ITEM",
+                   help="with --user: raw item ids not recorded yet (oldest first)")
     r.add_argument("--k", type=int, default=10, help="number of recommendations (default 10)")
     r.add_argument("--repository", default=None,
                    help="model repository the server serves: id map and limits are read from it")
@@ -109,7 +117,7 @@ def server_config(args):
         execution_env_path=args.execution_env, startup_timeout=args.startup_timeout,
         extra_args=[a for a in (args.extra or []) if a != "--"], docker=args.docker, gpus=args.gpus,
         tritonserver=args.tritonserver, tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
-        tls_client_ca_file=args.tls_client_ca, watch_interval_s=args.watch_interval,
+        tls_client_ca_file=args.tls_client_ca, watch_interval_s=args.watch_interval, store=args.store,
     )  # fmt: skip
 
 
@@ -184,17 +192,23 @@ def _recommend(args) -> int:
         retries=args.retries, headers=headers or None, ssl=args.ssl, root_certificates=args.root_certificates,
         private_key=args.private_key, certificate_chain=args.certificate_chain,
     ) as client:  # fmt: skip
-        rec = client.recommend(args.history, k=args.k)
+        if args.user is not None:
+            rec = client.recommend_for_user(args.user, k=args.k, recent_items=args.recent)
+        else:
+            rec = client.recommend(args.history, k=args.k)
     if args.json:
         out = {"history": args.history, "items": rec.items, "scores": rec.scores,
-               "model_version": rec.model_version, "dropped": list(rec.dropped)}  # fmt: skip
+               "model_version": rec.model_version, "dropped": list(rec.dropped), "source": rec.source}  # fmt: skip
         if titles is not None:
             out["titles"] = [titles.get(str(item)) for item in rec.items]
         print(json.dumps(out))
         return 0
     if client.item_map is None:
         print("note: no id map (pass --repository or --item-map): ids are the model's indices", file=sys.stderr)
-    print(f"history: {' '.join(map(str, args.history))}")
+    if args.user is not None:
+        print(f"by user id ({rec.source}{': ' + ' '.join(args.recent) if args.recent else ''})")
+    else:
+        print(f"history: {' '.join(map(str, args.history))}")
     if rec.dropped:
         print(f"dropped (unknown): {' '.join(map(str, rec.dropped))}")
     print(f"model version: {rec.model_version}")
@@ -203,3 +217,16 @@ def _recommend(args) -> int:
         title = titles.get(str(item), "") if titles is not None else ""
         print(f"{i:>4}  {item!s:<12} {score:8.4f}" + (f"  {title}" if title else ""))
     return 0
+
+
+def ranker_item_map(repository: str | Path, model: str = "fsrec"):
+    """The id map of the ranker's newest version in ``repository`` (None when it has none)."""
+    from ..client.validation import load_repository_info
+
+    try:
+        return load_repository_info(Path(repository), model, "")[0]
+    except Exception as e:  # noqa: BLE001 - named in the error below
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--repository {repository}: cannot read the item map of model {model!r} ({e}); "
+                          "build the repository first (fsrec repository / fsrec pipeline)") from None

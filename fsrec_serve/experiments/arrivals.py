@@ -202,7 +202,8 @@ def paired_relative_gain(method: Sequence[float], base: Sequence[float], users: 
     boots = np.where(den > 0, num / np.where(den > 0, den, 1) - 1.0, np.nan)
     gain = a.sum() / b.sum() - 1.0 if b.sum() > 0 else float("nan")
     lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.isfinite(boots).any() else (np.nan, np.nan)
-    return {"mean": float(gain), "ci_low": float(lo), "ci_high": float(hi), "n_users": int(len(uniq))}
+    return {"mean": float(gain), "ci_low": float(lo), "ci_high": float(hi), "n_users": int(len(uniq)),
+            "boot_undefined": float(np.isnan(boots).mean())}  # share of resamples with a zero baseline
 
 
 def gap_closed(adapted: float, stale: float, retrain: float) -> float:

@@ -59,6 +59,9 @@ class ServerConfig:
     tls_client_ca_file: Path | None = None  # PEM CA of client certificates: mutual TLS
     materialize: bool = True  # serve a runtime copy with EXECUTION_ENV_PATH (False: the folder as is)
     wait: bool = True  # serve() returns only once the server and its models are ready
+    # per-user state store the fsrec_user / fsrec_events models use (sqlite path or file URL,
+    # redis://...); None = $FSREC_STORE, else the embedded SQLite file in the state folder
+    store: str | None = None
     watch_interval_s: float = 2.0  # serve_forever: check models every N s, reload unready ones (0 = off)
 
     def __post_init__(self):

@@ -111,6 +111,8 @@ def _local_server(cfg: ServerConfig, repo: Path, models: list[str], host: str, p
     ) + tls + list(cfg.extra_args)  # fmt: skip
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = library_path(install)
+    if cfg.store:  # read by the fsrec_user / fsrec_events models inside the python stubs
+        env["FSREC_STORE"] = str(cfg.store)
     server = TritonServer(cmd, env, runtime_repository=runtime, kind="local", **common)
     server.execution_env_path = env_path if cfg.materialize else None
     return server

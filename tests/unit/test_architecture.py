@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("serving", ("fsrec_serve.serving",)),  # the launcher
     ("client", ("fsrec_serve.client",)),
     ("operations", ("fsrec_serve.operations",)),  # rollout, model control, load-test runner
+    ("learner", ("fsrec_serve.learner",)),  # the online learner: store + adaptation + export + rollout
     ("loadtests", ("loadtests",)),
     ("top", ("fsrec_serve.commands", "fsrec_serve.cli", "fsrec_serve.pipeline")),
 ]
