@@ -28,6 +28,7 @@ MAX_LINES = 450
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("fsrec_serve", "fsrec_serve.contract", "fsrec_serve.errors", "fsrec_serve.settings", "fsrec_serve.idmap")),
     ("data", ("fsrec_serve.data",)),
+    ("store", ("fsrec_serve.store",)),  # per-user state + event log (SQLite / redis): base and data only
     ("model", ("fsrec_serve.model",)),
     ("evaluation", ("fsrec_serve.evaluation",)),  # metrics, next-item/rating evaluators, baselines, report (model-level: no training)
     ("training", ("fsrec_serve.training",)),  # the loop takes evaluate_fn; pretrain() passes the evaluator
