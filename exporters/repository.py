@@ -201,6 +201,9 @@ def write_default_repository(repo_dir: str | Path = COMMITTED_REPOSITORY,
     written.append(vdir / PYTHON_MODEL_FILE)
     written.append(write_model_config(repo / GPU_SUBDIR / spec.model_name, spec, "gpu"))
     written.append(write_model_config(repo / GPU_PYTHON_SUBDIR / spec.model_name, spec, "gpu-python"))
+    from .user_repository import build_user_models  # the front models: no weights, configs committed
+
+    written += build_user_models(repo, None, spec)
     return written
 
 

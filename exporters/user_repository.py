@@ -94,17 +94,17 @@ def _model(name: str, spec: UserModelsSpec, role: str) -> mc.ModelConfig:
     return cfg
 
 
-def build_user_models(repo_dir: str | Path, popularity: tuple[Sequence[int], Sequence[float]],
+def build_user_models(repo_dir: str | Path, popularity: tuple[Sequence[int], Sequence[float]] | None,
                       spec: UserModelsSpec | RepositorySpec | None = None) -> list[Path]:
     """Write ``fsrec_user`` and ``fsrec_events`` into ``repo_dir`` (beside the ranker).
 
     ``popularity``: (item indices best first, their scores) — the answer for a user with nothing
-    known; indices of the ranker's item map. A :class:`RepositorySpec` is taken as the ranker's
+    known; indices of the ranker's item map (None: no popularity.json, such users get no items). A :class:`RepositorySpec` is taken as the ranker's
     spec (its model name, top-k width and buckets)."""
     if isinstance(spec, RepositorySpec):
         spec = UserModelsSpec(ranker=spec.model_name, max_top_k=spec.max_top_k, length_buckets=tuple(spec.buckets()))
     spec = spec or UserModelsSpec()
-    items, scores = [int(i) for i in popularity[0]], [float(s) for s in popularity[1]]
+    items, scores = ([int(i) for i in popularity[0]], [float(s) for s in popularity[1]]) if popularity else ([], [])
     if len(items) != len(scores) or any(i < 1 for i in items):
         raise ConfigError("popularity must be (item indices >= 1, scores) of equal length, best first")
     repo, written = Path(repo_dir), []
@@ -115,7 +115,7 @@ def build_user_models(repo_dir: str | Path, popularity: tuple[Sequence[int], Seq
         text = HEADER + text_format.MessageToString(_model(name, spec, role))
         (repo / name / CONFIG_FILE).write_text(text)
         written += [repo / name / CONFIG_FILE, vdir / PYTHON_MODEL_FILE]
-        if role == "recommend":
+        if role == "recommend" and popularity is not None:
             k = spec.max_top_k
             (vdir / POPULARITY_FILE).write_text(json.dumps({"items": items[:k], "scores": scores[:k]}) + "\n")
             written.append(vdir / POPULARITY_FILE)

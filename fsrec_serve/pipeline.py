@@ -212,7 +212,11 @@ def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
 
         rv = build_model_repository(cfg.repository, served_dir, target="cpu", version=cfg.version,
                                     overwrite=True)
-        echo(f"   wrote {rv.version_dir} and {rv.config_path}")
+        from exporters.user_repository import build_user_models, popularity_of
+
+        build_user_models(cfg.repository, popularity_of([q.items for q in splits.loo_train()], rv.meta.max_top_k))
+        served.save_pretrained(work / "served")  # what the learner fits per-user parameters on
+        echo(f"   wrote {rv.version_dir} and {rv.config_path}; fsrec_user + fsrec_events in front of it")
     if cfg.stop_after == "repository":
         return _finish(cfg, work, summary, echo)
 
@@ -220,8 +224,11 @@ def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
         from .client import RecommenderClient
         from .serving import serve
 
+        store = work / "store.sqlite3"
+        for suffix in ("", "-wal", "-shm"):  # the demo starts from an empty store
+            Path(f"{store}{suffix}").unlink(missing_ok=True)
         with serve(cfg.repository, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
-                   metrics_port=cfg.metrics_port, log_file=work / "tritonserver.log") as server:
+                   metrics_port=cfg.metrics_port, log_file=work / "tritonserver.log", store=str(store)) as server:
             echo(f"   tritonserver ready: gRPC {server.url_grpc}, HTTP {server.url_http} "
                  f"(log {server.log_path})")
             names = data.item_names
@@ -244,9 +251,24 @@ def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
                     shown.append({"user": seq.user, "history": history, "items": rec.items,
                                   "titles": [names.get(it) for it in rec.items],
                                   "scores": rec.scores, "next_item": truth, "hit": hit})
+                summary["live"] = _live_demo(cfg, splits, names, client, work, store, echo)
             summary["served"] = {"users": shown, "grpc": server.url_grpc, "http": server.url_http}
         echo("   tritonserver stopped")
     return _finish(cfg, work, summary, echo)
+
+
+def _live_demo(cfg: PipelineConfig, splits, names: dict, client, work: Path, store: Path,
+               echo: Callable[[str], None]) -> dict:
+    """The live loop on the first cold user not shown above: by user id before and after events."""
+    from .learner import LearnerConfig
+    from .learner.demo import show_loop
+
+    echo("\n   -- the live loop: a new user's events are recorded, the learner adapts, Triton answers by user id")
+    seq = splits.cold_users[min(cfg.show_users, len(splits.cold_users) - 1)]
+    raws = splits.item_map.raws(seq.items[: cfg.k + 1])
+    events = [(it, 1_000_000.0 + j) for j, it in enumerate(raws[: cfg.k])]
+    return show_loop(client, LearnerConfig(model_dir=work / "served", store=str(store), fit_interval_s=0.0),
+                     f"new-user-{seq.user}", events, raws[cfg.k], names, echo, cfg.top_k)
 
 
 def _finish(cfg: PipelineConfig, work: Path, summary: dict, echo: Callable[[str], None]) -> dict:

@@ -14,8 +14,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 START_TIMEOUT_S = 10.0  # how long to wait for the first PONG
 
@@ -60,7 +60,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.folder),
                 "--logfile", str(self.folder / "redis.log"), "--daemonize", "no", "--protected-mode", "yes"]
         args += (["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"])
@@ -90,7 +90,7 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
 
-    def restart(self) -> "RedisServer":
+    def restart(self) -> RedisServer:
         self.stop()
         return self.start()
 

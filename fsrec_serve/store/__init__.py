@@ -23,8 +23,20 @@ DEFAULT_STORE_ENV = "FSREC_STORE"  # env: the store URL when none is passed
 DEFAULT_SQLITE_NAME = "store.sqlite3"  # the default SQLite file, inside the state folder
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")  # URLs served by RedisStore
 
-__all__ = ["DEFAULT_MAX_HISTORY", "DEFAULT_STORE_ENV", "Event", "MAX_USER_ID_BYTES", "RedisStore", "SQLiteStore",
-           "Store", "UserKeyer", "UserState", "check_user_id", "insert_in_time_order", "open_store"]
+__all__ = [
+    "DEFAULT_MAX_HISTORY",
+    "DEFAULT_STORE_ENV",
+    "MAX_USER_ID_BYTES",
+    "Event",
+    "RedisStore",
+    "SQLiteStore",
+    "Store",
+    "UserKeyer",
+    "UserState",
+    "check_user_id",
+    "insert_in_time_order",
+    "open_store",
+]
 
 
 def open_store(url: str | Path | None = None, *, max_history: int = DEFAULT_MAX_HISTORY) -> Store:

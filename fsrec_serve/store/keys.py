@@ -115,7 +115,7 @@ class UserKeyer:
         self._secret = load_or_create_secret(self.path)
 
     @classmethod
-    def from_secret(cls, secret: bytes) -> "UserKeyer":
+    def from_secret(cls, secret: bytes) -> UserKeyer:
         """A keyer with an explicit secret (tests, tools): no key file."""
         if not isinstance(secret, (bytes, bytearray)) or not secret:
             raise ConfigError("UserKeyer.from_secret needs a non-empty bytes secret")

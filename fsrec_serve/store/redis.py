@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -31,8 +31,18 @@ from redis.retry import Retry
 
 from ..errors import ConfigError, StoreError, StoreUnavailableError
 from . import redis_lua
-from .base import (DEFAULT_MAX_HISTORY, Event, Store, UserState, check_consumer, check_fingerprint,
-                   check_max_history, check_params, encode_params, make_state)
+from .base import (
+    DEFAULT_MAX_HISTORY,
+    Event,
+    Store,
+    UserState,
+    check_consumer,
+    check_fingerprint,
+    check_max_history,
+    check_params,
+    encode_params,
+    make_state,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # a local redis-server, database 0
 DEFAULT_PREFIX = "fsrec"  # namespace of every key (several deployments can share one server)

@@ -16,15 +16,26 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..errors import StoreError, StoreUnavailableError
-from .base import (DEFAULT_MAX_HISTORY, Event, Store, UserState, check_consumer, check_fingerprint,
-                   check_max_history, check_params, encode_params, insert_in_time_order, make_state)
+from .base import (
+    DEFAULT_MAX_HISTORY,
+    Event,
+    Store,
+    UserState,
+    check_consumer,
+    check_fingerprint,
+    check_max_history,
+    check_params,
+    encode_params,
+    insert_in_time_order,
+    make_state,
+)
 
 BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another process's transaction
 CHUNK = 500  # users per `IN (...)` query (under SQLite's variable limit)

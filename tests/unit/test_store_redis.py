@@ -4,11 +4,11 @@ partitions owned by several learners."""
 from __future__ import annotations
 
 import pytest
+from redis_server import free_port, redis_server_binary, running_redis
 
 from fsrec_serve.errors import StoreUnavailableError
 from fsrec_serve.store import Event, UserKeyer
 from fsrec_serve.store.redis import RedisStore
-from redis_server import free_port, redis_server_binary, running_redis
 
 pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed "
                                 "(apt-get install redis-server; scripts/setup.sh does it as root)")

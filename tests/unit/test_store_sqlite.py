@@ -95,7 +95,7 @@ def test_processes_append_and_apply_concurrently_without_loss_or_duplication(tmp
     path = tmp_path / "shared.sqlite3"
     s = SQLiteStore(path)
     batches, total = 30, 300
-    run = dict(cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = {"cwd": REPO, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(path), str(batches)], **run)
     applier = subprocess.Popen([sys.executable, "-c", APPLIER, str(path), str(total)], **run)  # a 2nd learner
     applied_here = 0
