@@ -139,6 +139,8 @@ def _serve(args) -> int:
         def announce():
             print(f"tritonserver ready: http {server.url_http}  grpc {server.url_grpc}  metrics {server.url_metrics}")
             print(f"models: {', '.join(server.models)}  log: {server.log_path}")
+            print(f"live repository (what tritonserver reads; `fsrec learn --repository` / `fsrec rollout "
+                  f"--repository`): {server.runtime_repository}")
             if server.admin_key_file is not None:
                 print(f"admin key (model control, repository): {server.admin_key_file} (mode 0600; clients on this "
                       "machine read it)")

@@ -18,10 +18,19 @@ def publish_model(model: FsRecModel, cfg: LearnerConfig) -> str:
     from ..operations.control import ModelControl
     from ..operations.rollout import RolloutConfig, rollout
 
+    from exporters.repository import versions
+    from exporters.runtime import ExportMeta
+
+    from ..contract import DEFAULT_MODEL_NAME
+
     fp = model_fingerprint(model)
     work = Path(cfg.work_dir)
     model.save_pretrained(str(work / "models" / fp))
-    exp = export_onnx(model, work / "exports" / fp, source=f"fsrec learn re-fine-tune {fp}")
+    served = Path(cfg.repository) / DEFAULT_MODEL_NAME
+    have = versions(served)
+    top_k = ExportMeta.load(served / str(have[-1])).max_top_k if have else None  # the served graph's width
+    exp = export_onnx(model, work / "exports" / fp, source=f"fsrec learn re-fine-tune {fp}",
+                      **({"max_top_k": top_k} if top_k else {}))
     control = ModelControl(cfg.server_url, "grpc")
     try:
         report = rollout(exp.output_dir, cfg.repository, control, RolloutConfig())

@@ -218,3 +218,54 @@ def test_kill9_of_learner_and_tritonserver_loses_no_event_and_applies_none_twice
     finally:
         os.killpg(learner.pid, signal.SIGKILL)
         learner.wait()
+
+
+def test_refine_rolls_out_a_new_version_and_parameters_follow_its_fingerprint(live, server_factory, tmp_path):
+    """A re-fine-tune that passes its guards becomes version 2 through the guarded rollout; the
+    refit users get parameters for the new fingerprint; a user refit only for the old model is
+    answered by version 2 WITHOUT parameters (never stale ones)."""
+    import shutil
+
+    from fsrec_serve.adaptation.online import RefineConfig
+    from fsrec_serve.client import RecommenderClient
+    from fsrec_serve.learner import Learner, LearnerConfig
+    from fsrec_serve.store import open_store
+
+    repo = tmp_path / "repo"
+    shutil.copytree(live.repo, repo)
+    store_url = str(tmp_path / "store.sqlite3")
+    server = server_factory(repo, store=store_url, restricted_api_key="learner-test-key")
+    os.environ["FSREC_ADMIN_KEY"] = "learner-test-key"
+    try:
+        cfg = LearnerConfig(model_dir=live.model_dir, store=store_url, fit_interval_s=0.0, min_refine_users=5,
+                            refine=RefineConfig(epochs=1, tolerance=1.0, min_forgetting=0.0, forgetting_users=10),
+                            server_url=server.url_grpc, repository=server.runtime_repository,
+                            work_dir=tmp_path / "learner")
+        with RecommenderClient.for_server(server) as c:
+            c.record_many([("old-user", r, float(j), f"old-{j}") for j, r in enumerate(_history(live, 6, user=40))])
+            first = Learner(cfg)  # fits old-user for model 1, then stops
+            first.run(until_idle=True, max_seconds=60)
+            first.close()
+            old_fp = first.fingerprint
+            learner = Learner(cfg)  # a restarted learner: old-user is not active for it
+            users = [f"active-{u}" for u in range(8)]
+            c.record_many([(u, r, 100.0 + j, f"{u}-{j}") for i, u in enumerate(users)
+                           for j, r in enumerate(_history(live, 10, user=i))])
+            learner.run(until_idle=True, max_seconds=60)
+            res = learner.refine()
+            assert res is not None and res.accepted, res.reason if res else None
+            entry = learner.stats.refines[-1]
+            assert entry["outcome"] == "rolled-out", entry
+            assert learner.fingerprint != old_fp
+            with open_store(store_url) as store:
+                st = store.states([_key(u) for u in users] + [_key("old-user")])
+            assert {st[_key(u)].fingerprint for u in users} == {learner.fingerprint}
+            assert st[_key("old-user")].fingerprint == old_fp
+            c.refresh()
+            for u in users[:2]:
+                assert c.recommend_for_user(u).model_version == entry["version"]
+            old = c.recommend_for_user("old-user")
+            assert old.model_version == entry["version"] and old.source == "history"
+    finally:
+        os.environ.pop("FSREC_ADMIN_KEY", None)
+        learner.close()
