@@ -30,13 +30,14 @@ from bench import plots  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 MAX_LINES = 300  # issue 13: BENCHMARKS.md at most 300 lines (aim: 250)
-ORDER = ["quality", "quality-beauty", "fewshot", "arrivals", "items", "metarec", "ingest", "export",
+ORDER = ["quality", "quality-beauty", "fewshot", "arrivals", "replay", "items", "metarec", "ingest", "export",
          "serving", "serving-varlen", "serving-fastapi", "serving-gpu", "soak"]
 FAMILY = re.compile(r"^(.*)-k(\d+)$")  # coldstart-k5 -> ("coldstart", 5)
 PROTOCOL_TITLES = {
     "loo-full": "Leave-one-out, full ranking over every user (own history excluded)",
     "coldstart": "Cold-start users: first k interactions as support, the next one as query",
     "arrivals": "Users who arrive after training (stale model, adapted, retrain)",
+    "replay": "Prequential replay of the live loop after T (predict, then record; users = all)",
     "coldstart-items": "New items learnt from their first interactions",
     "forgetting": "Continual re-fine-tuning: warm users before / after",
     "metarec": "RecBole-MetaRec protocol (ML-100K, 10 splits)",

@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache", default=None, help="default runs/replay-cache[-quick]")
     p.add_argument("--out", default=None, help="results stem (default replay, or replay-quick)")
+    p.add_argument("--command", default=None, help="combine: the command line(s) of the whole run to record")
     args = p.parse_args(argv)
     quick = args.max_events is not None
     args.cache = args.cache or ("runs/replay-cache-quick" if quick else "runs/replay-cache")
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
         stage_run(args, tl, cfg)
     if args.stage in ("combine", "all"):
         rows, extra = _rows(args, tl, cfg)
-        cmd = "python -m bench.replay " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        cmd = args.command or "python -m bench.replay " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         name = args.out or ("replay-quick" if quick else "replay")
         _log(f"wrote {write_results(name, cmd, rows, machine='2 cores x86_64, no GPU', extra=extra)}")
         for r in rows:

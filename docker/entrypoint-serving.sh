@@ -9,6 +9,12 @@
 #   metadata stay open. Without a key the server refuses to start unless
 #   FSREC_ALLOW_UNRESTRICTED=1 (then model control is open to anyone who reaches the port);
 # - Prometheus metrics on FSREC_METRICS_PORT (on by default);
+# - the front models FSREC_FRONT_MODELS (fsrec_user, fsrec_events: by user id / event intake) are
+#   loaded too when the repository has them; they need the shared store FSREC_STORE (redis://...,
+#   the learner's too; tritonserver passes its environment to the python stubs) and the shared
+#   user-id key FSREC_USER_KEY_FILE (mode 0600 / 0400, the same file on every replica and learner).
+#   Without them the server refuses to start: a per-container store or key would lose every
+#   user's state on restart. FSREC_FRONT_MODELS= (empty) serves the ranker alone;
 # - extra arguments are passed to tritonserver as they are.
 set -eu
 
@@ -28,6 +34,34 @@ if [ ! -f "$repo/$model/config.pbtxt" ]; then
   exit 2
 fi
 
+front=""
+for m in $(echo "${FSREC_FRONT_MODELS-fsrec_user,fsrec_events}" | tr ',' ' '); do
+  if [ -f "$repo/$m/config.pbtxt" ]; then
+    front="$front $m"
+  fi
+done
+if [ -n "$front" ]; then
+  if [ -z "${FSREC_STORE:-}" ]; then
+    echo "fsrec-entrypoint: the front models ($front ) need FSREC_STORE: the store shared with the learner" \
+         "(redis://host:6379/0); set FSREC_FRONT_MODELS= to serve the ranker alone" >&2
+    exit 2
+  fi
+  ukey="${FSREC_USER_KEY_FILE:-}"
+  if [ -z "$ukey" ] || [ ! -r "$ukey" ]; then
+    echo "fsrec-entrypoint: the front models need the user-id key: mount the secret shared with the learner" \
+         "at ${ukey:-<FSREC_USER_KEY_FILE unset>} (readable by uid $(id -u))" >&2
+    exit 2
+  fi
+  case "$(stat -c %a "$ukey")" in
+    [0-7]00) ;;
+    *)
+      echo "fsrec-entrypoint: user-id key $ukey is readable by other users (mode $(stat -c %a "$ukey")):" \
+           "chmod 600 it, owned by uid $(id -u)" >&2
+      exit 2
+      ;;
+  esac
+fi
+
 set -- \
   --model-repository="$repo" \
   --model-control-mode=explicit \
@@ -40,6 +74,9 @@ set -- \
   --allow-gpu-metrics=true \
   --metrics-port="${FSREC_METRICS_PORT:-8002}" \
   "$@"
+for m in $front; do
+  set -- "$@" --load-model="$m"
+done
 
 if [ -n "$key" ]; then
   set -- "$@" \

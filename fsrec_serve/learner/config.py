@@ -27,16 +27,35 @@ class LearnerConfig:
     repository: Path | None = None  # the folder that tritonserver reads (where new versions go)
     work_dir: Path = Path("runs/learner")  # checkpoints and exports of re-fine-tuned models
     metrics_port: int = -1  # Prometheus /metrics port (0 = any free port, -1 = off)
+    # address /metrics binds: loopback by default (nothing outside the host sees it); a container
+    # binds "0.0.0.0" so that Prometheus on the container network can scrape it
+    metrics_host: str = "127.0.0.1"
+    # event partitions of a redis store (None = the store URL's ?partitions=N, else 1); every
+    # writer (the Triton front models) must use the same count: put it in the shared store URL
+    partitions: int | None = None
+    partition: int | None = None  # the one partition this learner owns (None = all of them)
     max_backoff_s: float = 5.0  # longest wait between retries while the store is down
 
     def __post_init__(self) -> None:
         self.model_dir, self.work_dir = Path(self.model_dir), Path(self.work_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise ConfigError(f"model_dir {self.model_dir} holds no saved model (config.json): pass the "
+                              "save_pretrained folder of the served model (the main job writes runs/pipeline/served)")
         if self.batch_events < 1 or self.window < 2:
             raise ConfigError("batch_events must be >= 1 and window >= 2 (a pair to fit + an item to check)")
         if self.fit_interval_s < 0 or self.poll_s <= 0 or self.max_backoff_s <= 0:
             raise ConfigError("fit_interval_s must be >= 0; poll_s and max_backoff_s > 0")
         if self.refine_every_events < 0 or self.refine_every_s < 0:
             raise ConfigError("refine_every_events and refine_every_s must be >= 0 (0 = off)")
+        if self.partitions is not None and (isinstance(self.partitions, bool) or not isinstance(self.partitions, int)
+                                            or self.partitions < 1):
+            raise ConfigError(f"partitions must be an integer >= 1, got {self.partitions!r}")
+        if self.partition is not None and (isinstance(self.partition, bool) or not isinstance(self.partition, int)
+                                           or self.partition < 0
+                                           or (self.partitions is not None and self.partition >= self.partitions)):
+            bound = f" and < partitions ({self.partitions})" if self.partitions is not None else ""
+            raise ConfigError(f"partition (the one this learner owns) must be an integer >= 0{bound}, "
+                              f"got {self.partition!r}")
         if (self.server_url is None) != (self.repository is None):
             raise ConfigError("give both server_url and repository (the folder tritonserver reads) to roll "
                               "re-fine-tuned versions out, or neither")

@@ -25,9 +25,10 @@ class LearnerMetrics:
         for outcome in ("rolled-out", "refused", "failed"):
             self.refines.labels(outcome)  # every outcome exported from the start (alerts see 0)
 
-    def serve(self, port: int) -> int:
-        """Start /metrics on ``port`` (0 = any free port); returns the port."""
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Start /metrics on ``host``:``port`` (0 = any free port); returns the port. The default
+        host is loopback only; a container binds "0.0.0.0" so that Prometheus can reach it."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_address[1])
 
     def set_model(self, fingerprint: str) -> None:

@@ -62,14 +62,16 @@ class Learner:
     def __init__(self, config: LearnerConfig, store: Store | None = None,
                  publish: Callable[[FsRecModel], str] | None = None):
         self.cfg = config
-        self.store = store if store is not None else open_store(config.store)
+        self.store = store if store is not None else open_store(
+            config.store, partitions=config.partitions,
+            owned_partitions=None if config.partition is None else [config.partition])
         self.model = FsRecModel.from_pretrained(str(config.model_dir)).eval()
         self.fingerprint = model_fingerprint(self.model)
         self.metrics = LearnerMetrics()
         self.metrics.set_model(self.fingerprint)
         self.metrics_port: int | None = None
         if config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(config.metrics_port)
+            self.metrics_port = self.metrics.serve(config.metrics_port, config.metrics_host)
         self._publish = publish
         self.stats = LearnerStats()
         self.touched: set = set()  # users with events since the last fit

@@ -1,8 +1,9 @@
 """Static validation of docker/ (no Docker engine runs here): every YAML parses and passes
 yamllint; the Dockerfiles pass hadolint, the entrypoint shellcheck, the Kubernetes manifests the
 Kubernetes API schemas (kubernetes-validate --strict), the compose file the Compose
-specification (compose-spec), the Prometheus files promtool; and the paths, ports, names and
-flags agree with the repository generator, the settings, the client and the launcher.
+specification (compose-spec), the Prometheus files promtool (config, rules and the alerts' unit
+tests); and the paths, ports, names and flags agree with the repository generator, the settings,
+the client, the launcher and the learner's CLI (the live loop: Redis store, front models, learner).
 
 Linters that are not installed are skipped with the command that installs them; each linter is
 also shown a broken file, so a linter that silently accepts everything cannot pass.
@@ -74,8 +75,9 @@ def _dockerfile(path: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
 # -- every YAML parses and passes yamllint ---------------------------------------------------------
 def test_inventory():
     names = {p.relative_to(DOCKER).as_posix() for p in YAML_FILES}
-    assert {"compose.yaml", "prometheus.yml", "prometheus-rules.yml", "k8s/deployment.yaml", "k8s/service.yaml",
-            "k8s/hpa.yaml", "k8s/pdb.yaml", "k8s/examples/admin-key-secret.yaml"} <= names, names
+    assert {"compose.yaml", "prometheus.yml", "prometheus-rules.yml", "prometheus-rules.test.yml", "k8s/deployment.yaml",
+            "k8s/service.yaml", "k8s/hpa.yaml", "k8s/pdb.yaml", "k8s/redis.yaml", "k8s/learner.yaml",
+            "k8s/examples/admin-key-secret.yaml", "k8s/examples/user-key-secret.yaml"} <= names, names
     assert {p.name for p in DOCKERFILES} == {"Dockerfile.serving", "Dockerfile.train", "Dockerfile.locust"}
 
 
@@ -135,7 +137,7 @@ def test_compose_file_is_valid_compose():
     text = (DOCKER / "compose.yaml").read_text()
     c = compose_spec.PyCompose.from_yaml(text)
     c.validate()
-    assert set(c.service_names()) == {"triton", "locust", "prometheus", "train"}
+    assert set(c.service_names()) == {"redis", "triton", "learner", "locust", "prometheus", "train"}
     with pytest.raises(ValueError, match="count"):
         compose_spec.PyCompose.from_yaml(text.replace("count: 1", "count: one"))
     with pytest.raises(ValueError):
@@ -148,7 +150,33 @@ def test_promtool_config_and_rules():
     r = _run([promtool, "check", "config", str(DOCKER / "prometheus.yml")])
     assert r.returncode == 0, r.stdout + r.stderr
     r = _run([promtool, "check", "rules", str(DOCKER / "prometheus-rules.yml")])
-    assert r.returncode == 0 and "8 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "11 rules found" in r.stdout, r.stdout + r.stderr
+
+
+def test_promtool_unit_tests_of_the_learner_alerts(tmp_path):
+    """`promtool test rules` on prometheus-rules.test.yml: each learner alert fires and stays silent
+    as its test says; a weakened rule (lag threshold 300 s) makes the tests fail."""
+    promtool = _need("promtool", "apt-get install prometheus (Debian) or a Prometheus release")
+    tests = DOCKER / "prometheus-rules.test.yml"
+    (t,) = _docs(tests)
+    assert t["rule_files"] == ["prometheus-rules.yml"]
+    tested = {case["alertname"] for group in t["tests"] for case in group["alert_rule_test"]}
+    alerts = {r["alert"] for g in _docs(DOCKER / "prometheus-rules.yml")[0]["groups"] if g["name"] == "fsrec-learner"
+              for r in g["rules"] if "alert" in r}
+    assert alerts == {"FsrecLearnerLagHigh", "FsrecLearnerRefineFailed", "FsrecLearnerDown"} and alerts <= tested
+    for name in alerts:  # firing and not firing
+        cases = [c for g in t["tests"] for c in g["alert_rule_test"] if c["alertname"] == name]
+        assert any(c.get("exp_alerts") for c in cases) and any(not c.get("exp_alerts") for c in cases), name
+    r = _run([promtool, "test", "rules", str(tests)])
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+    rules = (DOCKER / "prometheus-rules.yml").read_text()
+    assert "fsrec_learner_lag_seconds > 30" in rules
+    (tmp_path / "prometheus-rules.yml").write_text(rules.replace("fsrec_learner_lag_seconds > 30",
+                                                                 "fsrec_learner_lag_seconds > 300"))
+    (tmp_path / tests.name).write_text(tests.read_text())
+    r = _run([promtool, "test", "rules", str(tmp_path / tests.name)])
+    assert r.returncode != 0 and "FsrecLearnerLagHigh" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 # -- consistency with the code ----------------------------------------------------------------------
@@ -276,7 +304,9 @@ def test_prometheus_scrapes_tritons_metrics_port():
     from fsrec_serve import contract
 
     (p,) = _docs(DOCKER / "prometheus.yml")
-    (job,) = p["scrape_configs"]
+    jobs = {j["job_name"]: j for j in p["scrape_configs"]}
+    assert set(jobs) == {"fsrec-triton", "fsrec-learner"}
+    job = jobs["fsrec-triton"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == [f"triton:{contract.DEFAULT_METRICS_PORT}"]
     (c,) = _docs(DOCKER / "compose.yaml")
@@ -341,3 +371,280 @@ def test_training_image_installs_the_package_and_pins_torch():
         assert any(ln.startswith("COPY") and src in ln for ln in lines), src
         assert (ROOT / src).exists()
     assert env["FSREC_DATA_DIR"] == "/data"
+
+
+# -- the live loop: Redis store, front models in the serving image, the learner ---------------------
+def _learn_args(cmd: list[str]):
+    """``cmd`` (… "learn" …) parsed by the real ``fsrec`` parser: the flags exist and parse."""
+    from fsrec_serve.cli import build_parser
+
+    return build_parser().parse_args(cmd[cmd.index("learn"):])
+
+
+def _pyproject_dependency(name: str) -> str:
+    """The requirement string of ``name`` in pyproject.toml's [project] dependencies (no tomllib:
+    Python 3.10 is supported)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.MULTILINE | re.DOTALL).group(1)
+    (req,) = [r for r in re.findall(r'"([^"]+)"', block) if re.match(rf"{re.escape(name)}\b(?![-\w])", r)]
+    return req
+
+
+def _learner_port() -> int:
+    """The learner's metrics port: the CLI's default, which every file below must agree with."""
+    from fsrec_serve.commands.learn import DEFAULT_LEARNER_METRICS_PORT
+
+    assert _learn_args(["learn", "--model-dir", "m"]).metrics_port == DEFAULT_LEARNER_METRICS_PORT
+    return DEFAULT_LEARNER_METRICS_PORT
+
+
+def test_serving_image_installs_what_the_front_models_import():
+    """The front models run in the python backend's default stub (no EXECUTION_ENV_PATH in their
+    committed config), i.e. the image's python3: the Dockerfile installs the package (no deps) and
+    redis-py into that python, as root, and the store imports nothing else but numpy (the image's)."""
+    import ast
+
+    from exporters.repository import load_model_config
+    from fsrec_serve import contract
+
+    lines, env, _ = _dockerfile(DOCKER / "Dockerfile.serving")
+    runs = [ln for ln in lines if ln.startswith("RUN ")]
+    pip = " ".join(r for r in runs if "pip install" in r)
+    assert "python3 -m pip install" in pip and "--no-cache-dir" in pip
+    redis_pin = _pyproject_dependency("redis")
+    assert f'"{redis_pin}"' in pip, f"install redis-py with the range of pyproject.toml ({redis_pin})"
+    assert re.search(r"pip install --no-cache-dir --no-deps /tmp/fsrec\b", pip), pip
+    assert "import numpy, redis, fsrec_serve.store.redis" in pip  # the build fails if an import does
+    for src in ("pyproject.toml", "fsrec_serve/", "exporters/"):
+        assert any(ln.startswith("COPY") and src in ln and "/tmp/fsrec/" in ln for ln in lines), src
+    i_user = next(i for i, ln in enumerate(lines) if ln.startswith("USER "))
+    assert all(lines.index(r) < i_user for r in runs), "pip install must run as root, before USER"
+
+    # the committed front models go to /models before the repository (a built one overrides them)
+    front = env["FSREC_FRONT_MODELS"].split(",")
+    assert front == [contract.USER_MODEL_NAME, contract.EVENTS_MODEL_NAME]
+    copies = [ln for ln in lines if ln.startswith("COPY --chown=1000:1000")]
+    assert [c.split()[-1].rstrip("/") for c in copies] == [f"/models/{m}" for m in front] + ["/models"]
+    for m in front:
+        cfg = load_model_config(ROOT / "model_repository" / m)
+        assert cfg.backend == "python" and "EXECUTION_ENV_PATH" not in cfg.parameters, m
+        assert (ROOT / "model_repository" / m / "1" / "model.py").is_file()
+
+    # what model.py imports at top level: the stdlib, numpy, and (inside initialize/execute) the stub
+    # utilities and fsrec_serve; fsrec_serve.store then pulls in nothing but numpy and redis
+    tree = ast.parse((ROOT / "exporters" / "triton_python" / "user_model.py").read_text())
+    roots = {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert roots - set(sys.stdlib_module_names) == {"numpy", "triton_python_backend_utils", "fsrec_serve"}, roots
+    probe = ("import sys; before = set(sys.modules); import fsrec_serve.store, fsrec_serve.store.keys, "
+             "fsrec_serve.store.redis, fsrec_serve.errors; "
+             "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))")
+    r = _run([sys.executable, "-c", probe], cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    third = set(ast.literal_eval(r.stdout.strip())) - {"fsrec_serve", "cython_runtime"}
+    assert {t for t in third if not t.startswith("_")} <= {"numpy", "redis"}, third
+    assert env["FSREC_USER_KEY_FILE"].startswith("/run/secrets/")
+
+
+def test_entrypoint_loads_the_front_models_with_the_store_and_the_user_key(tmp_path):
+    """With fsrec_user / fsrec_events in the repository the entrypoint loads them, passes FSREC_STORE
+    on to tritonserver (the stubs read it), and refuses to start without the shared store or user
+    key, or with a key file other users can read."""
+    from fsrec_serve import contract
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tritonserver").write_text('#!/bin/sh\necho "STORE=$FSREC_STORE"\nfor a in "$@"; do echo "$a"; done\n')
+    (fake / "tritonserver").chmod(0o755)
+    repo = tmp_path / "models"
+    for m in ("fsrec", contract.USER_MODEL_NAME, contract.EVENTS_MODEL_NAME):
+        (repo / m).mkdir(parents=True)
+        (repo / m / "config.pbtxt").write_text(f'name: "{m}"\n')
+    (tmp_path / "admin").write_text("admin-key\n")
+    ukey = tmp_path / "user.key"
+    ukey.write_text("ab" * 32 + "\n")
+    ukey.chmod(0o600)
+    _, env_vars, _ = _dockerfile(DOCKER / "Dockerfile.serving")
+    base = {"PATH": f"{fake}:/usr/bin:/bin", **env_vars, "FSREC_MODEL_REPOSITORY": str(repo),
+            "FSREC_ADMIN_KEY_FILE": str(tmp_path / "admin"), "FSREC_USER_KEY_FILE": str(ukey),
+            "FSREC_STORE": "redis://redis:6379/0"}
+
+    def run(**extra):
+        env = {k: v for k, v in {**base, **extra}.items() if v is not None}
+        return _run(["/bin/sh", str(ENTRYPOINT)], env=env)
+
+    r = run()
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.split()
+    assert out[0] == "STORE=redis://redis:6379/0"
+    assert [a for a in out if a.startswith("--load-model=")] == [
+        "--load-model=fsrec", f"--load-model={contract.USER_MODEL_NAME}", f"--load-model={contract.EVENTS_MODEL_NAME}"]
+
+    r = run(FSREC_STORE=None)
+    assert r.returncode == 2 and "need FSREC_STORE" in r.stderr, r.stderr
+    r = run(FSREC_USER_KEY_FILE=str(tmp_path / "missing"))
+    assert r.returncode == 2 and "user-id key" in r.stderr, r.stderr
+    ukey.chmod(0o640)
+    r = run()
+    assert r.returncode == 2 and "readable by other users" in r.stderr, r.stderr
+    r = run(FSREC_FRONT_MODELS="", FSREC_STORE=None)  # the ranker alone: no store needed
+    assert r.returncode == 0 and [a for a in r.stdout.split() if a.startswith("--load-model=")] == ["--load-model=fsrec"]
+
+
+def test_compose_live_loop_redis_learner_and_shared_secrets():
+    from fsrec_serve import contract
+
+    (c,) = _docs(DOCKER / "compose.yaml")
+    s = c["services"]
+    port = _learner_port()
+
+    red = s["redis"]
+    assert re.fullmatch(r"redis:7(\.\d+){0,2}", red["image"]), red["image"]
+    cmd = red["command"]
+    assert cmd[0] == "redis-server" and cmd[cmd.index("--appendonly") + 1] == "yes"
+    (vol,) = red["volumes"]
+    name, _, target = vol.partition(":")
+    assert target == "/data" and name in c["volumes"]  # a named volume: survives `compose down`
+    assert red["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert all(str(p).startswith("127.0.0.1:") for p in red.get("ports", []))  # loopback only, if at all
+    assert "profiles" not in red
+
+    t, lrn = s["triton"], s["learner"]
+    store = t["environment"]["FSREC_STORE"]
+    assert re.fullmatch(r"redis://redis:6379/\d+(\?partitions=\d+)?", store), store
+    assert lrn["environment"]["FSREC_STORE"] == store  # one store, one partition count
+    assert t["depends_on"]["redis"]["condition"] == "service_healthy"
+    for svc in (t, lrn):  # the same user-key secret, where FSREC_USER_KEY_FILE says
+        key_file = svc["environment"]["FSREC_USER_KEY_FILE"]
+        assert key_file == "/run/secrets/fsrec_user_key" and "fsrec_user_key" in svc["secrets"]
+    secret_file = DOCKER / c["secrets"]["fsrec_user_key"]["file"]
+    assert secret_file.parent == DOCKER / "secrets" and secret_file.parent.is_dir()
+    assert "*" in (secret_file.parent / ".gitignore").read_text().split()  # never committed
+    _, denv, _ = _dockerfile(DOCKER / "Dockerfile.serving")
+    assert denv["FSREC_USER_KEY_FILE"] == t["environment"]["FSREC_USER_KEY_FILE"]
+
+    # the learner: the training image (the package with redis-py and prometheus-client)
+    assert (DOCKER / lrn["build"]["context"] / lrn["build"]["dockerfile"]).resolve() == (DOCKER / "Dockerfile.train").resolve()
+    assert lrn["image"] == s["train"]["image"]
+    assert lrn["depends_on"]["redis"]["condition"] == "service_healthy" and "triton" in lrn["depends_on"]
+    args = _learn_args(lrn["command"])
+    assert args.metrics_host == "0.0.0.0" and args.metrics_port == port and args.store is None  # FSREC_STORE
+    assert args.server is None and args.refine_every == 0 and args.refine_every_events == 0  # nothing to publish to
+    mounts = {m.split(":")[1]: m for m in lrn["volumes"]}
+    assert any(args.model_dir.startswith(f"{target}/") for target in mounts), (args.model_dir, mounts)
+    assert any(f"127.0.0.1:{port}/metrics" in part for part in lrn["healthcheck"]["test"])
+    assert "ports" not in lrn  # Prometheus reaches it on the compose network
+    assert "learner" in s["prometheus"]["depends_on"]
+
+    assert _pyproject_dependency("redis") and _pyproject_dependency("prometheus-client")
+    lines, _, _ = _dockerfile(DOCKER / "Dockerfile.train")
+    assert not any("--no-deps" in ln for ln in lines if ln.startswith("RUN "))
+    assert t["environment"]["FSREC_MODEL_NAME"] == contract.DEFAULT_MODEL_NAME
+
+
+def test_prometheus_scrapes_the_learner_where_compose_and_the_alerts_expect_it():
+    (p,) = _docs(DOCKER / "prometheus.yml")
+    job = next(j for j in p["scrape_configs"] if j["job_name"] == "fsrec-learner")
+    assert job["metrics_path"] == "/metrics"
+    (target,) = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    (c,) = _docs(DOCKER / "compose.yaml")
+    assert host in c["services"] and int(port) == _learner_port()
+    (rules,) = _docs(DOCKER / "prometheus-rules.yml")
+    (group,) = [g for g in rules["groups"] if g["name"] == "fsrec-learner"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert f'up{{job="{job["job_name"]}"}} == 0' in alerts["FsrecLearnerDown"]["expr"]
+    assert alerts["FsrecLearnerLagHigh"]["labels"]["severity"] == "page" and alerts["FsrecLearnerLagHigh"]["for"] == "2m"
+    assert "> 30" in alerts["FsrecLearnerLagHigh"]["expr"]
+    assert alerts["FsrecLearnerRefineFailed"]["labels"]["severity"] == "ticket"
+    assert re.search(r'increase\(fsrec_learner_refines_total\{outcome="failed"\}\[1h\]\) > 0',
+                     alerts["FsrecLearnerRefineFailed"]["expr"])
+
+
+def _user_key_wiring(pod: dict, ctr: dict, secret: dict) -> None:
+    """FSREC_USER_KEY_FILE is a 0600 copy, made by an init container, of the user-key Secret
+    (mounted read-only): a Secret volume with fsGroup is 0440, which the key reader refuses."""
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    key_file = Path(env["FSREC_USER_KEY_FILE"])
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mount = next(m for m in ctr["volumeMounts"] if m["mountPath"] == str(key_file.parent))
+    assert mount.get("readOnly") is True and "emptyDir" in vols[mount["name"]]
+    (init,) = pod["spec"]["initContainers"]
+    assert init["image"] == ctr["image"]
+    cmd = init["command"]
+    assert cmd[:3] == ["install", "-m", "0600"] and cmd[-1] == str(key_file)
+    src = Path(cmd[-2])
+    smount = next(m for m in init["volumeMounts"] if m["mountPath"] == str(src.parent))
+    assert smount["readOnly"] is True
+    assert vols[smount["name"]]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert src.name in secret["stringData"]
+    assert any(m["name"] == mount["name"] and m["mountPath"] == str(key_file.parent) for m in init["volumeMounts"])
+
+
+def test_kubernetes_live_loop_redis_learner_and_the_serving_pods_agree():
+    from fsrec_serve.commands.learn import DEFAULT_LEARNER_METRICS_PORT
+
+    port = _learner_port()
+    assert port == DEFAULT_LEARNER_METRICS_PORT
+    (user_secret,) = _docs(K8S / "examples" / "user-key-secret.yaml")
+    assert user_secret["kind"] == "Secret"
+
+    # redis: a StatefulSet with a PVC, its governing headless Service and the client Service
+    docs = _docs(K8S / "redis.yaml")
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    svcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert svcs[sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    (rctr,) = sts["spec"]["template"]["spec"]["containers"]
+    assert re.fullmatch(r"redis:7(\.\d+){0,2}", rctr["image"])
+    assert rctr["args"][rctr["args"].index("--appendonly") + 1] == "yes"
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert any(m["name"] == claim["metadata"]["name"] and m["mountPath"] == "/data" for m in rctr["volumeMounts"])
+    assert rctr["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    rport = next(p for p in rctr["ports"] if p["name"] == "redis")["containerPort"]
+    for svc in svcs.values():
+        assert svc["spec"]["selector"].items() <= labels.items()
+        assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(rport, "redis")]
+    client_svc = next(n for n, d in svcs.items() if d["spec"].get("clusterIP") != "None")
+    store = f"redis://{client_svc}:{rport}/0"
+
+    # the serving pods: FSREC_STORE and the user key
+    (dep,) = _docs(K8S / "deployment.yaml")
+    pod = dep["spec"]["template"]
+    (ctr,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    assert env["FSREC_STORE"].split("?")[0] == store
+    _user_key_wiring(pod, ctr, user_secret)
+
+    # the learner
+    ldocs = _docs(K8S / "learner.yaml")
+    (ldep,) = [d for d in ldocs if d["kind"] == "Deployment"]
+    lpod = ldep["spec"]["template"]
+    assert ldep["spec"]["replicas"] == 1
+    assert ldep["spec"]["selector"]["matchLabels"].items() <= lpod["metadata"]["labels"].items()
+    (lctr,) = lpod["spec"]["containers"]
+    assert lctr["image"].split(":")[0] == "fsrec-train"
+    lenv = {e["name"]: e.get("value") for e in lctr["env"]}
+    assert lenv["FSREC_STORE"] == env["FSREC_STORE"]  # one store, one partition count
+    _user_key_wiring(lpod, lctr, user_secret)
+    args = _learn_args(lctr["command"])
+    assert args.metrics_host == "0.0.0.0" and args.metrics_port == port and args.store is None
+    assert args.partitions is None and args.partition is None
+    ports = {p["name"]: p["containerPort"] for p in lctr["ports"]}
+    assert ports == {"metrics": port}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert lctr[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, probe
+    ann = lpod["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == port
+    res = lctr["resources"]
+    assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["cpu"] and res["limits"]["memory"]
+    vols = {v["name"]: v for v in lpod["spec"]["volumes"]}
+    mdir = next(m for m in lctr["volumeMounts"] if args.model_dir == m["mountPath"]
+                or args.model_dir.startswith(m["mountPath"] + "/"))
+    assert mdir["readOnly"] is True
+    claim_name = vols[mdir["name"]]["persistentVolumeClaim"]["claimName"]
+    assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim_name for d in ldocs)
+    assert any(m["mountPath"] == args.work_dir for m in lctr["volumeMounts"])  # writable as uid 1000
+    text = (K8S / "learner.yaml").read_text()
+    assert "--partition" in text and "pod-index" in text and "?partitions=N" in text  # how to scale out
