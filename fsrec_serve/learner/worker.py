@@ -106,7 +106,7 @@ class Learner:
         histories = {u: s.history for u, s in states.items() if s.history}
         if histories:
             t0 = time.perf_counter()
-            params, info = refit_user_params(self.model, histories, window=self.cfg.window)
+            params, info = refit_user_params(self.model, histories, window=self.cfg.window, config=self.cfg.per_user)
             self.store.put_params(params, self.fingerprint, time.time())
             self.metrics.fit_seconds.observe(time.perf_counter() - t0)
             self.metrics.users_refit.inc(len(params))
