@@ -65,6 +65,11 @@ class UserModelsSpec:
     max_queue_delay_us: int = 500  # how long Triton waits to grow a batch
     instance_count: int = 2  # model instances (each holds one store connection)
     store: str = ""  # store URL baked into the config ("" = the server's $FSREC_STORE / default)
+    # how fsrec_user ranks: "onnxruntime" = the ranker version's model.onnx in-process (cpu: no
+    # second stub round trip, measured in bench/live.py); "bls" = a BLS call of the ranker model
+    # (the gpu targets, where the ranker runs on the GPU)
+    ranking: str = "onnxruntime"
+    intra_op_threads: int = 1  # ONNX Runtime threads per instance with ranking="onnxruntime"
 
 
 def _model(name: str, spec: UserModelsSpec, role: str) -> mc.ModelConfig:
@@ -86,7 +91,8 @@ def _model(name: str, spec: UserModelsSpec, role: str) -> mc.ModelConfig:
     cfg.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
     params = {"role": role, "ranker": spec.ranker, "max_user_id_bytes": MAX_USER_ID_BYTES,
               "max_recent_items": MAX_RECENT_ITEMS,
-              "length_buckets": ",".join(str(int(b)) for b in spec.length_buckets)}
+              "length_buckets": ",".join(str(int(b)) for b in spec.length_buckets),
+              "ranking": spec.ranking, "intra_op_num_threads": spec.intra_op_threads}
     if spec.store:
         params["store"] = spec.store
     for key, value in sorted(params.items()):
@@ -103,7 +109,10 @@ def build_user_models(repo_dir: str | Path, popularity: tuple[Sequence[int], Seq
     spec (its model name, top-k width and buckets)."""
     if isinstance(spec, RepositorySpec):
         spec = UserModelsSpec(ranker=spec.model_name, max_top_k=spec.max_top_k, length_buckets=tuple(spec.buckets()))
-    spec = spec or UserModelsSpec()
+    if spec is not None and spec.ranking not in ("onnxruntime", "bls"):
+        raise ConfigError(f"ranking must be 'onnxruntime' (in-process, cpu) or 'bls' (call the ranker model), "
+                          f"got {spec.ranking!r}")
+    spec = spec or _spec_of_ranker(Path(repo_dir), UserModelsSpec())
     items, scores = ([int(i) for i in popularity[0]], [float(s) for s in popularity[1]]) if popularity else ([], [])
     if len(items) != len(scores) or any(i < 1 for i in items):
         raise ConfigError("popularity must be (item indices >= 1, scores) of equal length, best first")
@@ -133,3 +142,20 @@ def popularity_of(histories: Sequence[Sequence[int]], top_k: int) -> tuple[list[
     best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
     return [i for i, _ in best], [c / total for _, c in best]
 
+
+
+def _spec_of_ranker(repo: Path, spec: UserModelsSpec) -> UserModelsSpec:
+    """``spec`` with the top-k width and length buckets of the ranker already in ``repo``."""
+    import dataclasses
+
+    from .repository import load_model_config, versions
+    from .runtime import ExportMeta
+
+    model_dir = repo / spec.ranker
+    have = versions(model_dir)
+    if not have or not (model_dir / CONFIG_FILE).exists():
+        return spec
+    cfg = load_model_config(model_dir)
+    buckets = cfg.parameters["length_buckets"].string_value if "length_buckets" in cfg.parameters else ""
+    return dataclasses.replace(spec, max_top_k=ExportMeta.load(model_dir / str(have[-1])).max_top_k,
+                               length_buckets=tuple(int(b) for b in buckets.split(",") if b) or spec.length_buckets)

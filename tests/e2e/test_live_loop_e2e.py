@@ -65,12 +65,22 @@ def _key(user: str) -> str:
     return UserKeyer().key(user)
 
 
-def test_events_then_recommend_by_user_equals_the_item_path(live, server_factory, tmp_path):
+@pytest.mark.parametrize("ranking", ["onnxruntime", "bls"])
+def test_events_then_recommend_by_user_equals_the_item_path(live, server_factory, tmp_path, ranking):
+    """By user id (in-process ranking, or a BLS call of the ranker) = by item ids with the same
+    history and parameters."""
+    import shutil
+
+    from exporters.user_repository import UserModelsSpec, build_user_models, popularity_of
     from fsrec_serve.client import RecommenderClient
     from fsrec_serve.store import open_store
 
+    repo = tmp_path / "repo"
+    shutil.copytree(live.repo, repo)
+    build_user_models(repo, popularity_of([s.items for s in live.seqs], TOP_K),
+                      UserModelsSpec(max_top_k=TOP_K, ranking=ranking, length_buckets=(16, 32, 50)))
     store_url = str(tmp_path / "store.sqlite3")
-    server = server_factory(live.repo, store=store_url)
+    server = server_factory(repo, store=store_url)
     raws = _history(live, 8)
     with RecommenderClient.for_server(server) as c:
         before = c.recommend_for_user("alice", k=10)

@@ -76,11 +76,16 @@ def newest_version(model_dir: Path, meta_file: str = "fsrec_meta.json") -> tuple
 
 
 class _Ranker:
-    """The ranker's newest version as the repository shows it (re-read when the folder changes)."""
+    """The ranker's newest version as the repository shows it (re-read when the folder changes).
 
-    def __init__(self, model_dir: Path):
-        self.dir, self.stamp = model_dir, None
-        self.version, self.meta, self.item_index = 0, {}, {}
+    ``in_process``: also an ONNX Runtime session of that version's ``model.onnx``, so that the
+    ranking runs inside this model (no second stub round trip); version, fingerprint, item map
+    and session always come from the same version folder. A version whose files cannot be
+    loaded (yet) is skipped: the previous one keeps answering."""
+
+    def __init__(self, model_dir: Path, in_process: bool = False, threads: int = 1):
+        self.dir, self.stamp, self.in_process, self.threads = model_dir, None, in_process, threads
+        self.version, self.meta, self.item_index, self.session = 0, {}, {}, None
 
     def refresh(self) -> None:
         try:
@@ -90,13 +95,26 @@ class _Ranker:
         if stamp == self.stamp:
             return
         version, meta = newest_version(self.dir)
-        item_index = {}
-        map_file = self.dir / str(version) / "item_map.json"
-        if version and map_file.exists():
-            raw = json.loads(map_file.read_text())
-            ids = raw.get("raw_ids", raw) if isinstance(raw, dict) else raw
-            item_index = {str(r): i + 1 for i, r in enumerate(ids)}
-        self.version, self.meta, self.item_index, self.stamp = version, meta, item_index, stamp
+        item_index, session = {}, None
+        vdir = self.dir / str(version)
+        try:
+            if version and (vdir / "item_map.json").exists():
+                raw = json.loads((vdir / "item_map.json").read_text())
+                ids = raw.get("raw_ids", raw) if isinstance(raw, dict) else raw
+                item_index = {str(r): i + 1 for i, r in enumerate(ids)}
+            if version and self.in_process:
+                session = self._session(vdir / "model.onnx")
+        except Exception:  # noqa: BLE001 - a half-written version: keep the previous one, retry later
+            if self.version:
+                return
+        self.version, self.meta, self.item_index, self.session, self.stamp = version, meta, item_index, session, stamp
+
+    def _session(self, path: Path):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = self.threads, 1, 3
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 class TritonPythonModel:
@@ -121,7 +139,8 @@ class TritonPythonModel:
         self.buckets = tuple(int(b) for b in params.get("length_buckets", "").split(",") if b.strip())
         self.ranker_name = params.get("ranker", "fsrec") or "fsrec"
         repo_root = Path(args["model_repository"]).parent
-        self.ranker = _Ranker(repo_root / self.ranker_name)
+        in_process = params.get("ranking", "bls") == "onnxruntime"  # else BLS calls of the ranker model
+        self.ranker = _Ranker(repo_root / self.ranker_name, in_process, int(params.get("intra_op_num_threads", "1") or 1))
         self.ranker.refresh()
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         pop = version_dir / "popularity.json"
@@ -280,6 +299,11 @@ class TritonPythonModel:
         return out
 
     def _call_ranker(self, ids, up, version: int):
+        session = self.ranker.session
+        if session is not None and version in (-1, self.ranker.version):
+            feed = {"item_ids": ids, **({"user_params": up} if up is not None else {})}
+            items, scores = session.run(["top_items", "top_scores"], feed)
+            return items, scores, str(self.ranker.version)
         pb = self.pb
         inputs = [pb.Tensor("item_ids", ids)] + ([pb.Tensor("user_params", up)] if up is not None else [])
         req = pb.InferenceRequest(model_name=self.ranker_name, model_version=int(version),
