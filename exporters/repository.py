@@ -201,9 +201,12 @@ def write_default_repository(repo_dir: str | Path = COMMITTED_REPOSITORY,
     written.append(vdir / PYTHON_MODEL_FILE)
     written.append(write_model_config(repo / GPU_SUBDIR / spec.model_name, spec, "gpu"))
     written.append(write_model_config(repo / GPU_PYTHON_SUBDIR / spec.model_name, spec, "gpu-python"))
-    from .user_repository import build_user_models  # the front models: no weights, configs committed
+    from .user_repository import UserModelsSpec, build_user_models  # the front models: configs committed
 
-    written += build_user_models(repo, None, spec)
+    front = dict(ranker=spec.model_name, max_top_k=spec.max_top_k, length_buckets=tuple(spec.buckets()))
+    written += build_user_models(repo, None, UserModelsSpec(**front))  # cpu: ranks in-process
+    for sub in (GPU_SUBDIR, GPU_PYTHON_SUBDIR):  # gpu: BLS calls of the ranker on the GPU
+        written += build_user_models(repo / sub, None, UserModelsSpec(**front, ranking="bls"))
     return written
 
 

@@ -420,22 +420,27 @@ def test_serving_image_installs_what_the_front_models_import():
     i_user = next(i for i, ln in enumerate(lines) if ln.startswith("USER "))
     assert all(lines.index(r) < i_user for r in runs), "pip install must run as root, before USER"
 
-    # the committed front models go to /models before the repository (a built one overrides them)
+    # the gpu repository root carries the front models, which call the GPU ranker by BLS
     front = env["FSREC_FRONT_MODELS"].split(",")
     assert front == [contract.USER_MODEL_NAME, contract.EVENTS_MODEL_NAME]
     copies = [ln for ln in lines if ln.startswith("COPY --chown=1000:1000")]
-    assert [c.split()[-1].rstrip("/") for c in copies] == [f"/models/{m}" for m in front] + ["/models"]
+    assert [c.split()[-1].rstrip("/") for c in copies] == ["/models"]
     for m in front:
-        cfg = load_model_config(ROOT / "model_repository" / m)
+        cfg = load_model_config(ROOT / "model_repository" / "gpu" / m)
         assert cfg.backend == "python" and "EXECUTION_ENV_PATH" not in cfg.parameters, m
-        assert (ROOT / "model_repository" / m / "1" / "model.py").is_file()
+        assert cfg.parameters["ranking"].string_value == "bls", m
+        assert (ROOT / "model_repository" / "gpu" / m / "1" / "model.py").is_file()
 
     # what model.py imports at top level: the stdlib, numpy, and (inside initialize/execute) the stub
     # utilities and fsrec_serve; fsrec_serve.store then pulls in nothing but numpy and redis
     tree = ast.parse((ROOT / "exporters" / "triton_python" / "user_model.py").read_text())
     roots = {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
     roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert roots - set(sys.stdlib_module_names) == {"numpy", "triton_python_backend_utils", "fsrec_serve"}, roots
+    # onnxruntime only inside _Ranker._session: the cpu target's in-process ranking, never with "bls"
+    assert roots - set(sys.stdlib_module_names) == {"numpy", "triton_python_backend_utils", "fsrec_serve",
+                                                     "onnxruntime"}, roots
+    session = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_session")
+    assert any(isinstance(n, ast.Import) and n.names[0].name == "onnxruntime" for n in ast.walk(session))
     probe = ("import sys; before = set(sys.modules); import fsrec_serve.store, fsrec_serve.store.keys, "
              "fsrec_serve.store.redis, fsrec_serve.errors; "
              "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))")
