@@ -91,3 +91,35 @@ def test_refine_outcomes_are_counted_and_a_failed_rollout_keeps_the_served_model
 def test_config_errors_name_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="save_pretrained"):
         LearnerConfig(model_dir=tmp_path)
+
+
+def test_the_learner_backs_off_while_redis_is_down_and_resumes_without_loss(served, tmp_path):
+    import threading
+    import time
+
+    from redis_server import redis_server_binary, running_redis
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (scripts/setup.sh installs it as root)")
+    model_dir, fp = served
+    keyer = UserKeyer.from_secret(b"k" * 32)
+    with running_redis(tmp_path / "redis") as rs:
+        with open_store(rs.url) as store:
+            store.append(_events(keyer, "dee", [1, 2, 3, 4]))
+        learner = Learner(LearnerConfig(model_dir=model_dir, store=rs.url, fit_interval_s=0.0, max_backoff_s=0.2))
+        rs.kill()
+        stop = threading.Event()
+        worker = threading.Thread(target=learner.run, args=(stop,), daemon=True)
+        worker.start()
+        time.sleep(1.5)
+        assert learner.stats.store_errors >= 2 and learner.stats.events == 0 and worker.is_alive()
+        rs.restart()
+        deadline = time.monotonic() + 30
+        while learner.stats.users_refit < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        worker.join(10)
+        with open_store(rs.url) as store:
+            st = store.states([keyer.key("dee")])[keyer.key("dee")]
+        assert st.event_count == 4 and st.history == [1, 2, 3, 4] and st.fingerprint == fp
+        learner.close()
