@@ -134,9 +134,27 @@ def _rows(args, tl, cfg) -> tuple[list, dict]:
                                   "refine": {k: v for k, v in vars(cfg.refine).items()},
                                   "n_events": len(events), "n_users": int(len(set(users))),
                                   "new_user_events": int(new.sum()), "model_of_T": stale_info},
-             "runs": {m: {"learn_cpu": r["learn_cpu"], "wall_seconds": r["wall_seconds"], "info": r["info"]}
-                      for m, r in runs.items()}}
+             "method_runs": {m: {"learn_cpu": r["learn_cpu"], "wall_seconds": r["wall_seconds"], "info": r["info"]}
+                             for m, r in runs.items()}}
+    extra["notes"] = _notes(runs, cfg)
     return rows, extra
+
+
+def _notes(runs: dict, cfg) -> list[str]:
+    """What the numbers rest on, computed from the runs' logs."""
+    out = ["n = 1 run; n_events / n_users = the events and users a row averages over; cpu_seconds = "
+           "learning CPU-s only (fits, refines, retrains), the model of T is shared and not counted"]
+    refines = runs.get("loop", {}).get("info", {}).get("refines", [])
+    if refines:
+        acc = sum(bool(r["accepted"]) for r in refines)
+        out.append(f"loop: {acc}/{len(refines)} refines accepted (reasons in method_runs.loop.info.refines)"
+                   + ("; with none accepted loop serves exactly what history+params serves" if not acc else ""))
+    retrains = runs.get("retrain", {}).get("info", {}).get("retrains", [])
+    if retrains:
+        out.append(f"retrain: {len(retrains)} retrains, each capped at {cfg.retrain_seconds:g} s wall-clock; "
+                   "epochs run " + ", ".join(str(r.get("epochs_run")) for r in retrains)
+                   + f" ({sum(bool(r.get('stopped_early')) for r in retrains)} stopped early)")
+    return out
 
 
 def main(argv=None) -> int:
