@@ -1,6 +1,10 @@
-"""Faults during a replay (``bench.live``): kill -9 the learner, tritonserver and redis-server in
-turn while new users' events flow through Triton into a redis store; then count events lost,
-events applied twice, and answers that used parameters fitted on another model."""
+"""Faults during a replay (``bench.live``): new users' events stream through Triton into a redis
+store (a sender thread, at-least-once: a failed batch is resent with the same event ids) while a
+learner process fits; meanwhile the learner, tritonserver and redis-server are each killed with
+SIGKILL and restarted, and a second model version is rolled out (new fingerprint; the learner
+restarts on it). A checker thread asks for recently active users by id throughout. Counted:
+events lost, events applied twice, and answers that used parameters fitted on another model
+than the version that answered."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -52,97 +57,169 @@ class Redis:
             self.kill()
 
 
-def _retry(fn, what: str, budget_s: float = 120.0):
-    """``fn()`` until it succeeds (the client's at-least-once loop); returns (result, attempts)."""
-    from fsrec_serve.errors import FsRecError
+class _Stack:
+    """tritonserver + a client, restartable; the sender and checker threads share it."""
 
-    deadline, attempts = time.monotonic() + budget_s, 0
-    while True:
-        attempts += 1
-        try:
-            return fn(), attempts
-        except FsRecError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what}: still failing after {budget_s:.0f} s") from None
-            time.sleep(0.5)
+    def __init__(self, repo: Path, redis: Redis, work: Path):
+        self.repo, self.redis, self.work = repo, redis, work
+        self.lock = threading.Lock()
+        self.server = self.client = None
+        self.start()
+
+    def start(self) -> None:
+        from fsrec_serve.client import RecommenderClient
+        from fsrec_serve.serving import serve
+
+        server = serve(self.repo, http_port=0, grpc_port=0, metrics_port=0, store=self.redis.url,
+                       restricted_api_key=os.environ["FSREC_ADMIN_KEY"], log_file=self.work / f"t-{time.time_ns()}.log")
+        with self.lock:
+            self.server, self.client = server, RecommenderClient.for_server(server, retries=0, admin=True)
+
+    def kill(self) -> None:
+        with self.lock:
+            os.killpg(self.server.pid, signal.SIGKILL)
+            self.client.close()
+
+    def call(self, fn, what: str, budget_s: float = 180.0):
+        """``fn(client)`` until it succeeds; returns (result, failed attempts)."""
+        from fsrec_serve.errors import ConfigError, FsRecError
+
+        deadline, failed = time.monotonic() + budget_s, 0
+        while True:
+            with self.lock:
+                client = self.client
+            try:
+                return fn(client), failed
+            except (FsRecError, ConfigError):
+                failed += 1
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{what}: still failing after {budget_s:.0f} s") from None
+                time.sleep(0.3)
+
+
+def _second_version(model_dir: Path, work: Path) -> Path:
+    """A re-fine-tuned-like second model (weights nudged: another fingerprint), saved + exported."""
+    import torch
+
+    from exporters import export_onnx
+    from fsrec_serve.model import FsRecModel
+
+    model = FsRecModel.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    model.save_pretrained(work / "served-v2")
+    export_onnx(model, work / "export-v2")
+    return work / "served-v2"
+
+
+def _fingerprint_of(url: str, key: str) -> str | None:
+    from fsrec_serve.errors import StoreError
+    from fsrec_serve.store import open_store
+
+    try:
+        with open_store(url) as store:
+            st = store.states([key]).get(key)
+        return st.fingerprint if st else None
+    except StoreError:  # redis is being restarted
+        return None
+
+
+def _events(splits, n: int) -> list:
+    cold = [s for s in splits.cold_users if len(s) >= 3] + [s for s in splits.loo_train() if len(s) >= 3]
+    events, cursor, i = [], [0] * len(cold), 0
+    while len(events) < n and i < 100 * n:
+        u, i = i % len(cold), i + 1
+        if cursor[u] < len(cold[u]):
+            events.append((f"f-{u}", splits.item_map.raw(cold[u].items[cursor[u]]), float(cursor[u]), f"f-{u}-{cursor[u]}"))
+            cursor[u] += 1
+    return events
 
 
 def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learner_cmd) -> list[dict]:
-    from fsrec_serve.client import RecommenderClient
-    from fsrec_serve.serving import serve
+    from fsrec_serve.operations.control import ModelControl
+    from fsrec_serve.operations.rollout import rollout
     from fsrec_serve.store import UserKeyer, open_store
 
-    keyer = UserKeyer()
-    redis = Redis(work / "redis").start()
-
-    def start_server():
-        s = serve(repo, http_port=0, grpc_port=0, metrics_port=0, store=redis.url, log_file=work / f"triton-{time.time_ns()}.log")
-        return s, RecommenderClient.for_server(s, retries=0)
-
-    def start_learner():
-        return subprocess.Popen(learner_cmd(model_dir, redis.url, 0.5), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    server, client = start_server()
-    learner = start_learner()
-    cold = [s for s in splits.cold_users if len(s) >= 3]
-    events, cursor, i = [], [0] * len(cold), 0
-    while len(events) < n_events and i < 100 * n_events:
-        u = i % len(cold)
-        i += 1
-        if cursor[u] < len(cold[u]):
-            s = cold[u]
-            events.append((f"new-{s.user}", splits.item_map.raw(s.items[cursor[u]]), float(cursor[u]), f"f-{s.user}-{cursor[u]}"))
-            cursor[u] += 1
-    expected: dict = {}
-    for user, *_ in events:
-        expected[keyer.key(user)] = expected.get(keyer.key(user), 0) + 1
-    served_fp = json.loads((repo / "fsrec" / "1" / "fsrec_meta.json").read_text())["fingerprint"]
-    kills, stale, personal, resent = [], 0, 0, 0
+    os.environ["FSREC_ADMIN_KEY"] = "bench-live-faults"
+    keyer, redis = UserKeyer(), Redis(work / "redis").start()
+    stack = _Stack(repo, redis, work)
+    start_learner = lambda d: subprocess.Popen(learner_cmd(d, redis.url, 0.25), start_new_session=True,  # noqa: E731
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    learner = start_learner(model_dir)
+    events = _events(splits, n_events)
     batches = [events[j:j + 20] for j in range(0, len(events), 20)]
+    fps = {"1": json.loads((repo / "fsrec" / "1" / "fsrec_meta.json").read_text())["fingerprint"]}
+    state = {"sent": 0, "resent": 0, "checked": 0, "stale": 0, "done": False}
+
+    def sender():
+        for batch in batches:
+            _, failed = stack.call(lambda c: c.record_many(batch), "record")
+            state["resent"] += failed
+            state["sent"] += 1
+            time.sleep(0.02)
+        state["done"] = True
+
+    def checker():
+        while not state["done"]:
+            user = batches[max(0, state["sent"] - 1)][0][0]
+            before = _fingerprint_of(redis.url, keyer.key(user))
+            rec, _ = stack.call(lambda c: c.recommend_for_user(user), "recommend")
+            if rec.source == "personal":  # stale: the answering version's fingerprint is neither the
+                state["checked"] += 1     # user's before nor after the call (a refit may fall between)
+                after = _fingerprint_of(redis.url, keyer.key(user))
+                state["stale"] += int(fps.get(rec.model_version) not in (before, after))
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=sender, daemon=True), threading.Thread(target=checker, daemon=True)]
+    for t in threads:
+        t.start()
+    kills = []
     try:
-        for b, batch in enumerate(batches):
-            frac = b / len(batches)
-            if not kills and frac >= 0.25:
+        for frac, what in ((0.15, "learner"), (0.3, "tritonserver"), (0.45, "redis-server"), (0.6, "rollout")):
+            while state["sent"] < frac * len(batches) and not state["done"]:
+                time.sleep(0.05)
+            if what == "learner":
                 os.killpg(learner.pid, signal.SIGKILL)
                 learner.wait()
-                learner = start_learner()
-                kills.append("learner")
-            elif len(kills) == 1 and frac >= 0.5:
-                os.killpg(server.pid, signal.SIGKILL)
-                client.close()
-                server, client = start_server()
-                kills.append("tritonserver")
-            elif len(kills) == 2 and frac >= 0.75:
+                learner = start_learner(model_dir)
+            elif what == "tritonserver":
+                stack.kill()
+                stack.start()
+            elif what == "redis-server":
                 redis.kill()
-                kills.append("redis-server")
-                redis.start()  # same port and folder: what it acknowledged is in the append-only file
-            _, attempts = _retry(lambda: client.record_many(batch), "record")
-            resent += attempts - 1
-            if b % 5 == 0:
-                for user, *_ in batch[:3]:
-                    rec, _ = _retry(lambda: client.recommend_for_user(user), "recommend")
-                    if rec.source == "personal":
-                        personal += 1
-                        with open_store(redis.url) as store:
-                            st = store.states([keyer.key(user)]).get(keyer.key(user))
-                        stale += int(st is None or st.fingerprint != served_fp)
-        deadline = time.monotonic() + 180
+                time.sleep(1.0)
+                redis.start()
+            else:  # version 2 through the guarded rollout; the learner restarts on the new model
+                model2 = _second_version(model_dir, work)
+                fps["2"] = json.loads((work / "export-v2" / "fsrec_meta.json").read_text())["fingerprint"]
+                with stack.lock:
+                    control, live = ModelControl(client=stack.client), stack.server.runtime_repository
+                rollout(work / "export-v2", live, control)
+                os.killpg(learner.pid, signal.SIGKILL)
+                learner.wait()
+                learner = start_learner(model2)
+            kills.append(what)
+        for t in threads:
+            t.join(600)
+        deadline = time.monotonic() + 300
         with open_store(redis.url) as store:
             while store.lag("learner")[0] and time.monotonic() < deadline:
                 time.sleep(0.5)
+            expected: dict = {}
+            for user, *_ in events:
+                expected[keyer.key(user)] = expected.get(keyer.key(user), 0) + 1
             states = store.states(list(expected))
     finally:
         os.killpg(learner.pid, signal.SIGKILL)
         learner.wait()
-        client.close()
-        server.stop()
+        stack.server.stop()
         redis.stop()
+        os.environ.pop("FSREC_ADMIN_KEY", None)
     got = {k: (states[k].event_count if k in states else 0) for k in expected}
-    lost = sum(max(0, expected[k] - got[k]) for k in expected)
-    doubled = sum(max(0, got[k] - expected[k]) for k in expected)
     base = {"dataset": "ml-100k", "protocol": "faults", "method": "loop-redis", "std": 0.0, "n": 1,
-            "events": len(events), "kills": kills, "batches_resent": resent, "personal_answers_checked": personal}
-    return [{**base, "metric": "events_lost", "mean": float(lost)},
-            {**base, "metric": "events_doubled", "mean": float(doubled)},
-            {**base, "metric": "stale_answers", "mean": float(stale)}]
+            "events": len(events), "faults": kills, "requests_failed_and_resent": state["resent"],
+            "personal_answers_checked": state["checked"]}
+    return [{**base, "metric": "events_lost", "mean": float(sum(max(0, expected[k] - got[k]) for k in expected))},
+            {**base, "metric": "events_doubled", "mean": float(sum(max(0, got[k] - expected[k]) for k in expected))},
+            {**base, "metric": "stale_answers", "mean": float(state["stale"])}]

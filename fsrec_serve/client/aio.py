@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ClientError, ConfigError, RequestTimeoutError, ServerUnavailableError
 from .base import ClientBase
-from .errors import is_retryable
+from .errors import connection_suspect, is_retryable
 from ..contract import EVENTS_MODEL_NAME, USER_MODEL_NAME
 from .users import EventRecord, accepted_of, as_events, decode_user_answer, encode_recent, event_inputs, user_inputs
 from .validation import (Recommendation, as_history_batch, chunks, model_counts, normalize_statistics,
@@ -41,6 +41,7 @@ class AsyncRecommenderClient(ClientBase):
             return grpcaio.InferenceServerClient(
                 self.url, verbose=self.verbose, ssl=self.ssl, root_certificates=self.root_certificates,
                 private_key=self.private_key, certificate_chain=self.certificate_chain,
+                channel_args=self._channel_args(),
             )  # fmt: skip
         import tritonclient.http.aio as httpaio
 
@@ -75,9 +76,11 @@ class AsyncRecommenderClient(ClientBase):
         attempt = 0
         timeout = self.control_timeout_s if control else self.timeout_s
         while True:
+            client = None
             try:
                 try:
-                    return await asyncio.wait_for(fn(self._client()), timeout)
+                    client = self._client()
+                    return await asyncio.wait_for(fn(client), timeout)
                 except asyncio.TimeoutError as e:  # the HTTP session has no per-call deadline
                     raise RequestTimeoutError(
                         f"{action} on {self.url} ({self.protocol}): no answer within {timeout:g} s; raise timeout_s, "
@@ -100,8 +103,22 @@ class AsyncRecommenderClient(ClientBase):
                 if err is exc:
                     raise err
                 raise err from exc
+            if connection_suspect(exc):
+                await self._reset_transport(client)
             await asyncio.sleep(self.retry.delay(attempt, self._rng))
             attempt += 1
+
+    async def _reset_transport(self, failed: Any) -> None:
+        """Close and drop the channel/session a retryable transport error came through (it may be
+        half-closed, or hold a broken subchannel): the retry opens a new one. Only when it is still
+        the current one, so that calls failing together replace it once."""
+        if failed is None or failed is not self._aclient:
+            return
+        self._aclient = None
+        try:
+            await failed.close()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+            pass
 
     # -- model info ---------------------------------------------------------------------------
     async def ensure_spec(self):
@@ -128,9 +145,10 @@ class AsyncRecommenderClient(ClientBase):
             out.extend(self._decode(items, scores, version, encoded[sl], k))
         return out
 
-    async def infer_indices(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        """Low level: int64 [B, max_seq_len] indices -> (top_items, top_scores, model version)."""
-        return await self._infer(self._check_indices(item_ids))
+    async def infer_indices(self, item_ids: np.ndarray, user_params: Any = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """Low level: integer [B, L] indices -> (top_items, top_scores, model version); checked as
+        :meth:`RecommenderClient.infer_indices <fsrec_serve.client.RecommenderClient.infer_indices>`."""
+        return await self._infer(*self._check_indices(item_ids, user_params))
 
     async def _infer(self, batch: np.ndarray, user_params: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         inputs, outputs = self._make_inputs(batch, user_params)

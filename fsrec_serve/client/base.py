@@ -21,7 +21,7 @@ from ..contract import (
     RESTRICTED_KEY_HEADER,
     TRITON_ITEM_IDS_DTYPE,
 )
-from ..errors import ClientError, ConfigError, InferenceServerError, ModelControlError
+from ..errors import ClientError, ConfigError, InferenceServerError, InvalidRequestError, ModelControlError
 from ..settings import find_admin_key
 from .errors import CallContext, RetryPolicy, map_exception
 from ..idmap import IdMap
@@ -44,12 +44,67 @@ from .validation import (
 )
 
 PROTOCOLS = ("grpc", "http")
+# gRPC name-resolver targets (https://github.com/grpc/grpc/blob/master/doc/naming.md): several
+# addresses behind one target, balanced per request by the channel (round_robin)
+RESOLVER_SCHEMES = ("dns", "ipv4", "ipv6")
+LB_POLICY = ("grpc.lb_policy_name", "round_robin")
+
+
+def _default_port(protocol: str) -> int:
+    default = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
+    return int(os.environ.get("FSREC_GRPC_PORT" if protocol == "grpc" else "FSREC_HTTP_PORT", default))
+
+
+def _with_port(address: str, url: str, ipv6: bool = False) -> str:
+    """``host[:port]`` (``[v6]:port`` or a bare v6 address when ``ipv6``) with gRPC's default port added."""
+    if ipv6 and not address.startswith("["):
+        address = f"[{address}]"
+    try:
+        port = urlsplit("//" + address).port
+    except ValueError as e:
+        raise ConfigError(f"url {url!r}: {address!r}: {e}") from None
+    return address if port is not None else f"{address}:{_default_port('grpc')}"
+
+
+def is_resolver_target(url: str | None) -> bool:
+    """True for a gRPC name-resolver target: ``dns:///host:port``, ``ipv4:a:p,b:q``, ``ipv6:...``."""
+    scheme, sep, _ = (url or "").strip().partition(":")
+    return bool(sep) and scheme.lower() in RESOLVER_SCHEMES
+
+
+def _parse_resolver_target(url: str, protocol: str | None) -> tuple[str, str, bool]:
+    """``dns:[//authority/]host[:port]``, ``ipv4:addr[:port][,addr[:port]...]`` or the same with
+    ``ipv6:`` -> the target with every port explicit (gRPC's default, 443, is not Triton's)."""
+    if protocol not in (None, "grpc"):
+        raise ConfigError(
+            f"url {url!r} is a gRPC name-resolver target (several servers behind one name, balanced by "
+            f"the gRPC channel) but protocol={protocol!r}: use protocol='grpc', or an http://host:port url"
+        )
+    scheme, _, rest = url.strip().partition(":")
+    scheme = scheme.lower()
+    if scheme == "dns":
+        authority, hostport = "", rest
+        if rest.startswith("//"):
+            authority, _, hostport = rest[2:].partition("/")
+        hostport = hostport.rstrip("/")
+        if not hostport or "," in hostport:
+            raise ConfigError(f"url {url!r}: write one name as dns:///host:port (it may resolve to many addresses); "
+                              "list several addresses as ipv4:a:port,b:port")
+        return f"dns://{authority}/{_with_port(hostport, url)}", "grpc", False
+    addresses = [a.strip() for a in rest.split(",")]
+    if not all(addresses):
+        raise ConfigError(f"url {url!r}: list addresses as {scheme}:addr:port,addr:port (no empty entries)")
+    return f"{scheme}:" + ",".join(_with_port(a, url, scheme == "ipv6") for a in addresses), "grpc", False
 
 
 def parse_url(url: str | None, protocol: str | None) -> tuple[str, str, bool]:
-    """``url`` (``host:port``, ``http(s)://host:port``, ``grpc(s)://host:port``) and an optional
-    protocol -> (``host:port`` as tritonclient wants it, protocol, tls). A missing port gets the
-    protocol's default (8000 HTTP, 8001 gRPC; env FSREC_HTTP_PORT / FSREC_GRPC_PORT)."""
+    """``url`` (``host:port``, ``http(s)://host:port``, ``grpc(s)://host:port``, or a gRPC
+    name-resolver target ``dns:///host:port`` / ``ipv4:a:port,b:port`` / ``ipv6:...`` that the
+    channel balances round-robin) and an optional protocol -> (address as tritonclient wants it,
+    protocol, tls). A missing port gets the protocol's default (8000 HTTP, 8001 gRPC; env
+    FSREC_HTTP_PORT / FSREC_GRPC_PORT)."""
+    if is_resolver_target(url):
+        return _parse_resolver_target(str(url), protocol)
     tls = False
     scheme = None
     rest = (url or "").strip()
@@ -57,7 +112,8 @@ def parse_url(url: str | None, protocol: str | None) -> tuple[str, str, bool]:
         scheme, rest = rest.split("://", 1)
         scheme = scheme.lower()
         if scheme not in ("http", "https", "grpc", "grpcs"):
-            raise ConfigError(f"url scheme {scheme!r} in {url!r}: use http://, https://, grpc:// or host:port")
+            raise ConfigError(f"url scheme {scheme!r} in {url!r}: use http://, https://, grpc://, host:port, "
+                              "or a gRPC target dns:///host:port / ipv4:a:port,b:port")
         tls = scheme in ("https", "grpcs")
         implied = "http" if scheme.startswith("http") else "grpc"
         if protocol is not None and protocol != implied:
@@ -73,10 +129,28 @@ def parse_url(url: str | None, protocol: str | None) -> tuple[str, str, bool]:
         raise ConfigError(f"url {url!r}: {e}") from None
     if port is None:
         host, _, path = rest.partition("/")
-        default = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
-        port = int(os.environ.get("FSREC_GRPC_PORT" if protocol == "grpc" else "FSREC_HTTP_PORT", default))
-        rest = f"{host}:{port}" + (f"/{path}" if path else "")
+        rest = f"{host}:{_default_port(protocol)}" + (f"/{path}" if path else "")
     return rest, protocol, tls
+
+
+def grpc_channel_args(url: str) -> list[tuple[str, object]] | None:
+    """gRPC channel options for ``url``: None (tritonclient's defaults) for one address; for a
+    resolver target, tritonclient's defaults (message sizes, keepalive) + round_robin, so each
+    request goes to the next resolved address instead of all to the first (pick_first)."""
+    if not is_resolver_target(url):
+        return None
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    ka = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
+        LB_POLICY,
+    ]
 
 
 class ClientBase:
@@ -256,12 +330,49 @@ class ClientBase:
                     m.InferRequestedOutput(OUTPUT_SCORES, binary_data=True)]  # fmt: skip
         return inputs, outs
 
-    @staticmethod
-    def _check_indices(item_ids: np.ndarray) -> np.ndarray:
+    def _check_indices(self, item_ids: Any, user_params: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``infer_indices``' request, checked before sending: an integer [B, L] array of model
+        indices (0 = padding) and, when the model's spec is known, ids in 0..num_items, a width
+        the model reads (left-padded to the next length bucket where the server wants buckets) and
+        user_params as the model wants them (zeros where it requires them)."""
         a = np.asarray(item_ids)
-        if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
-            raise ConfigError(f"item_ids must be an integer array [B, max_seq_len], got {a.dtype} {a.shape}")
-        return a.astype(ITEM_IDS_DTYPE, copy=False)
+        if a.ndim != 2 or a.shape[0] < 1 or a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+            raise InvalidRequestError(
+                f"item_ids must be an integer array [B, L] of model indices (left-padded with 0, newest last), "
+                f"got {a.dtype} {list(a.shape)}: build it with np.zeros((B, L), np.int64), or send raw ids "
+                "with recommend_batch()")
+        spec = self.spec
+        top = spec.num_items if spec is not None else None
+        bad = (a < 0) | (a > top) if top is not None else a < 0
+        if bad.any():
+            shown = sorted({int(x) for x in a[bad]})[:5]
+            raise InvalidRequestError(
+                f"item_ids holds {int(bad.sum())} id(s) outside 0..{top if top is not None else 'num_items'} "
+                f"(e.g. {shown}): send model indices (0 = padding), not raw item ids; map raw ids with the "
+                "model's item_map.json, or use recommend_batch()")
+        if spec is not None:
+            width = a.shape[1]
+            if width > spec.max_seq_len or (not spec.variable_length and width != spec.max_seq_len):
+                need = f"1..{spec.max_seq_len}" if spec.variable_length else str(spec.max_seq_len)
+                raise InvalidRequestError(
+                    f"item_ids is {width} wide; the model reads widths {need}: keep the latest items of each "
+                    "history and left-pad them with 0")
+            if spec.strict_buckets and spec.length_buckets and width not in spec.length_buckets:
+                # the server takes bucket widths only (gpu target): left-pad, as recommend_batch does
+                a = np.pad(a, ((0, 0), (spec.request_length(width) - width, 0)))
+            params = encode_user_params(user_params, a.shape[0], spec)
+        elif user_params is None:
+            params = None
+        else:
+            params = np.asarray(user_params, dtype=np.float32)
+            if params.ndim != 2 or params.shape[0] != a.shape[0]:
+                raise InvalidRequestError(
+                    f"user_params has shape {list(params.shape)}; send one float32 row per history: [{a.shape[0]}, H]")
+        return a.astype(ITEM_IDS_DTYPE, copy=False), params
+
+    def _channel_args(self) -> list | None:
+        """gRPC channel options: round_robin for a resolver target (dns:///, ipv4:, ipv6:)."""
+        return grpc_channel_args(self.url) if self.protocol == "grpc" else None
 
     # -- model-control helpers ----------------------------------------------------------------
     @staticmethod

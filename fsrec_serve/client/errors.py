@@ -122,6 +122,21 @@ def map_exception(exc: BaseException, ctx: CallContext) -> ClientError | None:
     return None
 
 
+OVERLOAD_STATUSES = {"StatusCode.RESOURCE_EXHAUSTED", "429"}
+_OVERLOAD_TEXT = ("exceeds maximum queue size",)
+
+
+def connection_suspect(exc: BaseException) -> bool:
+    """After a retryable failure: may the connection itself be broken (refused, reset, gRPC
+    UNAVAILABLE, a proxy's 502/503/504)? False when the server answered over a healthy
+    connection that it is overloaded (queue full, RESOURCE_EXHAUSTED, 429): a new connection
+    would not help there, and closing it would cut the calls that share it."""
+    if _is_triton_exception(exc):
+        status, msg = _status_message(exc)
+        return status not in OVERLOAD_STATUSES and not any(t in msg.lower() for t in _OVERLOAD_TEXT)
+    return True
+
+
 def is_retryable(err: BaseException) -> bool:
     """Retry only when the server is unavailable or overloaded (never on timeouts: the request
     may still be running, and never on bad requests or refusals)."""

@@ -52,6 +52,7 @@ class RecommenderClient(ClientBase):
             return grpcclient.InferenceServerClient(
                 self.url, verbose=self.verbose, ssl=self.ssl, root_certificates=self.root_certificates,
                 private_key=self.private_key, certificate_chain=self.certificate_chain,
+                channel_args=self._channel_args(),
             )  # fmt: skip
         import tritonclient.http as httpclient
 
@@ -159,10 +160,14 @@ class RecommenderClient(ClientBase):
             out.extend(self._decode(items, scores, version, encoded[sl], k))
         return out
 
-    def infer_indices(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        """Low level: int64 [B, max_seq_len] model indices -> (top_items [B, K], top_scores [B, K],
-        model version). No id mapping, no checks beyond the array's shape (load tests, bench)."""
-        return self._infer(self._check_indices(item_ids))
+    def infer_indices(self, item_ids: np.ndarray, user_params: Any = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """Low level: integer [B, L] model indices (left-padded with 0) -> (top_items [B, K],
+        top_scores [B, K], model version). No id mapping (load tests, bench, rollout smoke).
+        Checked before sending (InvalidRequestError): an integer 2-D array, ids >= 0, and when
+        the model's spec is known (``repository=``/``spec=``/after ``ensure_spec()``) ids in
+        0..num_items, a width the model reads (left-padded to a length bucket where the server
+        wants one) and ``user_params`` [B, H] (zeros sent where the model requires them)."""
+        return self._infer(*self._check_indices(item_ids, user_params))
 
     def _infer(self, batch: np.ndarray, user_params: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         inputs, outputs = self._make_inputs(batch, user_params)

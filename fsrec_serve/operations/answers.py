@@ -1,6 +1,7 @@
 """The answers a rollout checks before and after the swap: well-formed (ids in range, never the
 user's own history, scores sorted and finite), equal to ONNX Runtime's on the same graph, and the
-smoke histories they are asked for. Pure numpy."""
+smoke histories they are asked for. Pure numpy (the requests that carry them to each target:
+:mod:`.targets`)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,4 @@ def smoke_histories(num_items: int, max_seq_len: int, n: int, seed: int = 0,
     for i, r in enumerate(rows):
         out[i, max_seq_len - len(r):] = r
     return out
+

@@ -8,11 +8,14 @@
    (``exporters.check_guard``) compares it with the version being served: NDCG@10 may not drop by
    more than ``max_ndcg_drop`` and its top-K must not depend on batch-mates;
 2. **builds** version N = newest + 1 with ``exporters.build_model_repository`` in a staging
-   folder (the live repository is not touched yet);
+   folder (the live repository is not touched yet), for the target the live config shows
+   (:func:`.targets.target_of`: cpu, gpu, or gpu-python, whose version gets ``model.pt``);
 3. **loads a candidate**: the version's files under the model name ``<model>__candidate``
    through the model-control API's ``files`` field (admin key needed). A corrupted ONNX file or a
    bad config fails *here*, with Triton's message, while the serving version keeps answering;
-4. **smoke-checks the candidate**: well-formed answers (ids in range, never the user's own
+4. **smoke-checks the candidate** with the requests a client of that target sends
+   (:func:`.targets.smoke_requests`: zeros ``user_params`` where required, bucket widths where
+   the server takes buckets only): well-formed answers (ids in range, never the user's own
    history, scores sorted and finite) that match ONNX Runtime's on the same graph;
 5. **swaps**: moves the version into the live repository and reloads the model with
    ``version_policy: specific [N]``; Triton keeps the old version answering until N is READY and
@@ -54,6 +57,7 @@ from ..contract import (
 )
 from ..errors import ConfigError, FsRecError, RolloutError
 from .answers import check_answers, compare_answers, smoke_histories
+from .targets import ask, served_spec, smoke_requests, smoke_tolerance, target_of
 from .control import ModelControl, write_config_pbtxt
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,7 @@ class RolloutReport:
     """What a rollout did (``status``: "rolled-out", "refused" or "rolled-back")."""
 
     model: str  # Triton model name
+    target: str = ""  # the served target (cpu, gpu, gpu-python), read from the live config
     version: int | None = None  # the new version (None when refused before one was chosen)
     previous_versions: list[int] = field(default_factory=list)  # READY before the rollout
     serving_versions: list[int] = field(default_factory=list)  # READY after it
@@ -101,13 +106,14 @@ class RolloutReport:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _client_for(control: ModelControl, model_name: str, version: str = ""):
+def _client_for(control: ModelControl, model_name: str, spec=None, version: str = ""):
     """A view of the control's client on another model / version (same connection, no retries:
-    a rollout must see failures, not paper over them)."""
+    a rollout must see failures, not paper over them) that knows the served model's ``spec``
+    (so its requests are checked and carry what the target requires)."""
     c = copy.copy(control.client)
     c.model_name, c.model_version = model_name, str(version or "")
-    c.spec = None
-    c._explicit_spec = None  # noqa: SLF001 - a view, not a new client
+    c.spec = spec
+    c._explicit_spec = spec  # noqa: SLF001 - a view, not a new client
     c.retry = type(c.retry)(0, c.retry.backoff_s, c.retry.backoff_max_s)
     return c
 
@@ -123,15 +129,6 @@ def _io_dims(config: Mapping[str, Any], key: str, name: str) -> list[int] | None
         if e.get("name") == name:
             return [int(d) for d in e.get("dims", [])]
     return None
-
-
-def _target_of(config: Mapping[str, Any]) -> str:
-    backend = str(config.get("backend", "") or config.get("platform", ""))
-    if backend == "python":
-        return "cpu"
-    if backend.startswith("onnxruntime"):
-        return "gpu"
-    raise RolloutError(f"the served model uses backend {backend!r}; fsrec rollout knows 'python' (cpu) and 'onnxruntime' (gpu)")
 
 
 @contextlib.contextmanager
@@ -207,7 +204,7 @@ def rollout(
             try:
                 # -- 1. what is served, and does the export fit it -------------------------------
                 with step("inspect"):
-                    from exporters.runtime import ExportMeta, make_session, run_topk
+                    from exporters.runtime import ExportMeta
 
                     export = Path(export_dir).expanduser().resolve()
                     meta = ExportMeta.load(export)
@@ -228,7 +225,7 @@ def rollout(
                             f"but {model!r} serves item_ids {seq} -> top_items {top}: export with the served "
                             "max_seq_len / max_top_k, or serve it as another model"
                         )
-                    target = _target_of(base_config)
+                    target = report.target = target_of(base_config)
                     on_disk = _disk_versions(model_dir)
                     version = cfg.version or max(on_disk + report.previous_versions) + 1
                     if version in on_disk or version in report.previous_versions:
@@ -271,19 +268,8 @@ def rollout(
                 with step("load candidate"):
                     control.load_candidate(candidate, version, vdir, live_cfg)
                 with step("smoke candidate"):
-                    x = smoke_histories(meta.num_items, meta.max_seq_len, cfg.smoke_users, cfg.seed, valid_examples)
-                    ref_items, ref_scores = run_topk(make_session(vdir), x)
-                    items, scores, _ = _client_for(control, candidate).infer_indices(x)
-                    problems = check_answers(x, items, scores, meta.num_items)
-                    tol = cfg.smoke_score_tol if cfg.smoke_score_tol is not None else (
-                        1e-4 if meta.precision == "fp32" else 5e-2)
-                    ok, stats = compare_answers(items, scores, ref_items, ref_scores, tol)
-                    report.smoke["candidate"] = {**stats, "problems": problems, "n": int(len(x))}
-                    if problems or not ok:
-                        raise RolloutError(
-                            "the candidate's answers are wrong: "
-                            + "; ".join(problems or [f"served scores differ from ONNX Runtime's: {stats}"])
-                        )
+                    smoke = _smoke_candidate(control, candidate, vdir, live_cfg, meta, target, cfg, valid_examples,
+                                             report)
                 with step("unload candidate"):
                     control.unload(candidate)
             except Exception as e:  # noqa: BLE001 - any failure before the swap: nothing changed
@@ -306,8 +292,10 @@ def rollout(
                         serve_versions, model, base_config=base_config, overrides=cfg.config_overrides)
                 # -- 6. verify: unversioned requests are answered by N, as the candidate did -----
                 with step("verify"):
-                    items2, scores2, answered = _client_for(control, model).infer_indices(x)
-                    ok2, stats2 = compare_answers(items2, scores2, items, scores, tol)
+                    items2, scores2, versions = ask(smoke.requests, smoke.n,
+                                                    _client_for(control, model, smoke.spec).infer_indices)
+                    answered = ",".join(sorted(set(versions)))
+                    ok2, stats2 = compare_answers(items2, scores2, smoke.items, smoke.scores, smoke.tol)
                     report.smoke["after_swap"] = {**stats2, "answered_by": answered}
                     if answered != str(version) or not ok2:
                         raise RolloutError(
@@ -332,6 +320,42 @@ def rollout(
     log.info("rolled out %s version %s in %.1f s (serving %s)", model, report.version, report.seconds,
              report.serving_versions)
     return report
+
+
+@dataclass
+class _Smoke:
+    """The candidate's smoke answers, asked again after the swap."""
+
+    spec: Any  # the client's ModelSpec of the live config
+    requests: list  # answers.SmokeRequest s, as a client of the target sends them
+    n: int  # smoke histories
+    items: Any  # np.ndarray [n, K] the candidate answered
+    scores: Any  # np.ndarray [n, K]
+    tol: float  # score tolerance
+
+
+def _smoke_candidate(control: ModelControl, candidate: str, vdir: Path, live_cfg: dict, meta, target: str,
+                     cfg: RolloutConfig, valid_examples, report: RolloutReport) -> _Smoke:
+    """Ask the candidate what a client of the target would (bucket widths, required
+    user_params: targets.smoke_requests); its answers must be well formed and ONNX Runtime's."""
+    from exporters.runtime import make_session, run_topk
+
+    x = smoke_histories(meta.num_items, meta.max_seq_len, cfg.smoke_users, cfg.seed, valid_examples)
+    spec = served_spec(live_cfg, meta.num_items)
+    requests = smoke_requests(spec, x)
+    session = make_session(vdir)
+    ref_items, ref_scores, _ = ask(requests, len(x), lambda ids, up: (*run_topk(session, ids, user_params=up), ""))
+    items, scores, _ = ask(requests, len(x), _client_for(control, candidate, spec).infer_indices)
+    problems = check_answers(x, items, scores, meta.num_items)
+    tol = smoke_tolerance(meta.precision, target, cfg.smoke_score_tol)
+    ok, stats = compare_answers(items, scores, ref_items, ref_scores, tol)
+    report.smoke["requests"] = [list(r.item_ids.shape) + ([] if r.user_params is None else ["user_params"])
+                                for r in requests]
+    report.smoke["candidate"] = {**stats, "problems": problems, "n": int(len(x))}
+    if problems or not ok:
+        raise RolloutError("the candidate's answers are wrong: "
+                           + "; ".join(problems or [f"served scores differ from ONNX Runtime's: {stats}"]))
+    return _Smoke(spec, requests, len(x), items, scores, tol)
 
 
 def _cleanup_candidate(control: ModelControl, candidate: str) -> None:

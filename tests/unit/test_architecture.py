@@ -4,7 +4,8 @@
 2. no import points against the layer order of the data flow (``LAYERS``, as in the team plan:
    an import may only point to the same layer or to the LEFT);
 3. the thin client imports only the contract, the errors and the settings (plus itself);
-4. no ``.py`` file outside ``tests/`` is longer than ``MAX_LINES``.
+4. no ``.py`` file outside ``tests/`` is longer than ``MAX_LINES``;
+5. the layer order written in ``docs/INTERFACES.md`` is ``LAYERS``, name for name.
 
 Edges are module-level AND function-local imports, absolute and relative, plus
 ``importlib.import_module("literal")`` calls and the implicit import of a foreign package's
@@ -16,6 +17,7 @@ each has its reason, and the lists only shrink.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -223,6 +225,31 @@ def test_pending_lists_hold_only_live_offenders(graph):
     live = {frozenset(c) for c in _cycles(graph)}
     stale += [f"cycle {sorted(c)}" for c in PENDING_CYCLES if c not in live]
     assert not stale, "remove these entries from the PENDING lists:\n  " + "\n  ".join(stale)
+
+
+def _documented_layers(text: str) -> list[str]:
+    """The layer names of the first ```text block after "Data flow" in INTERFACES.md:
+    ``a (what) -> b -> ...``, parentheses dropped."""
+    start = text.find("Data flow")
+    m = re.search(r"```text\n(.*?)```", text[start:], re.S) if start >= 0 else None
+    if m is None:
+        raise AssertionError("docs/INTERFACES.md has no 'Data flow' paragraph with a ```text block of the layers")
+    return [part.strip() for part in re.sub(r"\([^)]*\)", "", m.group(1)).split("->")]
+
+
+def test_interfaces_doc_lists_the_layers_in_order():
+    documented = _documented_layers((ROOT / "docs" / "INTERFACES.md").read_text())
+    names = [n for n, _ in LAYERS]
+    assert documented == names, (
+        f"docs/INTERFACES.md lists the layers as\n  {' -> '.join(documented)}\nbut LAYERS in {__file__} is\n  "
+        f"{' -> '.join(names)}\nmake the doc's ```text block under 'Data flow' match LAYERS")
+
+
+def test_the_doc_parser_reads_names_and_refuses_a_missing_block():
+    doc = "Data flow, left:\n\n```text\nbase (contract, errors) -> data\n  -> top (cli)\n```\n"
+    assert _documented_layers(doc) == ["base", "data", "top"]
+    with pytest.raises(AssertionError, match="no 'Data flow'"):
+        _documented_layers("Data flow: base -> data\n")
 
 
 # -- the checker itself on a tiny tree ------------------------------------------------------------

@@ -206,3 +206,111 @@ def test_async_client_same_checks_and_mapping(protocol):
                 await c.recommend(["x", "y"], k=2)
 
     asyncio.run(main())
+
+
+# -- gRPC name-resolver targets (several servers behind one name, round-robin) -----------------------
+@pytest.mark.parametrize("url, want", [
+    ("dns:///triton.svc:9001", "dns:///triton.svc:9001"),
+    ("dns:///triton-headless", "dns:///triton-headless:8001"),  # Triton's port, not gRPC's 443
+    ("dns://10.0.0.2:53/triton:7", "dns://10.0.0.2:53/triton:7"),  # with a DNS server authority
+    ("ipv4:127.0.0.1:1,127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),
+    ("ipv4:10.0.0.1, 10.0.0.2:9", "ipv4:10.0.0.1:8001,10.0.0.2:9"),
+    ("ipv6:[::1]:5,::2", "ipv6:[::1]:5,[::2]:8001"),
+])
+def test_resolver_targets_are_grpc_with_explicit_ports(url, want, monkeypatch):
+    monkeypatch.delenv("FSREC_GRPC_PORT", raising=False)
+    assert parse_url(url, None) == (want, "grpc", False) == parse_url(url, "grpc")
+    c = RecommenderClient(url)
+    args = dict(c._channel_args())
+    assert args["grpc.lb_policy_name"] == "round_robin"
+    assert args["grpc.max_receive_message_length"] == 2**31 - 1  # tritonclient's defaults are kept
+    assert RecommenderClient("127.0.0.1:1")._channel_args() is None  # one address: tritonclient's own
+
+
+@pytest.mark.parametrize("url, protocol, match", [
+    ("dns:///h:1", "http", "gRPC name-resolver target.*protocol='grpc'"),
+    ("dns:///", None, "dns:///host:port"),
+    ("dns:///a:1,b:2", None, "ipv4:a:port,b:port"),
+    ("ipv4:1.2.3.4:1,,", None, "no empty entries"),
+    ("ipv4:1.2.3.4:x", None, "ipv4:1.2.3.4:x"),
+])
+def test_bad_resolver_targets_say_why(url, protocol, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_url(url, protocol)
+
+
+# -- infer_indices checks what it can before sending ----------------------------------------------
+def test_infer_indices_checks_dtype_range_and_width_against_the_spec():
+    import numpy as np
+
+    with RecommenderClient(f"127.0.0.1:{closed_port()}", "grpc", spec=SPEC, retries=0, timeout_s=5) as c:
+        for bad, match in [(np.zeros((2, 5), np.float32), "integer array"), (np.zeros(5, np.int64), r"integer array \[B, L\]"),
+                           (np.zeros((2, 5), bool), "integer array"), (np.zeros((0, 5), np.int64), "integer array"),
+                           (np.array([[0, 0, 1, 2, 4]]), r"outside 0\.\.3 \(e\.g\. \[4\]\).*item_map"),
+                           (np.array([[0, 0, 0, -1, 2]]), r"outside 0\.\.3.*model indices"),
+                           (np.zeros((1, 6), np.int64), "6 wide.*widths 5"), (np.zeros((1, 4), np.int64), "4 wide.*widths 5")]:
+            with pytest.raises(InvalidRequestError, match=match):
+                c.infer_indices(bad)
+        with pytest.raises(ServerUnavailableError):  # a valid request gets as far as the (closed) port
+            c.infer_indices(np.array([[0, 0, 1, 2, 3]], np.int32))
+    no_spec = RecommenderClient("127.0.0.1:1", "grpc")  # spec unknown: dtype, shape and >= 0 only
+    with pytest.raises(InvalidRequestError, match=r"outside 0\.\.num_items"):
+        no_spec._check_indices(np.array([[-3, 1]]))
+    ids, up = no_spec._check_indices(np.array([[7, 900]], np.int32))
+    assert ids.dtype == np.int64 and up is None
+
+
+def test_infer_indices_pads_to_the_bucket_and_sends_required_user_params():
+    import numpy as np
+
+    gpu = ModelSpec(max_seq_len=8, max_top_k=4, num_items=9, variable_length=True, length_buckets=(2, 4, 8),
+                    strict_buckets=True, user_params_dim=3, user_params_required=True)
+    c = RecommenderClient("127.0.0.1:1", "grpc", spec=gpu)
+    ids, up = c._check_indices(np.array([[0, 5, 6], [7, 8, 9]]))
+    assert ids.tolist() == [[0, 0, 5, 6], [0, 7, 8, 9]] and up.shape == (2, 3) and not up.any()
+    ids, up = c._check_indices(np.array([[1, 2]]), user_params=[[0.5, 0.0, 1.0]])
+    assert ids.shape == (1, 2) and up.dtype == np.float32 and up.tolist() == [[0.5, 0.0, 1.0]]
+    with pytest.raises(InvalidRequestError, match=r"user_params has shape \[1, 2\]"):
+        c._check_indices(np.array([[1, 2]]), user_params=[[0.5, 0.0]])
+    ragged = ModelSpec(max_seq_len=8, max_top_k=4, num_items=9, variable_length=True, user_params_dim=3)
+    ids, up = RecommenderClient("127.0.0.1:1", "grpc", spec=ragged)._check_indices(np.array([[1, 2, 3]]))
+    assert ids.shape == (1, 3) and up is None  # optional input: nothing sent
+
+
+# -- the async client opens a new connection after a transport error ---------------------------------
+class _CountingAsyncClient(AsyncRecommenderClient):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.made: list = []
+
+    def _new_client(self):
+        c = super()._new_client()
+        self.made.append(c)
+        return c
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_retry_replaces_the_connection_each_attempt(protocol):
+    async def main():
+        async with _CountingAsyncClient(f"127.0.0.1:{closed_port()}", protocol, spec=SPEC, retries=2,
+                                        backoff_s=0.01, backoff_max_s=0.01, timeout_s=5) as c:
+            with pytest.raises(ServerUnavailableError, match="gave up after 3 attempt"):
+                await c.server_metadata()
+            assert len(c.made) == 3 and len({id(x) for x in c.made}) == 3  # a new one per attempt
+            assert c._aclient is c.made[-1]  # the last one is kept (no retry followed), closed with the client
+            with pytest.raises(ServerUnavailableError):  # the next call starts on the kept one
+                await c.server_metadata()
+            assert len(c.made) == 5 and len({id(x) for x in c.made}) == 5
+
+    asyncio.run(main())
+
+
+def test_only_a_suspect_connection_is_replaced():
+    from fsrec_serve.client.errors import connection_suspect
+
+    assert connection_suspect(InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE"))
+    assert connection_suspect(ConnectionResetError()) and connection_suspect(InferenceServerException("x", status="502"))
+    for overloaded in (InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"),
+                       InferenceServerException("busy", status="StatusCode.RESOURCE_EXHAUSTED"),
+                       InferenceServerException("slow down", status="429")):
+        assert not connection_suspect(overloaded)  # the server answered: the connection is fine

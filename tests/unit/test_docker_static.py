@@ -76,7 +76,7 @@ def _dockerfile(path: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
 def test_inventory():
     names = {p.relative_to(DOCKER).as_posix() for p in YAML_FILES}
     assert {"compose.yaml", "prometheus.yml", "prometheus-rules.yml", "prometheus-rules.test.yml", "k8s/deployment.yaml",
-            "k8s/service.yaml", "k8s/hpa.yaml", "k8s/pdb.yaml", "k8s/redis.yaml", "k8s/learner.yaml",
+            "k8s/service.yaml", "k8s/hpa.yaml", "k8s/pdb.yaml", "k8s/redis.yaml", "k8s/learner.yaml", "k8s/trt-cache.yaml",
             "k8s/examples/admin-key-secret.yaml", "k8s/examples/user-key-secret.yaml"} <= names, names
     assert {p.name for p in DOCKERFILES} == {"Dockerfile.serving", "Dockerfile.train", "Dockerfile.locust"}
 
@@ -357,6 +357,36 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_image():
     assert ctr["image"].split(":")[0] == "fsrec-serving"
     _, denv, _ = _dockerfile(DOCKER / "Dockerfile.serving")
     assert denv["FSREC_ADMIN_HEADER"] == contract.RESTRICTED_KEY_HEADER
+
+
+def test_kubernetes_trt_engine_cache_is_a_claim_at_the_configs_path():
+    """The gpu config baked into the image caches TensorRT engines at the generator's
+    trt_cache_path; the pods mount a shared (RWX) claim there, per node, so restarts reuse them."""
+    from exporters.repository import DEFAULT_SPEC, load_model_config
+    from fsrec_serve import contract
+
+    _, _, args = _dockerfile(DOCKER / "Dockerfile.serving")
+    gpu = load_model_config(ROOT / args["MODEL_REPOSITORY"] / contract.DEFAULT_MODEL_NAME)
+    (trt,) = [a for a in gpu.optimization.execution_accelerators.gpu_execution_accelerator if a.name == "tensorrt"]
+    assert trt.parameters["trt_engine_cache_enable"] == "true"
+    path = trt.parameters["trt_engine_cache_path"]
+    assert path == DEFAULT_SPEC.trt_cache_path
+    (dep,) = _docs(K8S / "deployment.yaml")
+    pod = dep["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    (mount,) = [m for m in ctr["volumeMounts"] if m["mountPath"] == path]
+    assert not mount.get("readOnly")
+    vol = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" not in vol, "an emptyDir is lost with the pod: the engines would be rebuilt at every start"
+    claims = {d["metadata"]["name"]: d for f in sorted(K8S.glob("*.yaml")) for d in _docs(f)
+              if d["kind"] == "PersistentVolumeClaim"}
+    claim = claims[vol["persistentVolumeClaim"]["claimName"]]
+    assert dep["spec"]["replicas"] > 1 and claim["spec"]["accessModes"] == ["ReadWriteMany"]  # shared by the replicas
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    var = re.fullmatch(r"\$\((\w+)\)", mount["subPathExpr"]).group(1)  # one folder per node (its GPU model)
+    env = {e["name"]: e for e in ctr["env"]}
+    assert env[var]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]  # writable by the server
 
 
 def test_training_image_installs_the_package_and_pins_torch():
