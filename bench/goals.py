@@ -141,6 +141,21 @@ GOALS: list[Goal] = [
          (_c("events_doubled", "==", 0),), dataset="ml-100k"),
     Goal("17", "kill -9 during a replay: 0 answers with parameters of another model", ("replay-live",), "faults",
          ("loop-redis",), (_c("stale_answers", "==", 0),), dataset="ml-100k"),
+    # -- issue 17, second live-stack protocol, registered before its run (after the first run, whose
+    #    freshness tail had an orphan learner of a crashed smoke run on the CPU and whose kills fell
+    #    between requests): kills while requests are in flight, a rollout of a second version with
+    #    the learner restarted on it, the learner's prefix-state cache. Shown beside the first run.
+    Goal("17", "r2: freshness p99 <= 1 s at 200 events/s sustained, embedded store, 2 cores", ("replay-live-r2",),
+         "freshness", ("loop-sqlite",), (_c("p99_s", "<=", 1.0), _c("p99_s", ">=", 195.0, field="events_per_s")),
+         dataset="ml-100k"),
+    Goal("17", "r2: serving by user id ÷ by item ids, throughput at concurrency 16 >= 0.8", ("replay-live-r2",),
+         "serving-by-user", ("by-user",), (_c("throughput_ratio", ">=", 0.8),), dataset="ml-100k"),
+    Goal("17", "r2: kills in flight + a rollout: 0 events lost", ("replay-live-r2",), "faults", ("loop-redis",),
+         (_c("events_lost", "==", 0),), dataset="ml-100k"),
+    Goal("17", "r2: kills in flight + a rollout: 0 applied twice", ("replay-live-r2",), "faults", ("loop-redis",),
+         (_c("events_doubled", "==", 0),), dataset="ml-100k"),
+    Goal("17", "r2: kills in flight + a rollout: 0 stale-fingerprint answers", ("replay-live-r2",), "faults",
+         ("loop-redis",), (_c("stale_answers", "==", 0),), dataset="ml-100k"),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),

@@ -133,9 +133,21 @@ def freshness(server, splits, model_dir: Path, seconds: float, rate: float, fit_
     cold = [s for s in splits.cold_users if len(s) >= 3] + [s for s in splits.loo_train() if len(s) >= 3]
     learner = subprocess.Popen(learner_cmd(model_dir, server.store_url, fit_interval), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return _stream(server, splits, cold, keyer, learner, seconds, rate, fit_interval)
+    finally:  # never leave a learner behind
+        os.killpg(learner.pid, signal.SIGKILL)
+        learner.wait()
+
+
+def _stream(server, splits, cold, keyer, learner, seconds: float, rate: float, fit_interval: float) -> list[dict]:
+    """Wait for the learner to catch up, then send events at ``rate`` and measure (freshness())."""
+    from fsrec_serve.client import RecommenderClient
+    from fsrec_serve.store import open_store
+
     with open_store(server.store_url) as store:  # the learner catches up with the backlog first
         deadline = time.monotonic() + 600
-        while (store.lag("learner")[0] or not store.states(store.users()[:1])) and time.monotonic() < deadline:
+        while store.lag("learner")[0] and time.monotonic() < deadline:
             time.sleep(0.5)
     time.sleep(3.0)  # ... and fits the users it touched
     sent: dict = {}  # user key -> [(count after this event, time sent)]
@@ -198,8 +210,6 @@ def freshness(server, splits, model_dir: Path, seconds: float, rate: float, fit_
     achieved = n_sent / (time.time() - t_start)
     stop.set()
     poller.join(timeout=60)
-    os.killpg(learner.pid, signal.SIGKILL)
-    learner.wait()
     missing = sum(len(v) for v in sent.values())
     lat = np.array(done) if done else np.array([float("nan")])
     base = {"dataset": "ml-100k", "protocol": "freshness", "method": "loop-sqlite", "std": 0.0, "n": 1,

@@ -31,12 +31,12 @@ from ..model.fingerprint import model_fingerprint
 from .config import AdaptConfig
 from .continual import continual_adapt
 from .fitting import inner_score
-from .peruser import PerUserConfig, fit_user_params
+from .peruser import PerUserConfig, StateCache, fit_user_params
 from .strategies import fsrec_of
 
 
 def refit_user_params(model, histories: dict, window: int = 20,
-                      config: Optional[PerUserConfig] = None) -> tuple[dict, dict]:
+                      config: Optional[PerUserConfig] = None, cache: Optional[StateCache] = None) -> tuple[dict, dict]:
     """{user: float32 [H]} for EVERY user of ``histories`` (item indices, newest last), fitted on
     their newest ``window`` items in ONE ``fit_user_params`` call; zeros for the users the
     per-user rule leaves zero-shot, with too few or only unknown items. Returns (params, info)
@@ -48,7 +48,7 @@ def refit_user_params(model, histories: dict, window: int = 20,
             for u, h in histories.items() if len(h) > 0]
     info: dict = {"n_users": len(out), "n_fitted": 0, "n_adapted": 0}
     if seqs:
-        res = fit_user_params(model, seqs, config)
+        res = fit_user_params(model, seqs, config, cache)
         params = res.params.detach().cpu().numpy().astype(np.float32)
         for row, u in enumerate(res.users):
             out[u] = params[row].copy()

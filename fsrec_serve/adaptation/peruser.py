@@ -151,7 +151,7 @@ def _rank_logp(logits: torch.Tensor, targets: torch.Tensor):
 class _Pairs:
     """Flattened (state, target, excluded items) pairs of many users for one optimisation."""
 
-    def __init__(self, model, seqs: list[UserSequence], min_t: int):
+    def __init__(self, model, seqs: list[UserSequence], min_t: int, cache: Optional["StateCache"] = None):
         hist, tgt, owner, last = [], [], [], []
         for u, s in enumerate(seqs):
             for t in range(min_t, len(s)):
@@ -159,7 +159,10 @@ class _Pairs:
                 tgt.append(s.items[t])
                 owner.append(u)
                 last.append(t == len(s) - 1)
-        self.states = _states(model, hist) if hist else torch.zeros(0, model.config.hidden_size)
+        if cache is not None:
+            self.states = cache.states(model, hist)
+        else:
+            self.states = _states(model, hist) if hist else torch.zeros(0, model.config.hidden_size)
         self.targets = torch.tensor(tgt, dtype=torch.long)
         self.owner = torch.tensor(owner, dtype=torch.long)
         self.last = torch.tensor(last, dtype=torch.bool)
@@ -179,7 +182,43 @@ def _logits(model, states: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
     return z.scatter(1, exclude, MASK_VALUE)
 
 
-def fit_user_params(model, support: Sequence[UserSequence], config: Optional[PerUserConfig] = None) -> PerUserResult:
+class StateCache:
+    """Frozen-model states of history prefixes, kept across fits (the online learner refits the
+    same users as their histories grow: only the new prefixes need the encoder). Bounded LRU;
+    valid for one model only (``model_fingerprint`` checked on use)."""
+
+    def __init__(self, max_entries: int = 200_000):
+        from collections import OrderedDict
+
+        self.max_entries, self.fingerprint, self.hits, self.misses = max_entries, None, 0, 0
+        self._d: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+
+    def states(self, model, histories: list[list[int]]) -> torch.Tensor:
+        from ..model import model_fingerprint
+
+        if not histories:
+            return torch.zeros(0, model.config.hidden_size)
+        fp = model_fingerprint(model)
+        if fp != self.fingerprint:
+            self._d.clear()
+            self.fingerprint = fp
+        keys = [tuple(int(i) for i in h) for h in histories]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._d))
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        if missing:
+            for k, st in zip(missing, _states(model, [list(k) for k in missing])):
+                self._d[k] = st
+        out = torch.stack([self._d[k] for k in keys])
+        for k in keys:
+            self._d.move_to_end(k)
+        while len(self._d) > self.max_entries:
+            self._d.popitem(last=False)
+        return out
+
+
+def fit_user_params(model, support: Sequence[UserSequence], config: Optional[PerUserConfig] = None,
+                    cache: Optional[StateCache] = None) -> PerUserResult:
     """Fit one offset per user of ``support`` (module docstring); never reads a query item."""
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = config or PerUserConfig()
@@ -202,7 +241,7 @@ def fit_user_params(model, support: Sequence[UserSequence], config: Optional[Per
     info: dict = {"n_users": len(users), "n_fitted": len(fit), "chunks": []}
     for c in range(0, len(fit), cfg.users_per_chunk):
         chunk = fit[c:c + cfg.users_per_chunk]
-        p, a, fl, cinfo, raw = _fit_chunk(base, [s for _, s in chunk], cfg)
+        p, a, fl, cinfo, raw = _fit_chunk(base, [s for _, s in chunk], cfg, cache)
         for j, (i, s) in enumerate(chunk):
             params[i], adapted[i], fitted[i] = p[j], a[j], raw[j]
             if j in fl:
@@ -219,11 +258,11 @@ def fit_user_params(model, support: Sequence[UserSequence], config: Optional[Per
 
 
 @torch.no_grad()
-def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig):
+def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig, cache: Optional[StateCache] = None):
     """One vectorized optimisation for ``seqs`` (all with >= min_support items)."""
     U, H, G = len(seqs), base.config.hidden_size, len(cfg.lrs)
     min_t = 0 if base.config.objective == "cloze" else 1
-    pairs = _Pairs(base, seqs, min_t)
+    pairs = _Pairs(base, seqs, min_t, cache)
     table = base.item_vectors()[: base.config.num_items + 1].detach()  # [N, H]
     base_logits = _logits(base, pairs.states, pairs.exclude)  # [P, N]
     N = base_logits.shape[1]

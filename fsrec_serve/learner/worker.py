@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..adaptation.online import RefineResult, refine_model, refit_user_params
+from ..adaptation.peruser import StateCache
 from ..data.splits import UserSequence
 from ..errors import LearnerError, StoreUnavailableError
 from ..model import FsRecModel, model_fingerprint
@@ -74,6 +75,7 @@ class Learner:
             self.metrics_port = self.metrics.serve(config.metrics_port, config.metrics_host)
         self._publish = publish
         self.stats = LearnerStats()
+        self.state_cache = StateCache()  # prefix states of the served model, reused across refits
         self.touched: set = set()  # users with events since the last fit
         self.active: set = set()  # users with events since the last re-fine-tune
         self._events_since_refine = 0
@@ -106,7 +108,8 @@ class Learner:
         histories = {u: s.history for u, s in states.items() if s.history}
         if histories:
             t0 = time.perf_counter()
-            params, info = refit_user_params(self.model, histories, window=self.cfg.window, config=self.cfg.per_user)
+            params, info = refit_user_params(self.model, histories, window=self.cfg.window, config=self.cfg.per_user,
+                                             cache=self.state_cache)
             self.store.put_params(params, self.fingerprint, time.time())
             self.metrics.fit_seconds.observe(time.perf_counter() - t0)
             self.metrics.users_refit.inc(len(params))

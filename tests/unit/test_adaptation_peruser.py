@@ -172,3 +172,22 @@ def test_cli_per_user_writes_one_offset_per_user(tmp_path):
     d = json.loads(out.read_text())
     assert rc == 0 and d["users"] == ["a", "b", "c"] and len(d["params"]) == 3
     assert all(len(p) == H for p in d["params"]) and d["params"][2] == [0.0] * H  # k=1: zero-shot
+
+
+def test_state_cache_gives_the_same_fit_and_reuses_prefixes(tiny_model, tiny_splits):
+    """The learner's prefix-state cache: the same parameters as without it (to float noise), and a
+    refit after one more event computes only the new prefixes."""
+    from fsrec_serve.adaptation.peruser import PerUserConfig, StateCache, fit_user_params
+    from fsrec_serve.data.splits import UserSequence
+
+    model = tiny_model(objective="causal")
+    seqs = [UserSequence(s.user, s.items[:8], [1.0] * 8) for s in tiny_splits.loo_train()[:6] if len(s) >= 9]
+    cfg = PerUserConfig(lrs=(0.1,), steps=(10,))
+    plain = fit_user_params(model, seqs, cfg)
+    cache = StateCache()
+    cached = fit_user_params(model, seqs, cfg, cache)
+    assert torch.allclose(plain.params, cached.params, atol=1e-4)
+    misses = cache.misses
+    longer = [UserSequence(s.user, list(s.items) + [1], [1.0] * 9) for s in seqs]
+    fit_user_params(model, longer, cfg, cache)
+    assert cache.misses - misses == len(seqs)  # one new prefix per user
