@@ -156,6 +156,17 @@ GOALS: list[Goal] = [
          (_c("events_doubled", "==", 0),), dataset="ml-100k"),
     Goal("17", "r2: kills in flight + a rollout: 0 stale-fingerprint answers", ("replay-live-r2",), "faults",
          ("loop-redis",), (_c("stale_answers", "==", 0),), dataset="ml-100k"),
+    # -- issue 17, third faults protocol, registered before its run: r2's checker never met an
+    #    answer with parameters (2,000 events over ~940 users: too few per user to fit), so r3
+    #    replays 2,000 events of 40 users (~50 each) under the same kills and rollout
+    Goal("17", "r3: kills in flight + a rollout, 40 users: 0 events lost", ("replay-live-r3",), "faults",
+         ("loop-redis",), (_c("events_lost", "==", 0),), dataset="ml-100k"),
+    Goal("17", "r3: 0 applied twice", ("replay-live-r3",), "faults", ("loop-redis",),
+         (_c("events_doubled", "==", 0),), dataset="ml-100k"),
+    Goal("17", "r3: 0 stale-fingerprint answers, with >= 20 answers with parameters checked", ("replay-live-r3",),
+         "faults", ("loop-redis",), (_c("stale_answers", "==", 0), _c("stale_answers", ">=", 20,
+                                                                          field="personal_answers_checked")),
+         dataset="ml-100k"),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),

@@ -125,8 +125,10 @@ def _fingerprint_of(url: str, key: str) -> str | None:
         return None
 
 
-def _events(splits, n: int) -> list:
-    cold = [s for s in splits.cold_users if len(s) >= 3] + [s for s in splits.loo_train() if len(s) >= 3]
+def _events(splits, n: int, n_users: int) -> list:
+    """``n`` events of ``n_users`` users (round robin over long sequences: each user gets enough
+    events for the per-user fit, so answers with parameters are exercised too)."""
+    cold = ([s for s in splits.cold_users if len(s) >= 30] + [s for s in splits.loo_train() if len(s) >= 30])[:n_users]
     events, cursor, i = [], [0] * len(cold), 0
     while len(events) < n and i < 100 * n:
         u, i = i % len(cold), i + 1
@@ -136,7 +138,8 @@ def _events(splits, n: int) -> list:
     return events
 
 
-def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learner_cmd) -> list[dict]:
+def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learner_cmd,
+           n_users: int = 40) -> list[dict]:
     from fsrec_serve.operations.control import ModelControl
     from fsrec_serve.operations.rollout import rollout
     from fsrec_serve.store import UserKeyer, open_store
@@ -147,7 +150,7 @@ def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learn
     start_learner = lambda d: subprocess.Popen(learner_cmd(d, redis.url, 0.25), start_new_session=True,  # noqa: E731
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     learner = start_learner(model_dir)
-    events = _events(splits, n_events)
+    events = _events(splits, n_events, n_users)
     batches = [events[j:j + 20] for j in range(0, len(events), 20)]
     fps = {"1": json.loads((repo / "fsrec" / "1" / "fsrec_meta.json").read_text())["fingerprint"]}
     state = {"sent": 0, "resent": 0, "checked": 0, "stale": 0, "done": False}
@@ -218,7 +221,7 @@ def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learn
         os.environ.pop("FSREC_ADMIN_KEY", None)
     got = {k: (states[k].event_count if k in states else 0) for k in expected}
     base = {"dataset": "ml-100k", "protocol": "faults", "method": "loop-redis", "std": 0.0, "n": 1,
-            "events": len(events), "faults": kills, "requests_failed_and_resent": state["resent"],
+            "events": len(events), "users": n_users, "faults": kills, "requests_failed_and_resent": state["resent"],
             "personal_answers_checked": state["checked"]}
     return [{**base, "metric": "events_lost", "mean": float(sum(max(0, expected[k] - got[k]) for k in expected))},
             {**base, "metric": "events_doubled", "mean": float(sum(max(0, got[k] - expected[k]) for k in expected))},
