@@ -167,6 +167,17 @@ GOALS: list[Goal] = [
          "faults", ("loop-redis",), (_c("stale_answers", "==", 0), _c("stale_answers", ">=", 20,
                                                                           field="personal_answers_checked")),
          dataset="ml-100k"),
+    # -- issue 17, fourth faults protocol, registered before its run: r3 sent its 2,000 events in
+    #    seconds (unpaced), so its checker met 2 answers with parameters; r4 paces 50 events/s
+    #    (~40 s, the learner fits meanwhile) and asks for a random active user every 50 ms
+    Goal("17", "r4: paced kills in flight + a rollout, 40 users: 0 events lost", ("replay-live-r4",), "faults",
+         ("loop-redis",), (_c("events_lost", "==", 0),), dataset="ml-100k"),
+    Goal("17", "r4: 0 applied twice", ("replay-live-r4",), "faults", ("loop-redis",),
+         (_c("events_doubled", "==", 0),), dataset="ml-100k"),
+    Goal("17", "r4: 0 stale-fingerprint answers, with >= 20 answers with parameters checked", ("replay-live-r4",),
+         "faults", ("loop-redis",), (_c("stale_answers", "==", 0), _c("stale_answers", ">=", 20,
+                                                                          field="personal_answers_checked")),
+         dataset="ml-100k"),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),

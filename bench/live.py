@@ -231,6 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-interval", type=float, default=0.25, help="learner --fit-interval of the freshness run")
     ap.add_argument("--fault-events", type=int, default=2000, help="events replayed in the faults run")
     ap.add_argument("--fault-users", type=int, default=40, help="users of the faults run (~50 events each)")
+    ap.add_argument("--fault-rate", type=float, default=50.0, help="events/s of the faults run")
     ap.add_argument("--only", choices=["serving", "freshness", "faults"], action="append", default=None)
     ap.add_argument("--out", default="replay-live", help="results file stem")
     args = ap.parse_args(argv)
@@ -256,7 +257,8 @@ def main(argv=None) -> int:
         finally:
             server.stop()
     if "faults" in only:
-        rows += faults(work, splits, model_dir, repo, args.fault_events, learner_cmd, args.fault_users)
+        rows += faults(work, splits, model_dir, repo, args.fault_events, learner_cmd, args.fault_users,
+                       args.fault_rate)
     for r in rows:
         r["load_avg_at_start"] = round(load0, 2)
         print(r["protocol"], r["method"], r["metric"], round(r["mean"], 4))

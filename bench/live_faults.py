@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -139,7 +140,7 @@ def _events(splits, n: int, n_users: int) -> list:
 
 
 def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learner_cmd,
-           n_users: int = 40) -> list[dict]:
+           n_users: int = 40, rate: float = 50.0) -> list[dict]:
     from fsrec_serve.operations.control import ModelControl
     from fsrec_serve.operations.rollout import rollout
     from fsrec_serve.store import UserKeyer, open_store
@@ -155,24 +156,27 @@ def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learn
     fps = {"1": json.loads((repo / "fsrec" / "1" / "fsrec_meta.json").read_text())["fingerprint"]}
     state = {"sent": 0, "resent": 0, "checked": 0, "stale": 0, "done": False}
 
-    def sender():
-        for batch in batches:
+    def sender():  # paced at ``rate`` events/s, so the learner fits while the faults happen
+        t0 = time.monotonic()
+        for b, batch in enumerate(batches):
             _, failed = stack.call(lambda c: c.record_many(batch), "record")
             state["resent"] += failed
             state["sent"] += 1
-            time.sleep(0.02)
+            time.sleep(max(0.0, t0 + (b + 1) * len(batch) / rate - time.monotonic()))
         state["done"] = True
 
-    def checker():
+    rng = random.Random(0)
+
+    def checker():  # a user with events so far, at random, by user id
         while not state["done"]:
-            user = batches[max(0, state["sent"] - 1)][0][0]
+            user = rng.choice(batches[max(0, state["sent"] - 1)])[0]
             before = _fingerprint_of(redis.url, keyer.key(user))
             rec, _ = stack.call(lambda c: c.recommend_for_user(user), "recommend")
             if rec.source == "personal":  # stale: the answering version's fingerprint is neither the
                 state["checked"] += 1     # user's before nor after the call (a refit may fall between)
                 after = _fingerprint_of(redis.url, keyer.key(user))
                 state["stale"] += int(fps.get(rec.model_version) not in (before, after))
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     threads = [threading.Thread(target=sender, daemon=True), threading.Thread(target=checker, daemon=True)]
     for t in threads:
@@ -221,7 +225,7 @@ def faults(work: Path, splits, model_dir: Path, repo: Path, n_events: int, learn
         os.environ.pop("FSREC_ADMIN_KEY", None)
     got = {k: (states[k].event_count if k in states else 0) for k in expected}
     base = {"dataset": "ml-100k", "protocol": "faults", "method": "loop-redis", "std": 0.0, "n": 1,
-            "events": len(events), "users": n_users, "faults": kills, "requests_failed_and_resent": state["resent"],
+            "events": len(events), "users": n_users, "events_per_s": rate, "faults": kills, "requests_failed_and_resent": state["resent"],
             "personal_answers_checked": state["checked"]}
     return [{**base, "metric": "events_lost", "mean": float(sum(max(0, expected[k] - got[k]) for k in expected))},
             {**base, "metric": "events_doubled", "mean": float(sum(max(0, got[k] - expected[k]) for k in expected))},
