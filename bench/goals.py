@@ -71,9 +71,15 @@ GOALS: list[Goal] = [
          "coldstart-k5", ADAPTED, (_c("relative_gain", ">=", 800, field="n_users"),), dataset="ml-100k"),
     Goal("10.1", "k=5 cold users, Beauty (reported beside ML-100K), >= 2,000 users", ("fewshot",),
          "coldstart-k5", ADAPTED, (_c("relative_gain", ">=", 2000, field="n_users"),), dataset="beauty"),
+    # judged on the registered 3-round run (arrivals-r3; the 6-round arrivals.json was picked after
+    # its numbers were seen and is only shown beside) and with its CI: gap_closed's denominator
+    # (retrain - stale) is near 0, 42 % of its resamples are undefined, the CI spans 0. Updating is
+    # measured by the prequential replay (issue 17), whose retrain does see the arriving users.
     Goal("10.2", "users arriving after training, k=5: adaptation closes >= 50 % of the stale -> "
-         "retrain gap at <= 5 % of the retrain's CPU seconds", ("arrivals",), "arrivals-k5",
-         ("*",), (_c("gap_closed", ">=", 0.5), _c("cpu_seconds", "<=", 0.05, over="retrain")),
+         "retrain gap (95 % CI low > 0) at <= 5 % of the retrain's CPU seconds (registered 3-round run)",
+         ("arrivals-r3",), "arrivals-k5",
+         ("*",), (_c("gap_closed", ">=", 0.5), _c("gap_closed", ">", 0.0, field="ci_low"),
+                  _c("cpu_seconds", "<=", 0.05, over="retrain")),
          dataset="ml-100k"),
     Goal("10.3", "per-user fitting cost at k=5 on the 2-core CPU <= 5 ms per user (per-user-fast: one "
          "lr, 256-candidate softmax, measured on an idle machine; the lr-grid per-user rows were timed "
@@ -135,12 +141,10 @@ GOALS: list[Goal] = [
          (_c("p99_s", "<=", 1.0), _c("p99_s", ">=", 195.0, field="events_per_s")), dataset="ml-100k"),
     Goal("17", "serving by user id ÷ by item ids, throughput at concurrency 16 >= 0.8", ("replay-live",),
          "serving-by-user", ("by-user",), (_c("throughput_ratio", ">=", 0.8),), dataset="ml-100k"),
-    Goal("17", "kill -9 of learner / tritonserver / redis-server during a replay: 0 events lost",
-         ("replay-live",), "faults", ("loop-redis",), (_c("events_lost", "==", 0),), dataset="ml-100k"),
-    Goal("17", "kill -9 during a replay: 0 events applied twice", ("replay-live",), "faults", ("loop-redis",),
-         (_c("events_doubled", "==", 0),), dataset="ml-100k"),
-    Goal("17", "kill -9 during a replay: 0 answers with parameters of another model", ("replay-live",), "faults",
-         ("loop-redis",), (_c("stale_answers", "==", 0),), dataset="ml-100k"),
+    Goal("17", "kill -9 of learner / tritonserver / redis-server during a replay: 0 events lost, 0 applied "
+         "twice, 0 answers with parameters of another model", ("replay-live",), "faults", ("loop-redis",),
+         (_c("events_lost", "==", 0), _c("events_doubled", "==", 0), _c("stale_answers", "==", 0)),
+         dataset="ml-100k"),
     # -- issue 17, second live-stack protocol, registered before its run (after the first run, whose
     #    freshness tail had an orphan learner of a crashed smoke run on the CPU and whose kills fell
     #    between requests): kills while requests are in flight, a rollout of a second version with
@@ -150,34 +154,24 @@ GOALS: list[Goal] = [
          dataset="ml-100k"),
     Goal("17", "r2: serving by user id ÷ by item ids, throughput at concurrency 16 >= 0.8", ("replay-live-r2",),
          "serving-by-user", ("by-user",), (_c("throughput_ratio", ">=", 0.8),), dataset="ml-100k"),
-    Goal("17", "r2: kills in flight + a rollout: 0 events lost", ("replay-live-r2",), "faults", ("loop-redis",),
-         (_c("events_lost", "==", 0),), dataset="ml-100k"),
-    Goal("17", "r2: kills in flight + a rollout: 0 applied twice", ("replay-live-r2",), "faults", ("loop-redis",),
-         (_c("events_doubled", "==", 0),), dataset="ml-100k"),
-    Goal("17", "r2: kills in flight + a rollout: 0 stale-fingerprint answers", ("replay-live-r2",), "faults",
-         ("loop-redis",), (_c("stale_answers", "==", 0),), dataset="ml-100k"),
+    Goal("17", "r2: kills in flight + a rollout: 0 events lost, 0 applied twice, 0 stale-fingerprint answers",
+         ("replay-live-r2",), "faults", ("loop-redis",),
+         (_c("events_lost", "==", 0), _c("events_doubled", "==", 0), _c("stale_answers", "==", 0)),
+         dataset="ml-100k"),
     # -- issue 17, third faults protocol, registered before its run: r2's checker never met an
     #    answer with parameters (2,000 events over ~940 users: too few per user to fit), so r3
     #    replays 2,000 events of 40 users (~50 each) under the same kills and rollout
-    Goal("17", "r3: kills in flight + a rollout, 40 users: 0 events lost", ("replay-live-r3",), "faults",
-         ("loop-redis",), (_c("events_lost", "==", 0),), dataset="ml-100k"),
-    Goal("17", "r3: 0 applied twice", ("replay-live-r3",), "faults", ("loop-redis",),
-         (_c("events_doubled", "==", 0),), dataset="ml-100k"),
-    Goal("17", "r3: 0 stale-fingerprint answers, with >= 20 answers with parameters checked", ("replay-live-r3",),
-         "faults", ("loop-redis",), (_c("stale_answers", "==", 0), _c("stale_answers", ">=", 20,
-                                                                          field="personal_answers_checked")),
-         dataset="ml-100k"),
+    Goal("17", "r3: kills in flight + a rollout, 40 users: 0 events lost, 0 applied twice, 0 stale-fingerprint "
+         "answers with >= 20 answers with parameters checked", ("replay-live-r3",), "faults", ("loop-redis",),
+         (_c("events_lost", "==", 0), _c("events_doubled", "==", 0), _c("stale_answers", "==", 0),
+          _c("stale_answers", ">=", 20, field="personal_answers_checked")), dataset="ml-100k"),
     # -- issue 17, fourth faults protocol, registered before its run: r3 sent its 2,000 events in
     #    seconds (unpaced), so its checker met 2 answers with parameters; r4 paces 50 events/s
     #    (~40 s, the learner fits meanwhile) and asks for a random active user every 50 ms
-    Goal("17", "r4: paced kills in flight + a rollout, 40 users: 0 events lost", ("replay-live-r4",), "faults",
-         ("loop-redis",), (_c("events_lost", "==", 0),), dataset="ml-100k"),
-    Goal("17", "r4: 0 applied twice", ("replay-live-r4",), "faults", ("loop-redis",),
-         (_c("events_doubled", "==", 0),), dataset="ml-100k"),
-    Goal("17", "r4: 0 stale-fingerprint answers, with >= 20 answers with parameters checked", ("replay-live-r4",),
-         "faults", ("loop-redis",), (_c("stale_answers", "==", 0), _c("stale_answers", ">=", 20,
-                                                                          field="personal_answers_checked")),
-         dataset="ml-100k"),
+    Goal("17", "r4: paced kills in flight + a rollout, 40 users: 0 events lost, 0 applied twice, 0 "
+         "stale-fingerprint answers with >= 20 answers with parameters checked", ("replay-live-r4",), "faults",
+         ("loop-redis",), (_c("events_lost", "==", 0), _c("events_doubled", "==", 0), _c("stale_answers", "==", 0),
+                           _c("stale_answers", ">=", 20, field="personal_answers_checked")), dataset="ml-100k"),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),
@@ -208,6 +202,9 @@ REPLAY_PROTOCOL = {
 # stem or "stem:protocol". They are shown, marked, only where nothing newer covers the data set
 # and protocol. Files ending in "-quick" (smoke runs) are always left out.
 SUPERSEDED: dict[str, str] = {
+    "replay-live:faults": "kills between requests, no rollout; superseded by replay-live-r4.json (goals table keeps it)",
+    "replay-live-r2:faults": "no answer with parameters met; superseded by replay-live-r4.json",
+    "replay-live-r3:faults": "unpaced: 2 answers with parameters checked; superseded by replay-live-r4.json",
     "fewshot:coldstart-items": "the old item-embeddings method; superseded by items.json",
     "fewshot-h200": "GPU run of the old cohort protocol (94 cold users); superseded by fewshot.json",
     "fewshot-h200-beauty": "GPU run of the old cohort protocol on Beauty; superseded by fewshot.json",
