@@ -88,12 +88,14 @@ def test_events_then_recommend_by_user_equals_the_item_path(live, server_factory
         flags = c.record_many([("alice", r, 1_000.0 + j, f"alice-{j}") for j, r in enumerate(raws)])
         assert flags == [True] * 8
         assert c.record("alice", raws[0], 1_000.0, "alice-0") is False  # the same event id: stored once
+        assert c.record("alice", "an-item-the-model-never-saw", 999.0, "alice-new") is True  # kept, counted
         learner = _learner(live, store_url)
         stats = learner.run(until_idle=True, max_seconds=60)
-        assert stats.events == 8 and stats.users_refit == 1
+        assert stats.events == 9 and stats.users_refit == 1
         with open_store(store_url) as store:
             st = store.states([_key("alice")])[_key("alice")]
-        assert st.event_count == 8 and st.fingerprint == live.fingerprint
+            assert store.counts()["new_item_events"] == 1
+        assert st.event_count == 9 and st.fingerprint == live.fingerprint  # the new item: counted, not in history
         assert live.item_map.raws(st.history) == raws
         after = c.recommend_for_user("alice", k=10)
         assert after.source in ("personal", "history") and after.model_version == "1"
