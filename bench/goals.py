@@ -196,6 +196,9 @@ REPLAY_PROTOCOL = {
     "hyperparameters": "library defaults (PerUserConfig, RefineConfig, recommended ml-100k causal "
                        "config); nothing chosen on events after T",
     "main": "replay.json",
+    # the same protocol through tritonserver + store + learner (bench/replay_stack.py): reported
+    # beside the main result, never instead of it
+    "beside": "replay-stack.json",
 }
 
 # Results kept in JSON but left out of the protocol tables (a newer run covers them), by file

@@ -181,13 +181,33 @@ def main(argv=None) -> int:
         _log(f"{method}: {json.dumps(runs[method], default=str)[:400]}")
         for metric, fn in (("ndcg@10", ndcg_at_k), ("hr@10", hit_at_k)):
             rows.append({"dataset": "ml-100k", "protocol": "replay", "method": f"{method}-stack", "metric": metric,
-                         "mean": float(fn(out["ranks"], 10).mean()), "std": 0.0, "n": len(events), "users": "all",
+                         "mean": float(fn(out["ranks"], 10).mean()), "std": 0.0, "n": 1, "n_events": len(events),
+                         "users": "all",
                          "stack": "tritonserver + sqlite store + learner"})
         rows.append({"dataset": "ml-100k", "protocol": "replay", "method": f"{method}-stack", "metric": "cpu_seconds",
                      "mean": out["learn_cpu"], "std": 0.0, "n": 1, "what": "learner CPU (fits + refines)"})
+    rows += gain_rows({m: np.load(work / m.replace("+", "_") / "ranks.npy") for m in args.methods}, events)
     cmd = "python -m bench.replay_stack " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(write_results(args.out, cmd.strip(), rows, extra={"runs": runs, "max_events": args.max_events}))
+    print(write_results(args.out, cmd.strip(), rows, extra={"runs": runs, "max_events": args.max_events,
+                                                            "work_dir": str(work)}))
     return 0
+
+
+def gain_rows(ranks: dict, events: list) -> list[dict]:
+    """``relative_gain`` rows (paired bootstrap over users) of history+params and loop vs history,
+    through the stack, and the share of undefined resamples."""
+    from fsrec_serve.evaluation.metrics import ndcg_at_k
+    from fsrec_serve.experiments.arrivals import paired_relative_gain
+
+    users = np.array([e.user for e in events], dtype=object)
+    out = []
+    for m in ("history+params", "loop"):
+        if m in ranks and "history" in ranks:
+            g = paired_relative_gain(ndcg_at_k(ranks[m], 10), ndcg_at_k(ranks["history"], 10), users)
+            out.append({"dataset": "ml-100k", "protocol": "replay", "method": f"{m}-stack", "metric": "relative_gain",
+                        "users": "all", "baseline": "history-stack", "n_events": len(events), "metric_of": "ndcg@10",
+                        **g, "std": 0.0, "n": 1})
+    return out
 
 
 if __name__ == "__main__":
