@@ -17,6 +17,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--group", default="learner", help="consumer group; learners in one group split the events")
     p.add_argument("--fit-interval", type=float, default=1.0, help="seconds between per-user fits (default 1)")
     p.add_argument("--window", type=int, default=20, help="newest items per user the parameters see (default 20)")
+    p.add_argument("--per-user-lrs", type=float, nargs="+", default=[0.1],
+                   help="learning rates the per-user fit tries (default 0.1; more = slower refits)")
+    p.add_argument("--per-user-steps", type=int, nargs="+", default=[10, 25],
+                   help="step checkpoints of the per-user fit (default 10 25; the largest bounds the cost)")
     p.add_argument("--refine-every-events", type=int, default=0, help="re-fine-tune after N events (0 = off)")
     p.add_argument("--refine-every", type=float, default=0.0, help="re-fine-tune every N seconds (0 = off)")
     p.add_argument("--server", default=None, help="Triton gRPC address to roll re-fine-tuned versions out to")
@@ -36,10 +40,12 @@ def add_parsers(sub) -> None:
 
 
 def _learn(args) -> int:
+    from ..adaptation.peruser import PerUserConfig
     from ..learner import Learner, LearnerConfig
 
     cfg = LearnerConfig(model_dir=Path(args.model_dir), store=args.store, group=args.group,
                         fit_interval_s=args.fit_interval, window=args.window,
+                        per_user=PerUserConfig(lrs=tuple(args.per_user_lrs), steps=tuple(args.per_user_steps)),
                         refine_every_events=args.refine_every_events, refine_every_s=args.refine_every,
                         server_url=args.server, repository=Path(args.repository) if args.repository else None,
                         work_dir=Path(args.work_dir), metrics_port=args.metrics_port,
