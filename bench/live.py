@@ -118,10 +118,12 @@ def _drain(store_url: str) -> None:
 
 
 PER_USER_STEPS: list = []  # --per-user-steps of the learners started here ([] = the CLI default)
+CONTEXT: list = []  # --context of the learners started here ([] = the CLI default, window)
 
 
 def learner_cmd(model_dir: Path, store: str, fit_interval: float) -> list[str]:
     steps = ["--per-user-steps", *map(str, PER_USER_STEPS)] if PER_USER_STEPS else []
+    steps += ["--context", CONTEXT[0]] if CONTEXT else []
     return [sys.executable, "-m", "fsrec_serve.cli", "learn", "--model-dir", str(model_dir), "--store", store,
             "--fit-interval", str(fit_interval), "--metrics-port", "-1", *steps]
 
@@ -218,7 +220,8 @@ def _stream(server, splits, cold, keyer, learner, seconds: float, rate: float, f
     lat = np.array(done) if done else np.array([float("nan")])
     base = {"dataset": "ml-100k", "protocol": "freshness", "method": "loop-sqlite", "std": 0.0, "n": 1,
             "events_per_s": round(achieved, 1), "events": n_sent, "not_fresh_within_30s": missing,
-            "fit_interval_s": fit_interval, "per_user_steps": PER_USER_STEPS or "fsrec learn default (10, 25)"}
+            "fit_interval_s": fit_interval, "per_user_steps": PER_USER_STEPS or "fsrec learn default (10, 25)",
+            "context": CONTEXT[0] if CONTEXT else "window"}
     if done:  # p99 per 10-s window of the run: a tail spread over the run, or one stall
         w = (np.array(when) // 10).astype(int)
         base["p99_s_by_10s_window"] = [round(float(np.percentile(lat[w == b], 99)), 3) for b in sorted(set(w))]
@@ -239,9 +242,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=["serving", "freshness", "faults"], action="append", default=None)
     ap.add_argument("--per-user-steps", type=int, nargs="+", default=None,
                     help="the learners' per-user step checkpoints (default: fsrec learn's)")
+    ap.add_argument("--context", choices=["window", "history"], default=None, help="the learners' --context")
     ap.add_argument("--out", default="replay-live", help="results file stem")
     args = ap.parse_args(argv)
     PER_USER_STEPS[:] = args.per_user_steps or []
+    CONTEXT[:] = [args.context] if args.context else []
     from fsrec_serve.serving import serve
 
     from bench.live_faults import faults

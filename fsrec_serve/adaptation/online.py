@@ -18,6 +18,7 @@ the prequential replay (``experiments.replay``):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data.splits import Example, UserSequence
+from ..errors import ConfigError
 from ..model.fingerprint import model_fingerprint
 from .config import AdaptConfig
 from .continual import continual_adapt
@@ -36,7 +38,8 @@ from .strategies import fsrec_of
 
 
 def refit_user_params(model, histories: dict, window: int = 20,
-                      config: Optional[PerUserConfig] = None, cache: Optional[StateCache] = None) -> tuple[dict, dict]:
+                      config: Optional[PerUserConfig] = None, cache: Optional[StateCache] = None,
+                      context: str = "window") -> tuple[dict, dict]:
     """{user: float32 [H]} for EVERY user of ``histories`` (item indices, newest last), fitted on
     their newest ``window`` items in ONE ``fit_user_params`` call; zeros for the users the
     per-user rule leaves zero-shot, with too few or only unknown items. Returns (params, info)
@@ -44,8 +47,15 @@ def refit_user_params(model, histories: dict, window: int = 20,
     t0, c0 = time.perf_counter(), time.process_time()
     H = fsrec_of(model).config.hidden_size
     out = {u: np.zeros(H, dtype=np.float32) for u in histories}
-    seqs = [UserSequence(u, [int(i) for i in h[-window:]], [1.0] * len(h[-window:]))
+    if context not in ("window", "history"):
+        raise ConfigError(f"context must be 'window' or 'history', got {context!r}")
+    # "window": the newest `window` items are the whole support (what the replays measured);
+    # "history": the newest `window` items are the targets, each with its full prefix as context
+    keep = window if context == "window" else int(fsrec_of(model).config.max_seq_len) + window
+    seqs = [UserSequence(u, [int(i) for i in h[-keep:]], [1.0] * len(h[-keep:]))
             for u, h in histories.items() if len(h) > 0]
+    if context == "history":
+        config = dataclasses.replace(config or PerUserConfig(), max_pairs=window - 1)
     info: dict = {"n_users": len(out), "n_fitted": 0, "n_adapted": 0}
     if seqs:
         res = fit_user_params(model, seqs, config, cache)

@@ -28,6 +28,7 @@ an extreme lr) never stop the fit: the user is reported in ``result.failed`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -58,6 +59,10 @@ class PerUserConfig:
     candidates: int = 0  # softmax over the target + the base's top (candidates - 1) items of each
     #   pair (hard negatives; ~N/candidates times cheaper); 0 = full softmax over the catalogue
     users_per_chunk: int = 512  # users fitted per optimisation (memory: pairs x items floats)
+    # fit only each user's newest ``max_pairs`` (prefix -> next item) pairs, every prefix being the
+    # FULL history before its target (0 = every pair of the support). With it, a growing history
+    # keeps its prefixes: the online learner's state cache then runs the encoder once per event
+    max_pairs: int = 0
     seed: int = 0  # unused by the fit itself (deterministic); recorded with the result
 
     def __post_init__(self) -> None:
@@ -151,10 +156,12 @@ def _rank_logp(logits: torch.Tensor, targets: torch.Tensor):
 class _Pairs:
     """Flattened (state, target, excluded items) pairs of many users for one optimisation."""
 
-    def __init__(self, model, seqs: list[UserSequence], min_t: int, cache: Optional["StateCache"] = None):
+    def __init__(self, model, seqs: list[UserSequence], min_t: int, cache: Optional["StateCache"] = None,
+                 max_pairs: int = 0):
         hist, tgt, owner, last = [], [], [], []
         for u, s in enumerate(seqs):
-            for t in range(min_t, len(s)):
+            first = max(min_t, len(s) - max_pairs) if max_pairs else min_t
+            for t in range(first, len(s)):
                 hist.append(s.items[:t])
                 tgt.append(s.items[t])
                 owner.append(u)
@@ -191,7 +198,7 @@ class StateCache:
         from collections import OrderedDict
 
         self.max_entries, self.fingerprint, self.hits, self.misses = max_entries, None, 0, 0
-        self._d: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self._d: "OrderedDict[bytes, torch.Tensor]" = OrderedDict()  # prefix digest -> state [H]
 
     def states(self, model, histories: list[list[int]]) -> torch.Tensor:
         from ..model import model_fingerprint
@@ -202,12 +209,15 @@ class StateCache:
         if fp != self.fingerprint:
             self._d.clear()
             self.fingerprint = fp
-        keys = [tuple(int(i) for i in h) for h in histories]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._d))
-        self.misses += len(missing)
-        self.hits += len(keys) - len(missing)
-        if missing:
-            for k, st in zip(missing, _states(model, [list(k) for k in missing])):
+        keys = [hashlib.blake2b(np.asarray(h, dtype=np.int64).tobytes(), digest_size=16).digest() for h in histories]
+        todo = {}
+        for k, h in zip(keys, histories):
+            if k not in self._d and k not in todo:
+                todo[k] = list(h)
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        if todo:
+            for k, st in zip(todo, _states(model, list(todo.values()))):
                 self._d[k] = st
         out = torch.stack([self._d[k] for k in keys])
         for k in keys:
@@ -262,7 +272,7 @@ def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig, cache: Option
     """One vectorized optimisation for ``seqs`` (all with >= min_support items)."""
     U, H, G = len(seqs), base.config.hidden_size, len(cfg.lrs)
     min_t = 0 if base.config.objective == "cloze" else 1
-    pairs = _Pairs(base, seqs, min_t, cache)
+    pairs = _Pairs(base, seqs, min_t, cache, cfg.max_pairs)
     table = base.item_vectors()[: base.config.num_items + 1].detach()  # [N, H]
     base_logits = _logits(base, pairs.states, pairs.exclude)  # [P, N]
     N = base_logits.shape[1]

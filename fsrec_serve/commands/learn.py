@@ -17,6 +17,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--group", default="learner", help="consumer group; learners in one group split the events")
     p.add_argument("--fit-interval", type=float, default=1.0, help="seconds between per-user fits (default 1)")
     p.add_argument("--window", type=int, default=20, help="newest items per user the parameters see (default 20)")
+    p.add_argument("--context", choices=["window", "history"], default="window",
+                   help="window: the newest --window items are the support; history: they are the targets, "
+                        "each with its full prefix (cheaper online: one encoder pass per event)")
     p.add_argument("--per-user-lrs", type=float, nargs="+", default=[0.1],
                    help="learning rates the per-user fit tries (default 0.1; more = slower refits)")
     p.add_argument("--per-user-steps", type=int, nargs="+", default=[10, 25],
@@ -44,7 +47,7 @@ def _learn(args) -> int:
     from ..learner import Learner, LearnerConfig
 
     cfg = LearnerConfig(model_dir=Path(args.model_dir), store=args.store, group=args.group,
-                        fit_interval_s=args.fit_interval, window=args.window,
+                        fit_interval_s=args.fit_interval, window=args.window, context=args.context,
                         per_user=PerUserConfig(lrs=tuple(args.per_user_lrs), steps=tuple(args.per_user_steps)),
                         refine_every_events=args.refine_every_events, refine_every_s=args.refine_every,
                         server_url=args.server, repository=Path(args.repository) if args.repository else None,

@@ -20,6 +20,10 @@ class LearnerConfig:
     window: int = 20  # newest items of a user the per-user parameters are fitted on
     # the per-user fit of every refit: one learning rate and two step checkpoints (the library's
     # 3 x 3 grid costs ~2.5x more per fit; online, freshness matters more than the grid)
+    # what a refit sees: "window" = the newest `window` items are the whole support (what the
+    # replays measured); "history" = the newest `window` items are the targets, each with the
+    # full history before it (prefixes stay put as events arrive: one encoder pass per event)
+    context: str = "window"
     per_user: PerUserConfig = field(default_factory=lambda: PerUserConfig(lrs=(0.1,), steps=(10, 25)))
     poll_s: float = 0.1  # sleep when no event is pending
     refine_every_events: int = 0  # re-fine-tune after this many applied events (0 = off)
@@ -45,6 +49,8 @@ class LearnerConfig:
         if not (self.model_dir / "config.json").is_file():
             raise ConfigError(f"model_dir {self.model_dir} holds no saved model (config.json): pass the "
                               "save_pretrained folder of the served model (the main job writes runs/pipeline/served)")
+        if self.context not in ("window", "history"):
+            raise ConfigError(f"context must be 'window' or 'history', got {self.context!r}")
         if self.batch_events < 1 or self.window < 2:
             raise ConfigError("batch_events must be >= 1 and window >= 2 (a pair to fit + an item to check)")
         if self.fit_interval_s < 0 or self.poll_s <= 0 or self.max_backoff_s <= 0:

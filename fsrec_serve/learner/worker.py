@@ -109,7 +109,7 @@ class Learner:
         if histories:
             t0 = time.perf_counter()
             params, info = refit_user_params(self.model, histories, window=self.cfg.window, config=self.cfg.per_user,
-                                             cache=self.state_cache)
+                                             cache=self.state_cache, context=self.cfg.context)
             self.store.put_params(params, self.fingerprint, time.time())
             self.metrics.fit_seconds.observe(time.perf_counter() - t0)
             self.metrics.users_refit.inc(len(params))

@@ -191,3 +191,25 @@ def test_state_cache_gives_the_same_fit_and_reuses_prefixes(tiny_model, tiny_spl
     longer = [UserSequence(s.user, list(s.items) + [1], [1.0] * 9) for s in seqs]
     fit_user_params(model, longer, cfg, cache)
     assert cache.misses - misses == len(seqs)  # one new prefix per user
+
+
+def test_history_context_keeps_prefixes_so_a_new_event_costs_one_encoder_pass(tiny_model, tiny_splits):
+    """context="history": the newest `window` items are targets with their full prefix; when the
+    history grows past the window, the refit meets one new prefix per user (the window context
+    would shift every prefix)."""
+    from fsrec_serve.adaptation.online import refit_user_params
+    from fsrec_serve.adaptation.peruser import PerUserConfig, StateCache
+
+    model = tiny_model(objective="causal")
+    rng = np.random.default_rng(0)
+    hist = {f"u{i}": [int(x) for x in rng.integers(1, 30, size=12)] for i in range(4)}
+    cfg = PerUserConfig(lrs=(0.1,), steps=(10,))
+    for context, new_per_user in (("history", 1), ("window", 3)):
+        cache = StateCache()
+        refit_user_params(model, hist, window=5, config=cfg, cache=cache, context=context)
+        before = cache.misses
+        grown = {u: h + [7] for u, h in hist.items()}
+        params, info = refit_user_params(model, grown, window=5, config=cfg, cache=cache, context=context)
+        new = cache.misses - before  # window: every prefix shifts (4 per user, fewer if two coincide)
+        assert (new == len(hist)) if context == "history" else (new >= new_per_user * len(hist)), (context, new)
+        assert all(p.shape == (16,) and np.isfinite(p).all() for p in params.values())
