@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared run of the quality / few-shot / MetaRec benchmarks on a GPU host (an H200 lent
-# through the device tool). The Triton serving run is bench/gpu_run.sh.
+# One prepared run of the quality / few-shot / MetaRec benchmarks on a GPU host (one GPU, 16
+# cores); results are written under $OUT. The Triton serving run is bench/gpu_run.sh.
 # Expects, in the working tree: .whl/ (py3.12 wheels of transformers 4.57, tokenizers, hub, peft,
 # optimum(-onnx), tritonclient, fastapi/uvicorn) and .device/data.tar.xz (the data sets).
 # Jobs run side by side (one GPU, 16 cores), each bounded in time; per-seed records of the
@@ -45,7 +45,7 @@ run mr-b "$B" 0-11 python3 -m bench.metarec --device cuda --num-threads 1 --seed
 fi
 # serving on the GPU: bench/gpu_run.sh (real tritonserver, gpu-python target)
 wait
-# one archive: the device tool brings back only a few files
+# one archive under $OUT: everything the run produced, in one place
 mkdir -p "$OUT/all/cache"; cp $C/*.json "$OUT/all/cache/" 2>/dev/null
 cp $R/*gpu*.json $R/*gpu*.png $R/*gpu*.md "$OUT"/*.log "$OUT"/*.txt "$OUT/all/" 2>/dev/null
 tar -czf "$OUT/gpu-results.tgz" -C "$OUT" all && rm -rf "$OUT/all" "$OUT"/*.log
