@@ -79,7 +79,7 @@ def _load(fn, n: int, conc: int) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), float(np.percentile(lat, 99) * 1000)
 
 
-def serving_by_user(server, splits, n: int, conc: int = 16) -> list[dict]:
+def serving_by_user(server, store_url: str, splits, n: int, conc: int = 16) -> list[dict]:
     """Warm users' histories recorded, then the same users asked by id and by item ids."""
     from fsrec_serve.client import RecommenderClient
 
@@ -90,7 +90,7 @@ def serving_by_user(server, splits, n: int, conc: int = 16) -> list[dict]:
         for u, items in raws.items():
             c.record_many([(u, it, float(j), f"{u}-{j}") for j, it in enumerate(items)])
         users = list(raws)
-        _drain(server.store_url)
+        _drain(store_url)
         c.recommend_for_user(users[0])
         c.recommend(raws[users[0]])
         for name, fn in (("by-items", lambda i: c.recommend(raws[users[i % len(users)]], k=10)),
@@ -128,30 +128,31 @@ def learner_cmd(model_dir: Path, store: str, fit_interval: float) -> list[str]:
             "--fit-interval", str(fit_interval), "--metrics-port", "-1", *steps]
 
 
-def freshness(server, splits, model_dir: Path, seconds: float, rate: float, fit_interval: float) -> list[dict]:
+def freshness(server, store_url: str, splits, model_dir: Path, seconds: float, rate: float,
+              fit_interval: float) -> list[dict]:
     """Record new users' events at ``rate``/s for ``seconds``; time event sent -> params live."""
-    from fsrec_serve.client import RecommenderClient
-    from fsrec_serve.store import UserKeyer, open_store
+    from fsrec_serve.store import UserKeyer
 
     keyer = UserKeyer()
     # new users: the cold users, then every warm user's sequence again under a new id (enough
     # events for the whole run at the rate)
     cold = [s for s in splits.cold_users if len(s) >= 3] + [s for s in splits.loo_train() if len(s) >= 3]
-    learner = subprocess.Popen(learner_cmd(model_dir, server.store_url, fit_interval), start_new_session=True,
+    learner = subprocess.Popen(learner_cmd(model_dir, store_url, fit_interval), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        return _stream(server, splits, cold, keyer, learner, seconds, rate, fit_interval)
+        return _stream(server, store_url, splits, cold, keyer, learner, seconds, rate, fit_interval)
     finally:  # never leave a learner behind
         os.killpg(learner.pid, signal.SIGKILL)
         learner.wait()
 
 
-def _stream(server, splits, cold, keyer, learner, seconds: float, rate: float, fit_interval: float) -> list[dict]:
+def _stream(server, store_url: str, splits, cold, keyer, learner, seconds: float, rate: float,
+            fit_interval: float) -> list[dict]:
     """Wait for the learner to catch up, then send events at ``rate`` and measure (freshness())."""
     from fsrec_serve.client import RecommenderClient
     from fsrec_serve.store import open_store
 
-    with open_store(server.store_url) as store:  # the learner catches up with the backlog first
+    with open_store(store_url) as store:  # the learner catches up with the backlog first
         deadline = time.monotonic() + 600
         while store.lag("learner")[0] and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -163,7 +164,7 @@ def _stream(server, splits, cold, keyer, learner, seconds: float, rate: float, f
     lock = threading.Lock()
 
     def poll():
-        with open_store(server.store_url) as store:
+        with open_store(store_url) as store:
             while not stop.is_set() or any(sent.values()):
                 with lock:
                     keys = [k for k, v in sent.items() if v]
@@ -260,12 +261,11 @@ def main(argv=None) -> int:
     if only & {"serving", "freshness"}:
         store = str(work / "store.sqlite3")
         server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, store=store, log_file=work / "triton.log")
-        server.store_url = store
         try:
             if "serving" in only:
-                rows += serving_by_user(server, splits, args.requests)
+                rows += serving_by_user(server, store, splits, args.requests)
             if "freshness" in only:
-                rows += freshness(server, splits, model_dir, args.seconds, args.rate, args.fit_interval)
+                rows += freshness(server, store, splits, model_dir, args.seconds, args.rate, args.fit_interval)
         finally:
             server.stop()
     if "faults" in only:

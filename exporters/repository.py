@@ -45,7 +45,7 @@ from fsrec_serve.contract import (
 )
 from fsrec_serve.errors import ConfigError, RepositoryError
 
-from .runtime import HF_CONFIG_FILE, TORCH_FILE, ExportMeta, onnx_path
+from .runtime import HF_CONFIG_FILE, TORCH_FILE, ExportMeta, onnx_path, versions
 from .triton_config import (
     DEFAULT_SPEC,
     PYTHON_TARGETS,
@@ -65,18 +65,6 @@ COMMITTED_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 GPU_SUBDIR = "gpu"  # <repo>/gpu/<model>: the gpu target's repository root
 GPU_PYTHON_SUBDIR = "gpu-python"  # <repo>/gpu-python/<model>: the gpu-python target's root
 EXECUTION_ENV_KEY = "EXECUTION_ENV_PATH"
-
-
-def versions(model_dir: str | Path, with_model: bool = True) -> list[int]:
-    """Numeric version folders of a model (only those holding model.onnx when ``with_model``)."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.iterdir():
-        if p.is_dir() and p.name.isdigit() and (not with_model or (p / ONNX_FILE).exists()):
-            out.append(int(p.name))
-    return sorted(out)
 
 
 def next_version(model_dir: str | Path) -> int:

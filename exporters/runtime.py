@@ -190,3 +190,15 @@ def ndcg_at_k_from_topk(top_items: np.ndarray, targets: Sequence[int], k: int = 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> np.ndarray:
     """Per-row share of ``a``'s top-k items that are also in ``b``'s top-k ([B])."""
     return np.array([len(set(x[:k].tolist()) & set(y[:k].tolist())) / k for x, y in zip(a, b)])
+
+
+def versions(model_dir: str | Path, with_model: bool = True) -> list[int]:
+    """Numeric version folders of a model (only those holding model.onnx when ``with_model``)."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        if p.is_dir() and p.name.isdigit() and (not with_model or (p / ONNX_FILE).exists()):
+            out.append(int(p.name))
+    return sorted(out)

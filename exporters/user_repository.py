@@ -148,11 +148,11 @@ def _spec_of_ranker(repo: Path, spec: UserModelsSpec) -> UserModelsSpec:
     """``spec`` with the top-k width and length buckets of the ranker already in ``repo``."""
     import dataclasses
 
-    from .runtime import ExportMeta
+    from .runtime import ExportMeta, versions
     from .triton_config import load_model_config
 
     model_dir = repo / spec.ranker
-    have = sorted(int(p.name) for p in model_dir.glob("[0-9]*") if p.name.isdigit() and (p / "fsrec_meta.json").exists())
+    have = versions(model_dir)
     if not have or not (model_dir / CONFIG_FILE).exists():
         return spec
     cfg = load_model_config(model_dir)

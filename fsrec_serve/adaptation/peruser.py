@@ -198,6 +198,7 @@ class StateCache:
         from collections import OrderedDict
 
         self.max_entries, self.fingerprint, self.hits, self.misses = max_entries, None, 0, 0
+        self._model_id = None  # the model object last checked (weights are not changed in place)
         self._d: "OrderedDict[bytes, torch.Tensor]" = OrderedDict()  # prefix digest -> state [H]
 
     def states(self, model, histories: list[list[int]]) -> torch.Tensor:
@@ -205,10 +206,12 @@ class StateCache:
 
         if not histories:
             return torch.zeros(0, model.config.hidden_size)
-        fp = model_fingerprint(model)
-        if fp != self.fingerprint:
-            self._d.clear()
-            self.fingerprint = fp
+        if id(model) != self._model_id:  # hash the weights once per model object, not per fit
+            fp = model_fingerprint(model)
+            if fp != self.fingerprint:
+                self._d.clear()
+                self.fingerprint = fp
+            self._model_id = id(model)
         keys = [hashlib.blake2b(np.asarray(h, dtype=np.int64).tobytes(), digest_size=16).digest() for h in histories]
         todo = {}
         for k, h in zip(keys, histories):

@@ -25,7 +25,6 @@ the store; the model stays up and answers again once the store is back.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
