@@ -97,14 +97,15 @@ def test_processes_append_and_apply_concurrently_without_loss_or_duplication(tmp
     batches, total = 30, 300
     run = {"cwd": REPO, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(path), str(batches)], **run)
-    applier = subprocess.Popen([sys.executable, "-c", APPLIER, str(path), str(total)], **run)  # a 2nd learner
-    applied_here = 0
+    applier, applied_here = None, 0
     while appender.poll() is None or s.lag("learner")[0]:
         batch = s.pending("learner", limit=5)
         if not batch:
             time.sleep(0.005)
         elif s.apply("learner", batch):
             applied_here += 1
+        if applied_here and applier is None:  # a 2nd learner joins once this one has applied a batch
+            applier = subprocess.Popen([sys.executable, "-c", APPLIER, str(path), str(total)], **run)
     assert appender.wait(timeout=60) == 0, appender.stderr.read()
     assert applier.wait(timeout=60) == 0, applier.stderr.read()
     assert applied_here > 0  # this process took part
