@@ -31,7 +31,8 @@ if __package__ in (None, ""):  # `python bench/quality.py`
 from bench.common import summarize, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = {"fsrec-bert4rec": "cloze", "fsrec-sasrec": "causal", "popularity": None}
+METHODS = {"fsrec-bert4rec": "cloze", "fsrec-sasrec": "causal", "popularity": None,
+           "plain-sasrec": "plain"}  # plain-sasrec: bench/plain_sasrec.py, the reference recipe
 METRICS = ("hr@10", "ndcg@10", "mrr@10")
 
 
@@ -93,6 +94,28 @@ def run_one(dataset: str, objective: str, seed: int, data_dir, device: str, num_
     }
 
 
+def run_plain(dataset: str, seed: int, data_dir, num_threads: int, quick: bool, over: dict,
+              valid_users: int | None = None) -> dict:
+    """Train the independent plain SASRec and evaluate it on the test item (in a child process)."""
+    import torch
+
+    from bench.plain_sasrec import PlainConfig, train_plain
+    from fsrec_serve.evaluation import evaluate_next_item
+
+    torch.set_num_threads(num_threads)
+    splits = _splits(dataset, data_dir)
+    cfg = PlainConfig(**({"epochs": 2, "hidden": 32, "layers": 1, "max_len": 20} if quick else {}), **over)
+    valid = valid_sample(splits.loo_valid(), valid_users)
+    r = train_plain(splits, cfg, valid, seed=seed)
+    test = evaluate_next_item(r.pop("model"), splits.loo_test(), ks=(5, 10, 20))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"dataset": dataset, "objective": "causal", "seed": seed,
+            "test": {k: v for k, v in test.items() if k != "n"}, "n_users": test["n"],
+            "epochs_run": len(r["history"]), "stopped_early": len(r["history"]) < cfg.epochs,
+            "n_valid_users": len(valid), "cpu_seconds": ru.ru_utime + ru.ru_stime,
+            "peak_mb": ru.ru_maxrss / 1024, "plain_config": vars(cfg), **r}
+
+
 def run_popularity(dataset: str, data_dir) -> dict:
     from fsrec_serve.evaluation import PopularityModel, evaluate_next_item
 
@@ -124,6 +147,10 @@ def main(argv=None) -> int:
     p.add_argument("--valid-users", type=int, default=None,
                    help="early stopping on a fixed random sample of this many validation users "
                         "(default: all); test is always every user")
+    p.add_argument("--variant", default=None,
+                   help="name the fsrec methods fsrec-<objective>-VARIANT (an ablation row: the "
+                        "overrides it names)")
+    p.add_argument("--plain-override", default="{}", help="JSON of PlainConfig fields (plain-sasrec)")
     p.add_argument("--out", default=None, help="results name (default quality, quality-quick)")
     p.add_argument("--merge", action="store_true",
                    help="keep the other data sets/methods already in the results file (their "
@@ -161,12 +188,18 @@ def main(argv=None) -> int:
                                              method=method, metric=m))
                 continue
             per_seed = []
+            label = f"{method}-{args.variant}" if args.variant and objective != "plain" else method
             for seed in args.seeds:
                 with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
-                    r = ex.submit(run_one, dataset, objective, seed, args.data_dir, args.device,
-                                  args.num_threads, args.quick, model_over, train_over,
-                                  args.valid_users).result()
-                r["method"] = method
+                    if objective == "plain":
+                        r = ex.submit(run_plain, dataset, seed, args.data_dir, args.num_threads,
+                                      args.quick, json.loads(args.plain_override),
+                                      args.valid_users).result()
+                    else:
+                        r = ex.submit(run_one, dataset, objective, seed, args.data_dir, args.device,
+                                      args.num_threads, args.quick, model_over, train_over,
+                                      args.valid_users).result()
+                r["method"] = method = label
                 per_seed.append(r)
                 runs.append(r)
                 print(json.dumps({"method": method, "dataset": dataset, "seed": seed,
