@@ -36,14 +36,22 @@ def window_size(model_config) -> int:
 
 
 def make_windows(sequences: Sequence, size: int, mode: str, rng: np.random.Generator,
-                 min_len: int = 2, overlap: int = 0) -> list[Window]:
-    """Cut each training sequence into the windows of one epoch (see TrainConfig.window)."""
+                 min_len: int = 2, overlap: int = 0, prefix_prob: float = 0.0) -> list[Window]:
+    """Cut each training sequence into the windows of one epoch (see TrainConfig.window).
+
+    With ``prefix_prob`` a sequence also gives, with that probability, a window of its first
+    m items (m uniform in min_len..min(n, size)): positions are counted from the newest item,
+    so only such a window puts a user's first items where a new user's few items sit at
+    inference."""
     out: list[Window] = []
     for s in sequences:
         items, ratings = list(s.items), list(s.ratings)
         n = len(items)
         if n < min_len:
             continue
+        if prefix_prob and rng.random() < prefix_prob and min(n, size) > min_len:
+            m = int(rng.integers(min_len, min(n, size)))  # < n: never a copy of the whole sequence
+            out.append(Window(items[:m], ratings[:m]))
         if n <= size:
             out.append(Window(items, ratings))
             continue
@@ -90,7 +98,8 @@ def make_training_batches(
     cloze = model_config.objective == "cloze"
     size = window_size(model_config)
     windows = make_windows(sequences, size, train_config.window, rng, min_len=1 if cloze else 2,
-                           overlap=0 if cloze else 1)
+                           overlap=0 if cloze else 1,
+                           prefix_prob=getattr(train_config, "prefix_prob", 0.0))
     windows = [_augment(w, train_config, rng) for w in windows]
     bs = train_config.batch_size
     if shuffle and getattr(train_config, "bucket_by_length", False) and len(windows) > bs:

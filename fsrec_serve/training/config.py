@@ -31,6 +31,8 @@ class TrainConfig:
     #   window only), "random" (one random window per epoch), "tail+random" (the tail window plus,
     #   for long sequences, one random earlier window per epoch), "chunks" (cut into windows)
     bucket_by_length: bool = True  # batch windows of similar length together (less padding)
+    prefix_prob: float = 0.0  # per sequence and epoch: probability of one more window holding the
+    #   sequence's first m items (m random, < its length), so the model learns how users start
     # -- augmentation (CL4SRec-style; each applied to a training window with its probability) --
     crop_prob: float = 0.0  # probability of cropping a window to a random contiguous part
     crop_ratio: float = 0.8  # share of the window kept by a crop
@@ -61,7 +63,7 @@ class TrainConfig:
                 f"window must be 'tail', 'random', 'tail+random' or 'chunks', got {self.window!r}"
             )
         for name in ("crop_prob", "aug_mask_prob", "reorder_prob", "last_item_mask_ratio",
-                     "warmup_ratio"):
+                     "warmup_ratio", "prefix_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v}")

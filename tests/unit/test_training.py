@@ -42,6 +42,23 @@ def test_windows_tail_random_chunks():
     assert make_windows([seq([5])], 4, "tail", rng, min_len=2) == []  # too short
 
 
+def test_prefix_windows_start_where_the_sequence_starts():
+    rng = np.random.default_rng(0)
+    s = [seq(range(1, 31)), seq([4, 5])]  # 30 items; a 2-item sequence has no shorter prefix
+    prefixes = []
+    for _ in range(400):
+        ws = make_windows(s, 8, "tail", rng, prefix_prob=0.5)
+        assert ws[-1].items == [4, 5]  # the short sequence: its own window only
+        tails = [w for w in ws if w.items[-1] == 30]
+        assert [w.items for w in tails] == [list(range(23, 31))]
+        prefixes += [w.items for w in ws if w.items[0] == 1]
+    assert 150 < len(prefixes) < 250  # about half of the epochs
+    assert all(p == list(range(1, len(p) + 1)) and 2 <= len(p) < 8 for p in prefixes)
+    assert {len(p) for p in prefixes} == set(range(2, 8))
+    with pytest.raises(ConfigError, match="prefix_prob"):
+        TrainConfig(prefix_prob=1.5)
+
+
 def test_causal_batches_shift_labels(tiny_model_config):
     cfg = tiny_model_config(num_items=30, objective="causal", max_seq_len=5)
     tc = TrainConfig(batch_size=8, window="tail", progress=False)
