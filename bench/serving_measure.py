@@ -68,7 +68,7 @@ def load_traffic(dataset: str, max_users: int, seed: int) -> Traffic:
 
     splits = make_splits(load_dataset(dataset), SplitConfig(seed=0))
     users = splits.cold_users if dataset == "ml-100k" else list(splits.cold_users or []) + list(splits.warm)
-    rec = recommended_config(dataset, "cloze" if dataset == "ml-100k" else "causal").model
+    rec = recommended_config(splits, "cloze" if dataset == "ml-100k" else "causal").model
     L = int(rec["max_seq_len"])
     hist = [list(u.items)[-L:] for u in users if len(u.items)]
     if len(hist) > max_users:

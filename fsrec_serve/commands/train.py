@@ -23,12 +23,13 @@ def add_parsers(sub) -> None:
     t = sub.add_parser(
         "train", help="pretrain the sequential recommender on a data set",
         description="Pretrain on the warm users' leave-one-out training sequences, early-stopped on "
-        "the validation item's NDCG@10. Unset options take the recommended values of the data set "
-        "(fsrec_serve.training.recommended_config).",
+        "the validation item's NDCG@10. Unset options take the settings fitted to the log's "
+        "statistics (fsrec_serve.training.fitted_config); each is printed with its reason.",
     )
     _add_data(t)
-    t.add_argument("--objective", choices=["cloze", "causal"], default="cloze",
-                   help="cloze = BERT4Rec-style masked items, causal = SASRec-style next item")
+    t.add_argument("--objective", choices=["causal", "cloze"], default="causal",
+                   help="causal = SASRec-style next item (default: it wins the quality benchmark), "
+                        "cloze = BERT4Rec-style masked items")
     t.add_argument("--output-dir", required=True, help="where the checkpoint and metrics.jsonl go")
     t.add_argument("--seed", type=int, default=None, help="training seed (torch, numpy, random)")
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs")
@@ -102,6 +103,7 @@ def _train(args) -> int:
     train_over["output_dir"] = args.output_dir
     train_over["progress"] = not args.no_progress
     splits = make_splits(load_interactions(spec), _split_config(args))  # before any output is written
+    _print_fitted(splits, args.objective, {**model_over, **train_over})
     res = pretrain(splits, default_model_config(splits, args.objective, **model_over),
                    default_train_config(splits, args.objective, **train_over))
     if args.data:  # evaluate finds the log again from the model folder
@@ -112,6 +114,20 @@ def _train(args) -> int:
         "seconds_to_best": round(res.seconds_to_best, 1), "peak_mb": round(res.peak_mb, 1),
     }, indent=2))
     return 0
+
+
+def _print_fitted(splits, objective: str, given: dict) -> None:
+    """Print (stderr) the log's statistics and every setting fitted to them, with its reason."""
+    import sys
+
+    from ..training import data_stats, recommended_config
+
+    stats = data_stats(splits.loo_train(), len(splits.item_map))
+    print(f"fsrec train: {splits.name}: {stats.describe()}", file=sys.stderr)
+    for line in recommended_config(stats, objective).reasons:
+        name = {"dropout": "hidden_dropout_prob"}.get(line.split(" ", 1)[0], line.split(" ", 1)[0])
+        note = f"  (overridden: {given[name]})" if name in given else ""
+        print(f"  {line}{note}", file=sys.stderr)
 
 
 def _evaluate(args) -> int:

@@ -26,7 +26,7 @@ class FsRecConfig(PretrainedConfig):
         max_seq_len: int = 50,  # longest history the model reads (older items are dropped)
         hidden_dropout_prob: float = 0.2,  # dropout on embeddings and hidden states
         attention_probs_dropout_prob: float = 0.2,  # dropout on attention weights
-        objective: str = "cloze",  # "cloze" (bidirectional, BERT4Rec) or "causal" (SASRec)
+        objective: str = "causal",  # "causal" (SASRec, the library default) or "cloze" (BERT4Rec)
         mask_prob: float = 0.2,  # cloze: share of positions replaced by [MASK] in training
         num_item_features: int = 0,  # side features per item (e.g. 19 genres); 0 = off
         rating_head: bool = True,  # add the rating head (predicts a user's rating of an item)

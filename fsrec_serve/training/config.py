@@ -1,9 +1,9 @@
-"""Training configuration and the recommended hyperparameters per data set."""
+"""Training configuration (the settings fitted to a log are in :mod:`.fitted`)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -87,56 +87,3 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-@dataclass
-class RecommendedConfig:
-    """Model and training hyperparameters chosen for a data set (tuned on the validation item)."""
-
-    model: dict = field(default_factory=dict)  # FsRecConfig keyword arguments
-    train: dict = field(default_factory=dict)  # TrainConfig keyword arguments
-
-
-# The ONE place that records the defaults chosen per data set and objective (see docs/training.md).
-# Tuned on the validation item of the leave-one-out split, never on the test item.
-_RECOMMENDED: dict[tuple[str, str], RecommendedConfig] = {
-    # ML-100K (943 users, ~106 items each): long windows, small batches (few users -> few
-    # steps per epoch; batch 32 reached valid NDCG@10 0.104 in 5 epochs, batch 128 0.037).
-    ("ml-100k", "causal"): RecommendedConfig(
-        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                   max_seq_len=200, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2),
-        train=dict(epochs=40, batch_size=32, lr=1e-3, weight_decay=0.01, patience=10),
-    ),
-    # cloze converges slower (BERT4Rec): more masking (0.5) and lr 2e-3 sped it up
-    ("ml-100k", "cloze"): RecommendedConfig(
-        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                   max_seq_len=200, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2,
-                   mask_prob=0.5),
-        train=dict(epochs=80, batch_size=16, lr=2e-3, weight_decay=0.01, patience=15),
-    ),
-    # Beauty (22k users, ~9 items each, 12k items): short windows, strong dropout; valid
-    # NDCG@10 0.0636 after 18 epochs at batch 128 and still rising (~60 s an epoch here)
-    ("beauty", "causal"): RecommendedConfig(
-        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                   max_seq_len=50, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5),
-        train=dict(epochs=40, batch_size=128, lr=1e-3, weight_decay=0.01, patience=5),
-    ),
-    ("beauty", "cloze"): RecommendedConfig(
-        model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                   max_seq_len=50, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5,
-                   mask_prob=0.4),
-        train=dict(epochs=60, batch_size=128, lr=2e-3, weight_decay=0.01, patience=6),
-    ),
-}
-
-
-def recommended_config(dataset: str, objective: str = "causal") -> RecommendedConfig:
-    """The tuned hyperparameters for ``dataset`` ("ml-100k", "beauty") and ``objective``.
-
-    Other data sets get the Beauty choice (short, sparse sequences). Returns copies: edit freely.
-    """
-    if objective not in ("cloze", "causal"):
-        raise ConfigError(f"objective must be 'cloze' or 'causal', got {objective!r}")
-    key = (dataset, objective)
-    rec = _RECOMMENDED.get(key) or _RECOMMENDED[("beauty", objective)]
-    return RecommendedConfig(model={**rec.model, "objective": objective}, train=dict(rec.train))

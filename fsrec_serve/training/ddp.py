@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError, TrainingError
 from .config import TrainConfig
+from .fitted import DEFAULT_OBJECTIVE, OBJECTIVES
 from .loop import METRICS_FILE, TrainLoopResult, train_loop
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def ddp_pretrain(
     )
 
     ctx = ctx or init_distributed()
-    objective = model_config.objective if model_config is not None else "cloze"
+    objective = model_config.objective if model_config is not None else DEFAULT_OBJECTIVE
     cfg = model_config or default_model_config(splits, objective)
     tc = train_config or default_train_config(splits, objective)
     torch.manual_seed(tc.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
@@ -281,7 +282,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", default="ml-100k", help="ml-100k or beauty")
     p.add_argument("--data-dir", default=None, help="folder of the data sets (env FSREC_DATA_DIR)")
-    p.add_argument("--objective", choices=["cloze", "causal"], default="causal")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=DEFAULT_OBJECTIVE)
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--epochs", type=int, default=None, help="default: the data set's recommendation")
     p.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch (split over ranks)")

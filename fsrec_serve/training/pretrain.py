@@ -13,7 +13,8 @@ import torch
 
 from ..errors import ConfigError
 from ..model import FsRecConfig, FsRecModel
-from .config import TrainConfig, recommended_config
+from .config import TrainConfig
+from .fitted import DEFAULT_OBJECTIVE, recommended_config
 from .loop import METRICS_FILE, TrainLoopResult, has_varying_ratings, set_seed, train_loop
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,10 @@ class PretrainResult:
     stopped_early: bool = False  # True when patience ran out
 
 
-def default_model_config(splits, objective: str = "cloze", **overrides) -> FsRecConfig:
-    """FsRecConfig for ``splits``: the recommended hyperparameters of the data set, the catalogue
-    size and side-feature width from the splits, and a rating head only when ratings vary."""
-    rec = recommended_config(splits.name, objective)
+def default_model_config(splits, objective: str = DEFAULT_OBJECTIVE, **overrides) -> FsRecConfig:
+    """FsRecConfig for ``splits``: the settings fitted to their statistics (fitted.py), the
+    catalogue size and side-feature width from the splits, and a rating head only when ratings vary."""
+    rec = recommended_config(splits, objective)
     kw = dict(rec.model)
     kw.update(
         num_items=len(splits.item_map),
@@ -49,9 +50,9 @@ def default_model_config(splits, objective: str = "cloze", **overrides) -> FsRec
     return FsRecConfig(**kw)
 
 
-def default_train_config(splits, objective: str = "cloze", **overrides) -> TrainConfig:
-    """TrainConfig with the recommended hyperparameters of the data set (overrides applied)."""
-    kw = dict(recommended_config(splits.name, objective).train)
+def default_train_config(splits, objective: str = DEFAULT_OBJECTIVE, **overrides) -> TrainConfig:
+    """TrainConfig with the settings fitted to the splits' statistics (overrides applied)."""
+    kw = dict(recommended_config(splits, objective).train)
     kw.update(overrides)
     return TrainConfig(**kw)
 
@@ -122,7 +123,7 @@ def pretrain(
     (config.json, weights, item_map.json) together with train_config.json, metrics.jsonl and
     fsrec_run.json (data set, split config, best epoch and validation metrics).
     """
-    objective = model_config.objective if model_config is not None else "cloze"
+    objective = model_config.objective if model_config is not None else DEFAULT_OBJECTIVE
     cfg = model_config or default_model_config(splits, objective)
     tc = train_config or default_train_config(splits, objective)
     set_seed(tc.seed)  # the initial weights too: a run does not depend on what ran before it
@@ -171,7 +172,7 @@ def pretrain(
 def pretrain_dataset(
     dataset: str,  # "ml-100k", "beauty"
     data_dir=None,  # default: FSREC_DATA_DIR
-    objective: str = "cloze",
+    objective: str = DEFAULT_OBJECTIVE,
     split_config=None,  # fsrec_serve.data.SplitConfig; default SplitConfig()
     model_overrides: Optional[dict] = None,  # FsRecConfig fields over the recommended ones
     train_overrides: Optional[dict] = None,  # TrainConfig fields over the recommended ones

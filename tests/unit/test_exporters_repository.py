@@ -31,9 +31,11 @@ from exporters.repository import (
     runtime_repository,
     write_default_repository,
 )
-from exporters.runtime import feeds, make_session, pad_left
+from exporters.runtime import feeds, make_session
 from exporters.triton_python import model as pm
+from fsrec_serve.contract import OUTPUT_NAMES
 from fsrec_serve.errors import ConfigError, RepositoryError
+from fsrec_serve.idmap import pad_left
 from fsrec_serve.model import FsRecConfig, FsRecModel
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -109,9 +111,12 @@ def test_spec_validation():
 
 
 def test_default_spec_matches_the_ml100k_model():
-    """The committed configs are for the default (ML-100K) model: its max_seq_len."""
+    """The committed configs are for the default (ML-100K) model: the max_seq_len fitted to a log
+    of ML-100K's shape (its 90th length percentile is about 243 items)."""
     training = pytest.importorskip("fsrec_serve.training")
-    assert training.recommended_config("ml-100k", "cloze").model["max_seq_len"] == DEFAULT_SPEC.max_seq_len
+    stats = training.DataStats(users=943, items=1682, interactions=97_000, length_median=63,
+                               length_q90=243)
+    assert training.recommended_config(stats).model["max_seq_len"] == DEFAULT_SPEC.max_seq_len
 
 
 # -- building versions -------------------------------------------------------------------------------
@@ -235,14 +240,12 @@ class _Req:
 
 
 @pytest.fixture
-def served_cpu(tmp_path, export_dir, monkeypatch):
+def served_cpu(tmp_path, export_dir, monkeypatch, triton_utils):
     """The generated cpu version (config.pbtxt + model.py + model.onnx) loaded by model.py's own
-    initialize; only the stub's triton_python_backend_utils is a stand-in."""
-    import types
-
+    initialize; Triton's triton_python_backend_utils with stand-ins for the stub's C++ classes."""
     from google.protobuf import json_format
 
-    pb = types.ModuleType("triton_python_backend_utils")
+    pb = triton_utils()
     pb.Tensor, pb.InferenceResponse, pb.TritonError = _T, _Resp, _Err
     pb.TritonModelException = RuntimeError
     pb.get_input_tensor_by_name = lambda r, name: r.inputs.get(name)
@@ -267,14 +270,14 @@ def test_mixed_lengths_in_one_batch_never_change_an_answer(served_cpu, export_di
     together = served_cpu.execute(batch)
     for r, resp in zip(reqs, together):
         alone = served_cpu.execute([_Req(r)])[0]
-        padded = sess.run(list(pm.OUTPUT_NAMES), feeds(sess, pad_left([r[0].tolist()], SEQ)))
+        padded = sess.run(list(OUTPUT_NAMES), feeds(sess, pad_left([r[0].tolist()], SEQ)))
         assert resp.error is None
         np.testing.assert_array_equal(resp.outputs["top_items"], alone.outputs["top_items"])
         np.testing.assert_array_equal(resp.outputs["top_scores"], alone.outputs["top_scores"])
         np.testing.assert_array_equal(resp.outputs["top_items"], padded[0])
         np.testing.assert_allclose(resp.outputs["top_scores"], padded[1], atol=1e-5)
     # the request with user_params: the graph's per-user path; zeros == no input
-    with_up = sess.run(list(pm.OUTPUT_NAMES), feeds(sess, reqs[3], up))
+    with_up = sess.run(list(OUTPUT_NAMES), feeds(sess, reqs[3], up))
     np.testing.assert_array_equal(together[-1].outputs["top_items"], with_up[0])
     zeros = served_cpu.execute([_Req(reqs[3], np.zeros((1, 16), np.float32))])[0]
     np.testing.assert_array_equal(zeros.outputs["top_scores"], together[3].outputs["top_scores"])
@@ -300,11 +303,9 @@ def test_parameters_and_session_options():
     assert so.intra_op_num_threads == 2 and so.inter_op_num_threads == 1
 
 
-def test_gpu_python_model_runs_the_trace_through_dlpack_on_cpu(tmp_path, monkeypatch):
+def test_gpu_python_model_runs_the_trace_through_dlpack_on_cpu(tmp_path, monkeypatch, triton_utils):
     """The gpu-python target's model.py (runtime torch) on device 'cpu': tensors in and out via
     DLPack only, mixed lengths in one execute, the same answers as the ONNX graph."""
-    import types
-
     from google.protobuf import json_format
 
     class _DT:  # a stub tensor that speaks DLPack only (as_numpy is not used by the torch runtime)
@@ -322,7 +323,7 @@ def test_gpu_python_model_runs_the_trace_through_dlpack_on_cpu(tmp_path, monkeyp
         def __init__(self, output_tensors, error=None):
             self.outputs, self.error = {t.name: t.t.numpy() for t in output_tensors}, error
 
-    pb = types.ModuleType("triton_python_backend_utils")
+    pb = triton_utils()
     pb.Tensor, pb.InferenceResponse, pb.TritonError, pb.TritonModelException = _DT, _R, _Err, RuntimeError
     pb.get_input_tensor_by_name = lambda r, name: r.get(name)
     monkeypatch.setitem(sys.modules, pb.__name__, pb)
@@ -342,9 +343,9 @@ def test_gpu_python_model_runs_the_trace_through_dlpack_on_cpu(tmp_path, monkeyp
     out = model.execute(reqs)
     sess = make_session(ts)
     for h, resp in zip(hist, out):
-        want = sess.run(list(pm.OUTPUT_NAMES), feeds(sess, pad_left([h.tolist()], SEQ)))
+        want = sess.run(list(OUTPUT_NAMES), feeds(sess, pad_left([h.tolist()], SEQ)))
         np.testing.assert_array_equal(resp.outputs["top_items"], want[0])
         np.testing.assert_allclose(resp.outputs["top_scores"], want[1], atol=1e-5)
-    want = sess.run(list(pm.OUTPUT_NAMES), feeds(sess, hist[2][None], up.numpy()))
+    want = sess.run(list(OUTPUT_NAMES), feeds(sess, hist[2][None], up.numpy()))
     np.testing.assert_allclose(out[4].outputs["top_scores"], want[1], atol=1e-5)
     assert f"length {SEQ + 1}" in out[5].error.m

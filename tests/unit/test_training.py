@@ -16,7 +16,7 @@ from fsrec_serve.model import FsRecModel
 from fsrec_serve.training import (
     TrainConfig, augment, build_model, default_model_config, default_train_config,
     linear_warmup_decay, make_training_batches, make_windows, parameter_groups, pretrain,
-    pretrain_candidate_mask, recommended_config, train_loop,
+    pretrain_candidate_mask, recommended_config, train_loop, DataStats, data_stats, DEFAULT_OBJECTIVE,
 )
 
 
@@ -157,15 +157,49 @@ def test_train_config_validation_and_round_trip(tmp_path):
         TrainConfig.from_dict({"epochs": 2, "learning_rate": 1})
 
 
-def test_recommended_config_is_one_place():
-    r = recommended_config("ml-100k", "causal")
-    assert r.model["objective"] == "causal" and r.model["max_seq_len"] >= 50
-    TrainConfig(**r.train)  # valid fields
-    r.train["epochs"] = -1  # a copy: the table is not changed
-    assert recommended_config("ml-100k", "causal").train["epochs"] > 0
-    assert recommended_config("some-other-data", "cloze").model["objective"] == "cloze"
-    with pytest.raises(ConfigError):
-        recommended_config("ml-100k", "mlm")
+def _stats(users, median, q90, items=1000):
+    return DataStats(users=users, items=items, interactions=int(users * median), length_median=median,
+                     length_q90=q90)
+
+
+def test_fitted_settings_follow_the_statistics_not_the_name():
+    # by hand from the rule: q90 243 -> 250 -> capped 200; median 63 >= 20 -> 0.2;
+    # 943 / 30 = 31.4 -> 16 -> at least 32; 943 < 5000 -> patience 10
+    ml = recommended_config(_stats(943, 63, 243))
+    assert ml.model["max_seq_len"] == 200 and ml.model["hidden_dropout_prob"] == 0.2
+    assert (ml.train["batch_size"], ml.train["patience"], ml.model["objective"]) == (32, 10, "causal")
+    # Beauty's shape: q90 12 -> 50; median 4 -> 0.5; 22363 / 30 = 745 -> 512 -> at most 128
+    be = recommended_config(_stats(22363, 4, 12))
+    assert (be.model["max_seq_len"], be.model["hidden_dropout_prob"]) == (50, 0.5)
+    assert (be.train["batch_size"], be.train["patience"]) == (128, 5)
+    mid = recommended_config(_stats(3000, 30, 120))  # 3000 / 30 = 100 -> 64; q90 120 -> 150
+    assert (mid.model["max_seq_len"], mid.train["batch_size"]) == (150, 64)
+    cl = recommended_config(_stats(943, 63, 243), "cloze")
+    assert (cl.model["mask_prob"], cl.train["batch_size"], cl.train["lr"]) == (0.5, 16, 2e-3)
+    assert len(ml.reasons) == 4 and ml.reasons[0].startswith("max_seq_len = 200")
+    TrainConfig(**ml.train)  # valid fields
+    with pytest.raises(ConfigError, match="objective"):
+        recommended_config(_stats(943, 63, 243), "mlm")
+    with pytest.raises(ConfigError, match="not to a name"):
+        recommended_config("ml-100k")
+
+
+def test_data_stats_of_sequences_and_one_default_objective():
+    st = data_stats([seq(range(1, 11)), seq([1, 2]), seq([3, 4, 5, 6])], num_items=20)
+    assert (st.users, st.items, st.interactions, st.length_median) == (3, 20, 16, 4.0)
+    assert st.density == pytest.approx(16 / 60)
+    with pytest.raises(ConfigError, match="no training sequences"):
+        data_stats([], 5)
+    import argparse
+
+    from fsrec_serve.commands.train import add_parsers
+    from fsrec_serve.model import FsRecConfig
+    from fsrec_serve.pipeline import PipelineConfig
+
+    p = argparse.ArgumentParser()
+    add_parsers(p.add_subparsers())
+    cli = p.parse_args(["train", "--output-dir", "x"]).objective
+    assert cli == PipelineConfig().objective == FsRecConfig().objective == DEFAULT_OBJECTIVE == "causal"
 
 
 def test_linear_warmup_then_decay():
