@@ -43,6 +43,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--dropout", type=float, default=None, help="hidden and attention dropout")
     t.add_argument("--mask-prob", type=float, default=None, help="cloze masking probability")
     t.add_argument("--no-features", action="store_true", help="do not use item side features")
+    t.add_argument("--adversarial", type=float, default=None, metavar="EPS",
+                   help="adversarial training: item embeddings moved by EPS x their norm along the "
+                        "loss gradient, that loss added (e.g. 0.1; default off)")
     t.add_argument("--device", default=None, help="cpu, cuda or auto")
     t.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--max-train-seconds", type=float, default=None, help="wall-clock budget")
@@ -99,6 +102,7 @@ def _train(args) -> int:
         "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "weight_decay": args.weight_decay, "patience": args.patience, "device": args.device,
         "num_threads": args.num_threads, "max_train_seconds": args.max_train_seconds,
+        "adversarial_eps": args.adversarial,
     }.items() if v is not None}
     train_over["output_dir"] = args.output_dir
     train_over["progress"] = not args.no_progress

@@ -40,6 +40,8 @@ class TrainConfig:
     aug_mask_ratio: float = 0.2  # share of items replaced by [MASK] when item-masking
     reorder_prob: float = 0.0  # probability of shuffling a contiguous part of a window
     reorder_ratio: float = 0.2  # share of the window shuffled by a reorder
+    adversarial_eps: float = 0.0  # > 0: adversarial training, item embeddings moved by this share
+    #   of their norm along the loss gradient and that loss added (fsrec_serve.training.adversarial)
     # -- multi-task ---------------------------------------------------------------------
     use_ratings: bool = True  # pass rating labels (rating head loss) when ratings are not constant
     # -- evaluation / checkpoints / logging ------------------------------------------------
@@ -67,6 +69,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v}")
+        if self.adversarial_eps < 0:
+            raise ConfigError(f"adversarial_eps must be >= 0, got {self.adversarial_eps}")
         if self.mask_prob is not None and not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError
+from .adversarial import EmbeddingAdversary
 from .batches import make_training_batches
 from .config import TrainConfig
 from .schedules import linear_warmup_decay
@@ -117,6 +118,41 @@ def has_varying_ratings(sequences: Sequence) -> bool:
     return False
 
 
+def _train_epoch(model, batches, optimizer, scheduler, params, tc, device, cmask, adversary,
+                 epoch: int) -> dict:
+    """One pass over ``batches``: the epoch's record (mean losses, lr, steps, seconds)."""
+    t0 = time.perf_counter()
+    model.train()
+    loss_sum, ce_sum, mse_sum, n_steps = 0.0, 0.0, 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        out = model(**batch, candidate_mask=cmask)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {float(loss.detach())} at epoch {epoch}: lower lr (now {tc.lr}) or "
+                "raise max_grad_norm clipping"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if adversary is not None and adversary.perturb():  # the loss where it hurts most, added
+            model(**batch, candidate_mask=cmask).loss.backward()
+            adversary.restore()
+        if tc.max_grad_norm and tc.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if adversary is not None:
+            adversary.clear_frozen_grad()
+        loss_sum += float(loss.detach())
+        ce_sum += float(out.next_item_loss.detach()) if out.next_item_loss is not None else 0.0
+        mse_sum += float(out.rating_loss.detach()) if out.rating_loss is not None else 0.0
+        n_steps += 1
+    return {"epoch": epoch, "loss": loss_sum / max(1, n_steps), "next_item_loss": ce_sum / max(1, n_steps),
+            "rating_loss": mse_sum / max(1, n_steps), "lr": scheduler.get_last_lr()[0], "steps": n_steps,
+            "train_seconds": time.perf_counter() - t0}
+
+
 def train_loop(
     model: Any,  # FsRecModel or a PEFT-wrapped FsRecModel
     sequences: Sequence,  # list[UserSequence]: the training sequences
@@ -189,43 +225,18 @@ def train_loop(
     except ImportError:  # pragma: no cover
         tqdm = None
     bar = tqdm(total=tc.epochs, desc="train", unit="epoch", disable=not tc.progress) if tqdm else None
+    table = base_model(model).item_embeddings.weight
+    adversary = (EmbeddingAdversary(table, tc.adversarial_eps, owned=any(p is table for p in params))
+                 if tc.adversarial_eps else None)
     try:
         for epoch in range(1, tc.epochs + 1):
-            t0 = time.perf_counter()
             batches = first_batches if epoch == 1 else make_training_batches(
                 sequences, cfg, tc, rng, use_ratings, candidate_mask)
             first_batches = None
-            model.train()
-            loss_sum, ce_sum, mse_sum, n_steps = 0.0, 0.0, 0.0, 0
-            for batch in batches:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                out = model(**batch, candidate_mask=cmask)
-                loss = out.loss
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {float(loss.detach())} at epoch {epoch}: lower lr (now {tc.lr}) or "
-                        "raise max_grad_norm clipping"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.max_grad_norm and tc.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach())
-                ce_sum += float(out.next_item_loss.detach()) if out.next_item_loss is not None else 0.0
-                mse_sum += float(out.rating_loss.detach()) if out.rating_loss is not None else 0.0
-                n_steps += 1
-            rec: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": loss_sum / max(1, n_steps),
-                "next_item_loss": ce_sum / max(1, n_steps),
-                "lr": scheduler.get_last_lr()[0],
-                "steps": n_steps,
-                "train_seconds": time.perf_counter() - t0,
-            }
-            if use_ratings:
-                rec["rating_loss"] = mse_sum / max(1, n_steps)
+            rec = _train_epoch(model, batches, optimizer, scheduler, params, tc, device, cmask, adversary,
+                               epoch)
+            if not use_ratings:
+                rec.pop("rating_loss")
             improved = False
             last = epoch == tc.epochs
             out_of_time = tc.max_train_seconds is not None and time.perf_counter() - start >= tc.max_train_seconds
@@ -269,6 +280,8 @@ def train_loop(
                 log.info("stopping after %.0f s (max_train_seconds)", rec["seconds"])
                 break
     finally:
+        if adversary is not None:
+            adversary.close()
         if bar is not None:
             bar.close()
         if log_file:
