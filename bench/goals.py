@@ -216,6 +216,21 @@ GOALS: list[Goal] = [
          ("fewshot-r18",), "coldstart-k5", ("cohort+per-user",),
          (_c("relative_gain", ">=", 0.05), _c("relative_gain", ">", 0.0, field="ci_low"),
           _c("relative_gain", ">=", 800, field="n_users")), dataset="ml-100k"),
+    # -- issue 20: serving cost per sequence (bench/serving_cost.py), registered before its main run:
+    #    server CPU (utime+stime of tritonserver + its python-backend stubs, from /proc) per served
+    #    sequence, perf_analyzer as the load, concurrency 16; every data set of the run must meet it
+    Goal("20.1", "Triton cpu (real-length) ÷ in-process ONNX Runtime (batch 16), server CPU per sequence at "
+         "concurrency 16 <= 1.25", ("serving-cost",), "serving", ("triton-cpu-varlen",),
+         (_c("cpu_ms_per_seq", "<=", 1.25, over="ort-inprocess"),), where={"concurrency": 16}, every=True),
+    Goal("20.1", "real-length ÷ padded Triton, server CPU per sequence, same traffic, ML-100K <= 0.67",
+         ("serving-cost",), "serving", ("triton-cpu-varlen",),
+         (_c("cpu_ms_per_seq", "<=", 0.67, over="triton-cpu"),), dataset="ml-100k", where={"concurrency": 16}),
+    Goal("20.1", "real-length ÷ padded Triton, server CPU per sequence, same traffic, Beauty <= 0.33",
+         ("serving-cost",), "serving", ("triton-cpu-varlen",),
+         (_c("cpu_ms_per_seq", "<=", 0.33, over="triton-cpu"),), dataset="beauty", where={"concurrency": 16}),
+    Goal("20.1", "Triton cpu (real-length) ÷ FastAPI + PyTorch, server CPU per sequence at concurrency 16 <= 0.2",
+         ("serving-cost",), "serving", ("triton-cpu-varlen",),
+         (_c("cpu_ms_per_seq", "<=", 0.2, over="fastapi-torch"),), where={"concurrency": 16}, every=True),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),
