@@ -231,6 +231,16 @@ GOALS: list[Goal] = [
     Goal("20.1", "Triton cpu (real-length) ÷ FastAPI + PyTorch, server CPU per sequence at concurrency 16 <= 0.2",
          ("serving-cost",), "serving", ("triton-cpu-varlen",),
          (_c("cpu_ms_per_seq", "<=", 0.2, over="fastapi-torch"),), where={"concurrency": 16}, every=True),
+    # -- issue 19: robustness (registered before bench.robust's main run; eps chosen on the
+    #    validation item only, one pretraining seed, CIs over users) --------------------------------
+    Goal("19.3", "adversarial vs plain under 20 % noisy histories: NDCG@10 >= +5 % (CI low > 0)",
+         ("robust",), "robust-noise20", ("adversarial",),
+         (_c("relative_gain", ">=", 0.05), _c("relative_gain", ">", 0.0, field="ci_low")), dataset="ml-100k"),
+    Goal("19.3", "adversarial vs plain on clean histories: NDCG@10 >= 0.99x plain", ("robust",),
+         "robust-clean", ("adversarial",), (_c("ndcg@10", ">=", 0.99, over="plain"),), dataset="ml-100k"),
+    Goal("19.3", "1 %-of-users poisoning: the adversarial model's target HR@10 lift <= half the plain "
+         "model's", ("robust",), "poisoning", ("adversarial",), (_c("lift", "<=", 0.5, over="plain"),),
+         dataset="ml-100k"),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),

@@ -8,7 +8,8 @@
 #   from FSREC_ADMIN_KEY_FILE (a mounted secret) or FSREC_ADMIN_KEY; inference, health and
 #   metadata stay open. Without a key the server refuses to start unless
 #   FSREC_ALLOW_UNRESTRICTED=1 (then model control is open to anyone who reaches the port);
-# - Prometheus metrics on FSREC_METRICS_PORT (on by default);
+# - Prometheus metrics on FSREC_METRICS_PORT (on by default), with latency summaries (p50..p99 of
+#   request, queue and compute time: the flags of fsrec_serve.serving.flags.metrics_config_args);
 # - the front models FSREC_FRONT_MODELS (fsrec_user, fsrec_events: by user id / event intake) are
 #   loaded too when the repository has them; they need the shared store FSREC_STORE (redis://...,
 #   the learner's too; tritonserver passes its environment to the python stubs) and the shared
@@ -73,6 +74,8 @@ set -- \
   --allow-metrics=true \
   --allow-gpu-metrics=true \
   --metrics-port="${FSREC_METRICS_PORT:-8002}" \
+  --metrics-config=summary_latencies=true \
+  --metrics-config=summary_quantiles=0.5:0.05,0.9:0.01,0.95:0.005,0.99:0.001 \
   "$@"
 for m in $front; do
   set -- "$@" --load-model="$m"

@@ -16,6 +16,19 @@ RESTRICTABLE_APIS = (
 )  # fmt: skip
 
 
+# Latency summaries beside Triton's cumulative counters (tritonserver --metrics-config, 2.51):
+# nv_inference_{request,queue,compute_input,compute_infer,compute_output}_summary_us with one
+# series per quantile, computed over a sliding time window (an experimental Triton feature); the
+# p95/p99 alerts and the dashboard (docker/prometheus-rules.yml, docker/grafana/) read them.
+# The value is "quantile:allowed rank error" pairs.
+SUMMARY_QUANTILES = "0.5:0.05,0.9:0.01,0.95:0.005,0.99:0.001"
+
+
+def metrics_config_args() -> list[str]:
+    """tritonserver flags that add the latency summaries (quantiles) to /metrics."""
+    return ["--metrics-config=summary_latencies=true", f"--metrics-config=summary_quantiles={SUMMARY_QUANTILES}"]
+
+
 def list_models(repository: Path) -> list[str]:
     """Names of the models in a repository (folders holding a config.pbtxt)."""
     return sorted(p.parent.name for p in Path(repository).glob("*/config.pbtxt"))
@@ -59,7 +72,8 @@ def triton_args(
         "--exit-on-error=true",
     ]
     if ports.metrics:
-        args += [f"--metrics-address={host}", f"--metrics-port={ports.metrics}", "--allow-metrics=true"]
+        args += [f"--metrics-address={host}", f"--metrics-port={ports.metrics}", "--allow-metrics=true",
+                 *metrics_config_args()]
     else:
         args += ["--allow-metrics=false"]
     if model_control == "explicit":

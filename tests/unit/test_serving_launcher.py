@@ -132,6 +132,27 @@ def test_restricted_args():
         restricted_args("k", ("model-control",))
 
 
+def test_latency_summaries_come_with_metrics_only():
+    """With metrics on, tritonserver gets the summary flags (p50..p99 per request, queue and compute
+    time, which the p95/p99 alerts read); with metrics off, none."""
+    from fsrec_serve.serving.flags import metrics_config_args, triton_args
+    from fsrec_serve.serving.ports import ServerPorts
+
+    def args(metrics: int) -> list[str]:
+        return triton_args("/models", host="127.0.0.1", ports=ServerPorts(8000, 8001, metrics), model_control="explicit",
+                           models=["fsrec"], restricted_api_key=None, restricted_apis=())
+
+    config = metrics_config_args()
+    assert config[0] == "--metrics-config=summary_latencies=true"
+    quantiles = config[1].removeprefix("--metrics-config=summary_quantiles=").split(",")
+    assert {q.split(":")[0] for q in quantiles} >= {"0.5", "0.95", "0.99"}  # what the alerts and the dashboard read
+    assert all(0 < float(q.split(":")[1]) < 0.1 for q in quantiles)  # "quantile:error" pairs
+    on = args(8002)
+    assert "--allow-metrics=true" in on and [a for a in on if a.startswith("--metrics-config")] == config
+    off = args(0)
+    assert "--allow-metrics=false" in off and not [a for a in off if a.startswith("--metrics-config")]
+
+
 def test_docker_command(toy_repo):
     cmd = docker_command(toy_repo, http_port=18000, grpc_port=18001, metrics_port=18002, restricted_api_key="k")
     assert cmd[:2] == ["docker", "run"] and TRITON_CONTAINER_IMAGE in cmd
@@ -144,6 +165,7 @@ def test_docker_command(toy_repo):
     assert "--model-repository=/models" in after_image and "--model-control-mode=explicit" in after_image
     assert "--load-model=fsrec" in after_image and "--http-address=0.0.0.0" in after_image
     assert any(a.startswith("--grpc-restricted-protocol=") and a.endswith("fsrec-admin-key=k") for a in after_image)
+    assert "--metrics-config=summary_latencies=true" in after_image  # the container's Triton has them too
 
 
 def test_print_docker_cli_hides_the_key(toy_repo, capsys, monkeypatch):
