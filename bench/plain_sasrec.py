@@ -102,9 +102,11 @@ def train_plain(splits, cfg: PlainConfig, valid: list, seed: int = 0) -> dict:
         order, losses = rng.permutation(len(seqs)), []
         for b in range(0, len(order), cfg.batch_size):
             rows = [seqs[i] for i in order[b:b + cfg.batch_size]]
-            inp, tgt = _pad_left([r[:-1] for r in rows], cfg.max_len), _pad_left([r[1:] for r in rows], cfg.max_len)
-            logits = model.hidden(inp) @ model.item.weight.T  # [B, L, N]
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=0)
+            L = max(len(r) for r in rows) - 1  # left padding to the batch's longest window: the
+            #   positions are counted from the newest item, so this equals padding to max_len
+            inp, tgt = _pad_left([r[:-1] for r in rows], L), _pad_left([r[1:] for r in rows], L)
+            h = model.hidden(inp)[tgt > 0]  # [T, d]: only positions with a next item
+            loss = nn.functional.cross_entropy(h @ model.item.weight.T, tgt[tgt > 0])
             opt.zero_grad()
             loss.backward()
             opt.step()
