@@ -57,13 +57,12 @@ def traffic(n: int, seed: int = 0) -> list[list[int]]:
 def torch_inprocess(module, hist: list, device: str, seconds: float) -> list[dict]:
     import torch
 
+    from fsrec_serve.idmap import pad_left
+
     out = []
     for b in (1, 16, 64, 256):
         rows = hist[:b]
-        w = max(len(r) for r in rows)
-        x = torch.zeros(len(rows), w, dtype=torch.long)
-        for j, r in enumerate(rows):
-            x[j, w - len(r):] = torch.as_tensor(r)
+        x = torch.from_numpy(pad_left(rows, max(len(r) for r in rows)))
         x, up = x.to(device), torch.zeros(len(rows), MODEL["hidden_size"], device=device)
         lat = []
         with torch.inference_mode():

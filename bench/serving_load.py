@@ -31,6 +31,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fsrec_serve.contract import (
+    INPUT_ITEM_IDS,
+    OUTPUT_TOP_ITEMS,
+    OUTPUT_TOP_SCORES,
+    TRITON_ITEM_IDS_DTYPE,
+)
+from fsrec_serve.idmap import pad_left
+
 K = 10  # recommendations asked per request
 
 
@@ -108,7 +116,7 @@ def triton_sender(url: str, model: str, pad_to: int = 0, buckets: Sequence[int] 
         import tritonclient.grpc as tc
 
         client = tc.InferenceServerClient(url)
-        outs = [tc.InferRequestedOutput("top_items"), tc.InferRequestedOutput("top_scores")]
+        outs = [tc.InferRequestedOutput(OUTPUT_TOP_ITEMS), tc.InferRequestedOutput(OUTPUT_TOP_SCORES)]
         rng = np.random.default_rng()
         pool: list = []
 
@@ -118,14 +126,11 @@ def triton_sender(url: str, model: str, pad_to: int = 0, buckets: Sequence[int] 
                 pool.append(h)
                 del pool[:-256]
                 rows += [pool[int(i)] for i in rng.integers(0, len(pool), size=users - 1)]
-            w = width_of(max(len(r) for r in rows), pad_to, buckets)
-            x = np.zeros((len(rows), w), np.int64)
-            for j, r in enumerate(rows):
-                x[j, w - len(r):] = r
-            inp = tc.InferInput("item_ids", list(x.shape), "INT64")
+            x = pad_left(rows, width_of(max(len(r) for r in rows), pad_to, buckets))
+            inp = tc.InferInput(INPUT_ITEM_IDS, list(x.shape), TRITON_ITEM_IDS_DTYPE)
             inp.set_data_from_numpy(x)
             r = client.infer(model, [inp], outputs=outs)
-            if r.as_numpy("top_items") is None:
+            if r.as_numpy(OUTPUT_TOP_ITEMS) is None:
                 raise RuntimeError("empty response")
 
         return send

@@ -224,6 +224,8 @@ def measure_ort(tr: Traffic, export: Path, cfg: ServingConfig, batch: int, threa
     from exporters.runtime import make_session
     from exporters.triton_config import DEFAULT_SPEC
     from exporters.triton_python import model as pm
+    from fsrec_serve.contract import INPUT_ITEM_IDS, INPUT_USER_PARAMS, OUTPUT_NAMES
+    from fsrec_serve.idmap import pad_left
 
     L = int(tr.model_config["max_seq_len"])
     spec = dataclasses.replace(DEFAULT_SPEC, max_seq_len=L, **cfg.spec_overrides)
@@ -232,14 +234,12 @@ def measure_ort(tr: Traffic, export: Path, cfg: ServingConfig, batch: int, threa
 
     def make():
         sess = make_session(export, intra_op_threads=1)
-        h = int(next(i.shape[1] for i in sess.get_inputs() if i.name == "user_params"))
+        h = int(next(i.shape[1] for i in sess.get_inputs() if i.name == INPUT_USER_PARAMS))
 
         def send(rows: list) -> None:
             for width, members in pm.plan_groups([len(r) for r in rows], buckets):
-                x = np.zeros((len(members), width), np.int64)
-                for j, i in enumerate(members):
-                    x[j, width - len(rows[i]):] = rows[i]
-                sess.run(list(pm.OUTPUT_NAMES), {"item_ids": x, "user_params": np.zeros((len(members), h), np.float32)})
+                x = pad_left([rows[i] for i in members], width)
+                sess.run(list(OUTPUT_NAMES), {INPUT_ITEM_IDS: x, INPUT_USER_PARAMS: np.zeros((len(members), h), np.float32)})
 
         return send
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "repository": ["build_model_repository", "runtime_repository", "load_model_config", "model_config",
                    "render_config", "write_default_repository", "check_repository", "RepositorySpec",
                    "RepositoryVersion", "DEFAULT_SPEC", "next_version"],
-    "runtime": ["ExportMeta", "make_session", "run_topk", "pad_left", "feeds"],
+    "runtime": ["ExportMeta", "make_session", "run_topk", "feeds"],
     "onnx_config": ["FsRecOnnxConfig"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -46,6 +46,7 @@ from fsrec_serve.contract import (
     SEQUENCE_AXIS,
 )
 from fsrec_serve.errors import ConfigError, ExportError, ExportValidationError
+from fsrec_serve.idmap import pad_left
 from fsrec_serve.model import FsRecModel, model_fingerprint
 
 from .onnx_config import FsRecOnnxConfig
@@ -55,7 +56,6 @@ from .runtime import (
     ExportMeta,
     as_histories,
     make_session,
-    pad_left,
     run_topk,
 )
 

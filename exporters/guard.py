@@ -15,14 +15,14 @@ from typing import Sequence
 import numpy as np
 
 from fsrec_serve.errors import ConfigError, QuantizationGuardError
+from fsrec_serve.evaluation.metrics import ndcg_at_k, rank_in_top_lists
+from fsrec_serve.idmap import pad_left
 
 from .runtime import (
     ExportMeta,
     as_histories,
     export_dir,
     make_session,
-    ndcg_at_k_from_topk,
-    pad_left,
     run_topk,
     topk_overlap,
 )
@@ -155,8 +155,8 @@ def check_guard(
     cand_sess, ref_sess = make_session(cand), make_session(ref)
     ci, _ = run_topk(cand_sess, x, batch_size=batch_size)
     ri, _ = run_topk(ref_sess, x, batch_size=batch_size)
-    nd_c = float(ndcg_at_k_from_topk(ci, targets, 10).mean())
-    nd_r = float(ndcg_at_k_from_topk(ri, targets, 10).mean())
+    nd_c = float(ndcg_at_k(rank_in_top_lists(ci, targets), 10).mean())
+    nd_r = float(ndcg_at_k(rank_in_top_lists(ri, targets), 10).mean())
     drop = (nd_r - nd_c) / nd_r if nd_r > 0 else 0.0
     overlap = float(topk_overlap(ri, ci, 10).mean())
     reasons = []

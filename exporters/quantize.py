@@ -27,6 +27,7 @@ from fsrec_serve.contract import (
     SCORE_DTYPE,
 )
 from fsrec_serve.errors import ConfigError, ExportError
+from fsrec_serve.idmap import pad_left
 
 from .optimize import optimize
 from .runtime import (
@@ -35,7 +36,6 @@ from .runtime import (
     copy_side_files,
     derived_dir,
     export_dir,
-    pad_left,
 )
 
 QUANT_MODES = ("int8-dynamic", "int8-static", "int8-weight-only", "fp16")

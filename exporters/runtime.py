@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -24,7 +24,6 @@ from fsrec_serve.contract import (
     META_FILE,
     ONNX_FILE,
     OUTPUT_NAMES,
-    PAD_INDEX,
     SCORE_DTYPE,
 )
 from fsrec_serve.errors import ConfigError, ExportError
@@ -122,17 +121,6 @@ def copy_side_files(src: Path, dst: Path, precision: str, extra: dict) -> Export
     return meta
 
 
-def pad_left(histories: Iterable[Sequence[int]], max_len: int) -> np.ndarray:
-    """Index histories (newest last) -> int64 [B, max_len], left-padded with 0, newest kept."""
-    histories = list(histories)
-    out = np.full((len(histories), max_len), PAD_INDEX, dtype=ITEM_IDS_DTYPE)
-    for i, h in enumerate(histories):
-        h = list(h)[-max_len:]
-        if h:
-            out[i, max_len - len(h):] = np.asarray(h, dtype=np.int64)
-    return out
-
-
 def as_histories(items) -> list[list[int]]:
     """Accepts index lists or objects with a ``.history`` (data ``Example``) -> index lists."""
     out = []
@@ -177,14 +165,6 @@ def run_topk(session, item_ids: np.ndarray, batch_size: int = 64,
     if not items:
         return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
     return np.concatenate(items), np.concatenate(scores)
-
-
-def ndcg_at_k_from_topk(top_items: np.ndarray, targets: Sequence[int], k: int = 10) -> np.ndarray:
-    """Per-user NDCG@k of one target item given the served top list ([B, K], best first)."""
-    t = np.asarray(targets, dtype=np.int64)[:, None]
-    hit = top_items[:, :k] == t  # [B, k]
-    rank = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-    return np.where(rank >= 0, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0)
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> np.ndarray:

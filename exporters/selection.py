@@ -18,9 +18,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from fsrec_serve.contract import GUARD_FILE
+from fsrec_serve.idmap import pad_left
 
 from .guard import GuardReport, check_guard
-from .runtime import ExportMeta, as_histories, export_dir, feeds, make_session, pad_left
+from .runtime import ExportMeta, as_histories, export_dir, feeds, make_session
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,8 @@ from fsrec_serve.contract import (
     ONNX_FILE,
     OUTPUT_TOP_ITEMS,
     OUTPUT_TOP_SCORES,
+    TRITON_ITEM_IDS_DTYPE,
+    TRITON_SCORE_DTYPE,
 )
 from fsrec_serve.errors import ConfigError, RepositoryError
 
@@ -120,15 +122,21 @@ def _param(cfg_params, key: str, value) -> None:
     cfg_params[key].string_value = str(value)
 
 
+def config_data_type(datatype: str) -> int:
+    """A Triton wire datatype of the contract (``"INT64"``, ``"BYTES"``) -> the ModelConfig
+    ``data_type`` (``TYPE_INT64``, ``TYPE_STRING``: the config spells BYTES as STRING)."""
+    return mc.TYPE_STRING if datatype == "BYTES" else mc.DataType.Value(f"TYPE_{datatype}")
+
+
 def _io(cfg: mc.ModelConfig, spec: RepositorySpec, target: str) -> None:
     ragged = target in PYTHON_TARGETS
-    cfg.input.append(mc.ModelInput(name=INPUT_ITEM_IDS, data_type=mc.TYPE_INT64, dims=[-1],
-                                   allow_ragged_batch=ragged))
+    ids, scores = config_data_type(TRITON_ITEM_IDS_DTYPE), config_data_type(TRITON_SCORE_DTYPE)
+    cfg.input.append(mc.ModelInput(name=INPUT_ITEM_IDS, data_type=ids, dims=[-1], allow_ragged_batch=ragged))
     if spec.user_params_dim:
-        cfg.input.append(mc.ModelInput(name=INPUT_USER_PARAMS, data_type=mc.TYPE_FP32,
+        cfg.input.append(mc.ModelInput(name=INPUT_USER_PARAMS, data_type=scores,
                                        dims=[spec.user_params_dim], optional=ragged))
-    cfg.output.append(mc.ModelOutput(name=OUTPUT_TOP_ITEMS, data_type=mc.TYPE_INT64, dims=[spec.max_top_k]))
-    cfg.output.append(mc.ModelOutput(name=OUTPUT_TOP_SCORES, data_type=mc.TYPE_FP32, dims=[spec.max_top_k]))
+    cfg.output.append(mc.ModelOutput(name=OUTPUT_TOP_ITEMS, data_type=ids, dims=[spec.max_top_k]))
+    cfg.output.append(mc.ModelOutput(name=OUTPUT_TOP_SCORES, data_type=scores, dims=[spec.max_top_k]))
 
 
 def model_config(spec: RepositorySpec, target: str = "cpu") -> mc.ModelConfig:
@@ -181,10 +189,10 @@ def _warmup(cfg: mc.ModelConfig, spec: RepositorySpec, target: str) -> None:
             # zeros = all-padding histories: always valid ids (random_data would draw int64s
             # far outside the item table)
             w.inputs[INPUT_ITEM_IDS].CopyFrom(mc.ModelWarmup.Input(
-                data_type=mc.TYPE_INT64, dims=[n], zero_data=True))
+                data_type=config_data_type(TRITON_ITEM_IDS_DTYPE), dims=[n], zero_data=True))
             if spec.user_params_dim and target == "gpu":  # required there
                 w.inputs[INPUT_USER_PARAMS].CopyFrom(mc.ModelWarmup.Input(
-                    data_type=mc.TYPE_FP32, dims=[spec.user_params_dim], zero_data=True))
+                    data_type=config_data_type(TRITON_SCORE_DTYPE), dims=[spec.user_params_dim], zero_data=True))
 
 
 def render_config(spec: RepositorySpec, target: str = "cpu") -> str:
@@ -222,5 +230,5 @@ def write_model_config(model_dir: str | Path, spec: RepositorySpec, target: str 
 
 __all__ = [
     "TARGETS", "PYTHON_TARGETS", "HEADER", "DEFAULT_REASONS", "RepositorySpec", "DEFAULT_SPEC",
-    "model_config", "render_config", "strip_comments", "load_model_config", "write_model_config",
+    "config_data_type", "model_config", "render_config", "strip_comments", "load_model_config", "write_model_config",
 ]

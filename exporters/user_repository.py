@@ -44,11 +44,16 @@ from fsrec_serve.contract import (
     OUTPUT_TOP_SCORES,
     POPULARITY_FILE,
     PYTHON_MODEL_FILE,
+    TRITON_ACCEPTED_DTYPE,
+    TRITON_ID_DTYPE,
+    TRITON_ITEM_IDS_DTYPE,
+    TRITON_SCORE_DTYPE,
+    TRITON_TIMESTAMP_DTYPE,
     USER_MODEL_NAME,
 )
 from fsrec_serve.errors import ConfigError
 
-from .triton_config import HEADER, DEFAULT_SPEC, RepositorySpec
+from .triton_config import HEADER, DEFAULT_SPEC, RepositorySpec, config_data_type
 
 USER_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python" / "user_model.py"
 USER_VERSION = 1  # the front models have one version: they read the ranker's newest at request time
@@ -73,20 +78,25 @@ class UserModelsSpec:
 
 
 def _model(name: str, spec: UserModelsSpec, role: str) -> mc.ModelConfig:
+    """The config of one front model; its tensors in the order the role reads and answers them
+    (``ROLE_INPUTS`` / ``ROLE_OUTPUTS`` of exporters/triton_python/user_model.py)."""
+    text, ids = config_data_type(TRITON_ID_DTYPE), config_data_type(TRITON_ITEM_IDS_DTYPE)
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=spec.max_batch_size)
-    cfg.input.append(mc.ModelInput(name=INPUT_USER_ID, data_type=mc.TYPE_STRING, dims=[1]))
+    cfg.input.append(mc.ModelInput(name=INPUT_USER_ID, data_type=text, dims=[1]))
     if role == "recommend":
-        cfg.input.append(mc.ModelInput(name=INPUT_RECENT_ITEMS, data_type=mc.TYPE_INT64, dims=[-1],
+        cfg.input.append(mc.ModelInput(name=INPUT_RECENT_ITEMS, data_type=ids, dims=[-1],
                                        optional=True, allow_ragged_batch=True))
-        for out, dtype, dims in ((OUTPUT_TOP_ITEMS, mc.TYPE_INT64, spec.max_top_k),
-                                 (OUTPUT_TOP_SCORES, mc.TYPE_FP32, spec.max_top_k),
-                                 (OUTPUT_SOURCE, mc.TYPE_STRING, 1), (OUTPUT_RANKER_VERSION, mc.TYPE_STRING, 1)):
+        for out, dtype, dims in ((OUTPUT_TOP_ITEMS, ids, spec.max_top_k),
+                                 (OUTPUT_TOP_SCORES, config_data_type(TRITON_SCORE_DTYPE), spec.max_top_k),
+                                 (OUTPUT_SOURCE, text, 1), (OUTPUT_RANKER_VERSION, text, 1)):
             cfg.output.append(mc.ModelOutput(name=out, data_type=dtype, dims=[dims]))
     else:
-        cfg.input.append(mc.ModelInput(name=INPUT_ITEM_ID, data_type=mc.TYPE_STRING, dims=[1]))
-        cfg.input.append(mc.ModelInput(name=INPUT_TIMESTAMP, data_type=mc.TYPE_FP64, dims=[1], optional=True))
-        cfg.input.append(mc.ModelInput(name=INPUT_EVENT_ID, data_type=mc.TYPE_STRING, dims=[1], optional=True))
-        cfg.output.append(mc.ModelOutput(name=OUTPUT_ACCEPTED, data_type=mc.TYPE_INT32, dims=[1]))
+        cfg.input.append(mc.ModelInput(name=INPUT_ITEM_ID, data_type=text, dims=[1]))
+        cfg.input.append(mc.ModelInput(name=INPUT_TIMESTAMP, data_type=config_data_type(TRITON_TIMESTAMP_DTYPE),
+                                       dims=[1], optional=True))
+        cfg.input.append(mc.ModelInput(name=INPUT_EVENT_ID, data_type=text, dims=[1], optional=True))
+        cfg.output.append(mc.ModelOutput(name=OUTPUT_ACCEPTED, data_type=config_data_type(TRITON_ACCEPTED_DTYPE),
+                                         dims=[1]))
     cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instance_count))
     cfg.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
     params = {"role": role, "ranker": spec.ranker, "max_user_id_bytes": MAX_USER_ID_BYTES,

@@ -2,8 +2,10 @@
 
 Imported by the model, the exporters, the repository generator, the client, rollout, the load
 tests and the benchmarks. Torch-free and import-free on purpose: the thin client imports it.
-``exporters/triton_python/model.py`` runs inside Triton's python stub and keeps its own copy of
-the values it needs; a unit test checks that copy against this module.
+The Triton python models (``exporters/triton_python/``) read their tensor names and data types
+from the model configuration Triton hands them (``config.pbtxt``, generated from this module);
+the ranker's ``model.py`` runs inside Triton's python stub without this package and keeps a copy
+of the file names and the padding index only, which a unit test checks against this module.
 
 Shapes: B = batch, L = history length (1..MAX_SEQ_LEN of the model), K = max_top_k,
 P = per-user parameter width (the model's hidden size).
@@ -23,6 +25,9 @@ ITEM_IDS_DTYPE = "int64"  # numpy dtype name of item_ids and top_items
 SCORE_DTYPE = "float32"  # numpy dtype name of top_scores and user_params
 TRITON_ITEM_IDS_DTYPE = "INT64"  # the same, as Triton datatype strings
 TRITON_SCORE_DTYPE = "FP32"
+TRITON_ID_DTYPE = "BYTES"  # raw ids and text: user_id, item_id, event_id, source, ranker_version
+TRITON_TIMESTAMP_DTYPE = "FP64"  # timestamp
+TRITON_ACCEPTED_DTYPE = "INT32"  # accepted
 BATCH_AXIS = "batch_size"  # name of the dynamic batch axis in the ONNX graph
 SEQUENCE_AXIS = "sequence_length"  # name of the dynamic history axis in the ONNX graph
 

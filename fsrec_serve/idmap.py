@@ -3,6 +3,10 @@
 Torch- and pyarrow-free, in the base layer: the data package builds and saves maps, the model
 keeps one, and the thin client reads the served model's map with the same class. The file format
 is the contract: ``{"pad_index": 0, "raw_ids": [raw id of index 1, raw id of index 2, ...]}``.
+
+:func:`pad_left` turns index histories into the rows the model reads (left-padded with index 0,
+newest last); the model, the evaluation, the exporters, the client, the operations and the front
+models all pad with it.
 """
 
 from __future__ import annotations
@@ -11,8 +15,24 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .contract import PAD_INDEX
+import numpy as np
+
+from .contract import ITEM_IDS_DTYPE, PAD_INDEX
 from .errors import DataFormatError, UnknownItemError
+
+
+def pad_left(histories: Iterable[Sequence[int]], width: int) -> np.ndarray:
+    """Index histories (oldest first) -> int64 [B, width], each row left-padded with PAD_INDEX
+    (newest item last); a history longer than ``width`` keeps its newest ``width`` items.
+
+    A history may be any 1-D sequence of indices (list, tuple, numpy array, cpu tensor)."""
+    rows = [np.asarray(h, dtype=ITEM_IDS_DTYPE).reshape(-1) for h in histories]
+    out = np.full((len(rows), int(width)), PAD_INDEX, dtype=ITEM_IDS_DTYPE)
+    for i, row in enumerate(rows):
+        row = row[max(0, len(row) - int(width)):]
+        if len(row):
+            out[i, int(width) - len(row):] = row
+    return out
 
 
 class IdMap:

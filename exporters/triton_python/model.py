@@ -12,13 +12,20 @@ Runtimes (config parameter ``runtime``):
 - ``torch`` (the ``gpu-python`` target): ``model.pt`` (a TorchScript trace of the same graph)
   on ``device`` (default ``cuda``), tensors in and out through DLPack, no numpy on the hot path.
 
-``execute`` receives every request of the dynamic batch. ``item_ids`` is a ragged input
+Tensor names and data types come from the model configuration Triton hands to ``initialize``
+(``args["model_config"]``, the JSON form of the generated ``config.pbtxt``), by position: input 0
+holds the histories, input 1 (optional) the per-user parameters, output 0 the items and output 1
+their scores. The ONNX graph must carry the same names (a config and a graph of different exports
+are refused at load, naming both).
+
+``execute`` receives every request of the dynamic batch. The histories are a ragged input
 (``allow_ragged_batch``): each request keeps its own history length L (1..max_seq_len). Each
-request is checked on its own (dtype int64, shape [n, L], ids in 0..num_items; the optional
-``user_params`` float32 [n, H], finite; zeros when absent = the zero-shot answer). The valid
-requests are grouped by length bucket (config parameter ``length_buckets``); each group is
-left-padded to its bucket's FIXED width and run as one call. A request's answer therefore
-depends only on its own rows and its own bucket, never on the lengths of its batch-mates.
+request is checked on its own (the configured dtype, shape [n, L], ids in 0..num_items; the
+optional per-user parameters [n, H] of their dtype, finite; zeros when absent = the zero-shot
+answer). The valid requests are grouped by length bucket (config parameter ``length_buckets``);
+each group is left-padded to its bucket's FIXED width and run as one call. A request's answer
+therefore depends only on its own rows and its own bucket, never on the lengths of its
+batch-mates.
 With ``strict_buckets`` a length that is not itself a bucket is refused (the contract of the
 native gpu target, where the client pads to a bucket). A bad request gets a Triton error
 response; the others are answered. Nothing raises out of ``execute``.
@@ -31,13 +38,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-# a copy of fsrec_serve.contract's values (this file runs inside the stub); a unit test checks it
-INPUT_NAME = "item_ids"
-INPUT_USER_PARAMS = "user_params"
-OUTPUT_NAMES = ("top_items", "top_scores")
+# file names and the padding index: a copy of fsrec_serve.contract's values (this file runs inside
+# the stub without the package); a unit test checks it. Tensor names and types: the model config.
 META_FILE = "fsrec_meta.json"
 ONNX_FILE = "model.onnx"
 TORCH_FILE = "model.pt"
@@ -45,7 +51,57 @@ PAD_INDEX = 0
 RUNTIMES = ("onnxruntime", "torch")
 
 
+class Tensor(NamedTuple):
+    """One input or output as config.pbtxt declares it."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "int64"
+    triton: str  # Triton data type, e.g. "INT64"
+
+
 # -- pure functions (unit-tested) ---------------------------------------------------------------
+def _names(entries) -> list:
+    return [e.get("name") for e in entries]
+
+
+def tensors_of(model_config: dict, to_numpy) -> tuple:
+    """The model config (JSON form) -> (histories, per-user parameters or None, items, scores) as
+    :class:`Tensor` s, by position. ``to_numpy``: ``pb_utils.triton_string_to_numpy``. Raises
+    ValueError naming what the config declares when it does not fit this model."""
+    inputs, outputs = list(model_config.get("input") or []), list(model_config.get("output") or [])
+    if not 1 <= len(inputs) <= 2 or len(outputs) != 2:
+        raise ValueError(
+            f"config.pbtxt declares inputs {_names(inputs)} and outputs {_names(outputs)}; this model reads "
+            "[histories, optional per-user parameters] and answers [items, scores], in that order: "
+            "rebuild the repository with `fsrec repository`")
+
+    def tensor(entry: dict) -> Tensor:
+        data_type = str(entry.get("data_type", ""))
+        try:
+            dtype = np.dtype(to_numpy(data_type)).name
+        except (KeyError, TypeError):
+            raise ValueError(f"config.pbtxt: tensor {entry.get('name')!r} has data_type {data_type!r}, "
+                             "which is not a Triton data type") from None
+        return Tensor(str(entry["name"]), dtype, data_type.replace("TYPE_", "", 1))
+
+    ins, outs = [tensor(e) for e in inputs], [tensor(e) for e in outputs]
+    return ins[0], (ins[1] if len(ins) > 1 else None), outs[0], outs[1]
+
+
+def fill_left(out, arrays, rows, put=None):
+    """Write each request's [rows_i, L_i] array into its rows of ``out`` [sum rows, W],
+    right-aligned (``out`` starts as padding, so each row ends up left-padded); None leaves the
+    request's rows as they are. numpy or torch alike (``put`` moves a torch tensor to the device).
+    The stub has no fsrec_serve, so this model pads here rather than with
+    ``fsrec_serve.idmap.pad_left``, and pads whole request arrays rather than lists."""
+    width, r = int(out.shape[1]), 0
+    for a, k in zip(arrays, rows):
+        if a is not None:
+            out[r:r + k, width - int(a.shape[1]):] = a if put is None else put(a)
+        r += k
+    return out
+
+
 def _dtype(a) -> str:
     return str(a.dtype).replace("torch.", "")
 
@@ -54,41 +110,43 @@ def _is_array(a) -> bool:
     return hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "ndim") and not isinstance(a, type)
 
 
-def _array_problem(a, name: str, dtype: str, triton_dtype: str) -> str | None:
-    """The checks every input starts with: present, an array, the right dtype."""
+def _array_problem(a, tensor: Tensor) -> str | None:
+    """The checks every input starts with: present, an array, the configured dtype."""
     if a is None:
-        return f"input '{name}' is missing"
+        return f"input '{tensor.name}' is missing"
     if not _is_array(a):
-        return f"input '{name}' is not an array"
-    if _dtype(a) != dtype:
-        return f"input '{name}' must be {triton_dtype}, got {_dtype(a)}"
+        return f"input '{tensor.name}' is not an array"
+    if _dtype(a) != tensor.dtype:
+        return f"input '{tensor.name}' must be {tensor.triton}, got {_dtype(a)}"
     return None
 
 
-def validate_item_ids(arr, max_seq_len: int, num_items: int, buckets=(), strict: bool = False) -> str | None:
-    """None when ``arr`` is a valid batch of histories, else a message naming the problem.
+def validate_item_ids(arr, tensor: Tensor, max_seq_len: int, num_items: int, buckets=(),
+                      strict: bool = False) -> str | None:
+    """None when ``arr`` is a valid batch of histories for the input ``tensor``, else a message
+    naming the problem.
 
-    Valid: an int64 array (numpy or torch) of shape [n, L] with n >= 1, 1 <= L <= max_seq_len
-    (L in ``buckets`` when ``strict``) and every id in 0..num_items (0 = padding; indices, not
-    raw ids).
+    Valid: an array (numpy or torch) of the tensor's dtype and shape [n, L] with n >= 1,
+    1 <= L <= max_seq_len (L in ``buckets`` when ``strict``) and every id in 0..num_items
+    (0 = padding; indices, not raw ids).
     """
-    problem = _array_problem(arr, INPUT_NAME, "int64", "INT64")
+    problem = _array_problem(arr, tensor)
     if problem:
         return problem
-    shape = [int(d) for d in arr.shape]
+    name, shape = tensor.name, [int(d) for d in arr.shape]
     if len(shape) != 2 or shape[0] < 1:
-        return f"input '{INPUT_NAME}' must have shape [n, L] (n >= 1 histories), got {shape}"
+        return f"input '{name}' must have shape [n, L] (n >= 1 histories), got {shape}"
     length = shape[1]
     if not 1 <= length <= max_seq_len:
-        return (f"input '{INPUT_NAME}' has history length {length}; this model reads 1..{max_seq_len} "
+        return (f"input '{name}' has history length {length}; this model reads 1..{max_seq_len} "
                 f"items (send the newest {max_seq_len}, at least one)")
     if strict and buckets and length not in buckets:
-        return (f"input '{INPUT_NAME}' has history length {length}, which is not one of the model's "
+        return (f"input '{name}' has history length {length}, which is not one of the model's "
                 f"length buckets {list(buckets)}: left-pad to the next bucket (the fsrec client does)")
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi > num_items:
         bad = lo if lo < 0 else hi
-        return (f"input '{INPUT_NAME}' holds item index {bad} outside 0..{num_items} "
+        return (f"input '{name}' holds item index {bad} outside 0..{num_items} "
                 "(0 = padding; map raw ids with the model's item_map.json)")
     return None
 
@@ -101,21 +159,22 @@ def _all_finite(a) -> bool:
     return bool(torch.isfinite(a).all())
 
 
-def validate_user_params(params, n_rows: int, dim: int) -> str | None:
-    """None when ``params`` is absent (zeros are used) or a finite float32 [n_rows, dim] array."""
+def validate_user_params(params, tensor: Tensor, n_rows: int, dim: int) -> str | None:
+    """None when ``params`` is absent (zeros are used) or a finite [n_rows, dim] array of the
+    input ``tensor``'s dtype."""
     if params is None:
         return None
+    name = tensor.name
     if dim <= 0:
-        return f"input '{INPUT_USER_PARAMS}' was sent, but this model version has no per-user parameters"
-    problem = _array_problem(params, INPUT_USER_PARAMS, "float32", "FP32")
+        return f"input '{name}' was sent, but this model version has no per-user parameters"
+    problem = _array_problem(params, tensor)
     if problem:
         return problem
     shape = [int(d) for d in params.shape]
     if shape != [n_rows, dim]:
-        return (f"input '{INPUT_USER_PARAMS}' must have shape [{n_rows}, {dim}] (one row of {dim} per "
-                f"history), got {shape}")
+        return f"input '{name}' must have shape [{n_rows}, {dim}] (one row of {dim} per history), got {shape}"
     if not _all_finite(params):
-        return f"input '{INPUT_USER_PARAMS}' holds NaN or infinite values: send finite per-user parameters"
+        return f"input '{name}' holds NaN or infinite values: send finite per-user parameters"
     return None
 
 
@@ -192,7 +251,7 @@ class _OrtRuntime:
 
     name = "ONNX Runtime"
 
-    def __init__(self, version_dir: Path, params: dict, pb, device_id: str = "0"):
+    def __init__(self, version_dir: Path, params: dict, pb, io: tuple, device_id: str = "0"):
         import onnxruntime as ort
 
         path = version_dir / ONNX_FILE
@@ -202,8 +261,21 @@ class _OrtRuntime:
                 "(exporters.repository.build_model_repository)")
         self.session = ort.InferenceSession(str(path), sess_options=session_options_from(params),
                                             providers=["CPUExecutionProvider"])
+        self.histories, params_in, self.items, self.scores = io
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
-        dim = shapes.get(INPUT_USER_PARAMS, [0, 0])[1]
+        outputs = [o.name for o in self.session.get_outputs()]
+        missing = [t.name for t in (self.histories, params_in) if t is not None and t.name not in shapes]
+        missing += [t.name for t in (self.items, self.scores) if t.name not in outputs]
+        if missing:
+            raise pb.TritonModelException(
+                f"config.pbtxt names {missing}, which the graph {path} does not have (its inputs "
+                f"{list(shapes)}, outputs {outputs}): the config and the graph come from different exports; "
+                "rebuild the repository with `fsrec repository`")
+        # the graph's other input takes the per-user parameters (zeros where the config has none)
+        others = [n for n in shapes if n != self.histories.name]
+        self.params_name = params_in.name if params_in is not None else (others[0] if others else None)
+        self.params_dtype = params_in.dtype if params_in is not None else "float32"
+        dim = shapes[self.params_name][1] if self.params_name else 0
         self.user_params_dim = int(dim) if isinstance(dim, int) else 0
 
     @staticmethod
@@ -212,25 +284,18 @@ class _OrtRuntime:
         return None if t is None else t.as_numpy()
 
     def run(self, ids_list, params_list, width: int):
-        """Requests' item_ids [n_i, L_i] (+ user_params [n_i, H] or None) -> outputs of all rows."""
-        n = sum(int(a.shape[0]) for a in ids_list)
-        x = np.full((n, width), PAD_INDEX, dtype=np.int64)
-        feed = {INPUT_NAME: x}
+        """Requests' histories [n_i, L_i] (+ per-user parameters [n_i, H] or None) -> outputs of all rows."""
+        rows = [int(a.shape[0]) for a in ids_list]
+        x = np.full((sum(rows), width), PAD_INDEX, dtype=self.histories.dtype)
+        feed = {self.histories.name: fill_left(x, ids_list, rows)}
         if self.user_params_dim:
-            feed[INPUT_USER_PARAMS] = up = np.zeros((n, self.user_params_dim), dtype=np.float32)
-        r = 0
-        for a, p in zip(ids_list, params_list):
-            k, length = int(a.shape[0]), int(a.shape[1])
-            x[r:r + k, width - length:] = a
-            if p is not None:
-                up[r:r + k] = p
-            r += k
-        return self.session.run(list(OUTPUT_NAMES), feed)
+            up = np.zeros((sum(rows), self.user_params_dim), dtype=self.params_dtype)
+            feed[self.params_name] = fill_left(up, params_list, rows)
+        return self.session.run([self.items.name, self.scores.name], feed)
 
     def tensors(self, pb, part):
-        items, scores = part
-        return [pb.Tensor(OUTPUT_NAMES[0], np.ascontiguousarray(items, dtype=np.int64)),
-                pb.Tensor(OUTPUT_NAMES[1], np.ascontiguousarray(scores, dtype=np.float32))]
+        return [pb.Tensor(t.name, np.ascontiguousarray(a, dtype=t.dtype))
+                for t, a in zip((self.items, self.scores), part)]
 
 
 class _TorchRuntime:
@@ -238,7 +303,7 @@ class _TorchRuntime:
 
     name = "torch"
 
-    def __init__(self, version_dir: Path, params: dict, pb, device_id: str = "0"):
+    def __init__(self, version_dir: Path, params: dict, pb, io: tuple, device_id: str = "0"):
         import torch
 
         self.torch = torch
@@ -258,31 +323,32 @@ class _TorchRuntime:
         self.device = torch.device(device)
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
         self.user_params_dim = int(json.loads((version_dir / META_FILE).read_text()).get("user_params_dim", 0))
+        histories, params_in, items, scores = io
+        self.ids_dtype = getattr(torch, histories.dtype)
+        self.params_dtype = getattr(torch, params_in.dtype if params_in is not None else "float32")
+        self.outputs = [(t.name, getattr(torch, t.dtype)) for t in (items, scores)]
 
     def read(self, pb, request, name):
         t = pb.get_input_tensor_by_name(request, name)
         return None if t is None else self.torch.from_dlpack(t.to_dlpack())
 
+    def _to_device(self, a):
+        return a.to(self.device, non_blocking=True)
+
     def run(self, ids_list, params_list, width: int):
         torch = self.torch
-        n = sum(int(a.shape[0]) for a in ids_list)
-        x = torch.full((n, width), PAD_INDEX, dtype=torch.int64, device=self.device)
-        up = torch.zeros((n, max(1, self.user_params_dim)), dtype=torch.float32, device=self.device)
-        r = 0
-        for a, p in zip(ids_list, params_list):
-            k, length = int(a.shape[0]), int(a.shape[1])
-            x[r:r + k, width - length:] = a.to(self.device, non_blocking=True)
-            if p is not None:
-                up[r:r + k] = p.to(self.device, non_blocking=True)
-            r += k
+        rows = [int(a.shape[0]) for a in ids_list]
+        x = torch.full((sum(rows), width), PAD_INDEX, dtype=self.ids_dtype, device=self.device)
+        up = torch.zeros((sum(rows), max(1, self.user_params_dim)), dtype=self.params_dtype, device=self.device)
+        x, up = fill_left(x, ids_list, rows, self._to_device), fill_left(up, params_list, rows, self._to_device)
         with torch.inference_mode():
             items, scores = self.module(x, up)
         return items, scores
 
     def tensors(self, pb, part):
-        items, scores = part
-        return [pb.Tensor.from_dlpack(OUTPUT_NAMES[0], self.torch.utils.dlpack.to_dlpack(items.contiguous())),
-                pb.Tensor.from_dlpack(OUTPUT_NAMES[1], self.torch.utils.dlpack.to_dlpack(scores.contiguous()))]
+        dlpack = self.torch.utils.dlpack.to_dlpack
+        return [pb.Tensor.from_dlpack(name, dlpack(a.to(dtype).contiguous()))
+                for (name, dtype), a in zip(self.outputs, part)]
 
 
 # -- the Triton model ----------------------------------------------------------------------------
@@ -296,18 +362,23 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         params = read_parameters(config)
+        try:
+            io = tensors_of(config, pb_utils.triton_string_to_numpy)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
+        self.histories, self.params_input = io[0], io[1]
         runtime = params.get("runtime", "onnxruntime") or "onnxruntime"
         if runtime not in RUNTIMES:
             raise pb_utils.TritonModelException(f"parameter runtime={runtime!r}: choose one of {RUNTIMES}")
         self.runtime = (_OrtRuntime if runtime == "onnxruntime" else _TorchRuntime)(
-            version_dir, params, pb_utils, str(args.get("model_instance_device_id", "0")))
+            version_dir, params, pb_utils, io, str(args.get("model_instance_device_id", "0")))
         meta = json.loads((version_dir / META_FILE).read_text())
         self.num_items = int(meta["num_items"])
         self.seq_len = int(meta["max_seq_len"])
         dims = [int(d) for d in config["input"][0]["dims"]]
         if dims not in ([-1], [self.seq_len]):
             raise pb_utils.TritonModelException(
-                f"config.pbtxt declares {INPUT_NAME} dims {dims} but the graph of version "
+                f"config.pbtxt declares {self.histories.name} dims {dims} but the graph of version "
                 f"{args['model_version']} reads histories of 1..{self.seq_len} items: rebuild the repository")
         self.buckets = parse_buckets(params.get("length_buckets", ""), self.seq_len)
         self.strict = params.get("strict_buckets", "false").lower() in ("1", "true", "yes")
@@ -323,18 +394,19 @@ class TritonPythonModel:
         return pb.InferenceResponse(output_tensors=[], error=err)
 
     def _read(self, requests):
-        """-> (item_ids list, user_params list, errors list), one entry per request."""
+        """-> (histories list, per-user parameters list, errors list), one entry per request."""
         ids, params, errors = [], [], []
+        hist, up = self.histories, self.params_input
         for r in requests:
             a = p = err = None
             try:
-                a = self.runtime.read(self._pb, r, INPUT_NAME)
-                err = validate_item_ids(a, self.seq_len, self.num_items, self.buckets, self.strict)
-                if err is None:
-                    p = self.runtime.read(self._pb, r, INPUT_USER_PARAMS)
-                    err = validate_user_params(p, int(a.shape[0]), self.user_params_dim)
+                a = self.runtime.read(self._pb, r, hist.name)
+                err = validate_item_ids(a, hist, self.seq_len, self.num_items, self.buckets, self.strict)
+                if err is None and up is not None:
+                    p = self.runtime.read(self._pb, r, up.name)
+                    err = validate_user_params(p, up, int(a.shape[0]), self.user_params_dim)
             except Exception as e:  # noqa: BLE001 - a malformed request must not sink the batch
-                err = err or f"input '{INPUT_NAME}' could not be read: {e}"
+                err = err or f"input '{hist.name}' could not be read: {e}"
             ids.append(a)
             params.append(p)
             errors.append(err)

@@ -43,6 +43,7 @@ import torch
 
 from ..data.splits import UserSequence
 from ..errors import AdaptationError, ConfigError, SupportSetError
+from ..evaluation.metrics import ndcg_at_k
 from .strategies import fsrec_of
 
 
@@ -341,9 +342,8 @@ def _fit_chunk(base, seqs: list[UserSequence], cfg: PerUserConfig, cache: Option
             for g in range(G):
                 checks[(g, step)] = _rank_logp(held_bl + P[g, 0] @ table.t(), held_t)
                 snaps[(g, step)] = P[g, 1].clone()
-    ndcg = lambda r: torch.where(r <= 10, 1.0 / torch.log2(r.float() + 1), torch.zeros(r.shape))  # noqa: E731
-    zs_ndcg = float(ndcg(zs_rank).mean())
-    scores = {key: float(ndcg(r).mean()) for key, (r, _) in checks.items()}
+    zs_ndcg = float(ndcg_at_k(zs_rank - 1, 10).mean())  # _rank_logp's ranks are 1-based
+    scores = {key: float(ndcg_at_k(r - 1, 10).mean()) for key, (r, _) in checks.items()}
     best = max(scores, key=lambda key: (scores[key], -key[1], -key[0]))  # fewest steps, smallest lr on ties
     g, step = best
     failed = {}

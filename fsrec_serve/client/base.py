@@ -16,19 +16,21 @@ from ..contract import (
     DEFAULT_HTTP_PORT,
     DEFAULT_MODEL_NAME,
     GRPC_RESTRICTED_KEY_HEADER,
+    INPUT_ITEM_IDS,
     INPUT_USER_PARAMS,
     ITEM_IDS_DTYPE,
+    OUTPUT_TOP_ITEMS,
+    OUTPUT_TOP_SCORES,
     RESTRICTED_KEY_HEADER,
+    SCORE_DTYPE,
     TRITON_ITEM_IDS_DTYPE,
+    TRITON_SCORE_DTYPE,
 )
 from ..errors import ClientError, ConfigError, InferenceServerError, InvalidRequestError, ModelControlError
 from ..settings import find_admin_key
 from .errors import CallContext, RetryPolicy, map_exception
-from ..idmap import IdMap
+from ..idmap import IdMap, pad_left
 from .validation import (
-    INPUT_NAME,
-    OUTPUT_ITEMS,
-    OUTPUT_SCORES,
     EncodedHistory,
     ModelSpec,
     Recommendation,
@@ -299,11 +301,11 @@ class ClientBase:
 
     @staticmethod
     def _outputs(result: Any) -> tuple[np.ndarray, np.ndarray]:
-        items = result.as_numpy(OUTPUT_ITEMS)
-        scores = result.as_numpy(OUTPUT_SCORES)
+        items = result.as_numpy(OUTPUT_TOP_ITEMS)
+        scores = result.as_numpy(OUTPUT_TOP_SCORES)
         if items is None or scores is None:
             raise InferenceServerError(
-                f"the response has no {OUTPUT_ITEMS}/{OUTPUT_SCORES} tensors (or they are empty): the served model "
+                f"the response has no {OUTPUT_TOP_ITEMS}/{OUTPUT_TOP_SCORES} tensors (or they are empty): the served model "
                 "does not follow the fsrec contract, or its python environment has numpy>=2 (see docs/serving.md)"
             )
         return items, scores
@@ -317,17 +319,17 @@ class ClientBase:
 
     def _make_inputs(self, batch: np.ndarray, user_params: np.ndarray | None = None):
         m = self._inputs_module()
-        inp = m.InferInput(INPUT_NAME, list(batch.shape), TRITON_ITEM_IDS_DTYPE)
+        inp = m.InferInput(INPUT_ITEM_IDS, list(batch.shape), TRITON_ITEM_IDS_DTYPE)
         inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=ITEM_IDS_DTYPE))
         inputs = [inp]
         if user_params is not None:  # float32 [B, H] (encode_user_params); absent = zero-shot
-            inputs.append(m.InferInput(INPUT_USER_PARAMS, list(user_params.shape), "FP32"))
-            inputs[-1].set_data_from_numpy(np.ascontiguousarray(user_params, dtype=np.float32))
+            inputs.append(m.InferInput(INPUT_USER_PARAMS, list(user_params.shape), TRITON_SCORE_DTYPE))
+            inputs[-1].set_data_from_numpy(np.ascontiguousarray(user_params, dtype=SCORE_DTYPE))
         if self.protocol == "grpc":
-            outs = [m.InferRequestedOutput(OUTPUT_ITEMS), m.InferRequestedOutput(OUTPUT_SCORES)]
+            outs = [m.InferRequestedOutput(OUTPUT_TOP_ITEMS), m.InferRequestedOutput(OUTPUT_TOP_SCORES)]
         else:
-            outs = [m.InferRequestedOutput(OUTPUT_ITEMS, binary_data=True),
-                    m.InferRequestedOutput(OUTPUT_SCORES, binary_data=True)]  # fmt: skip
+            outs = [m.InferRequestedOutput(OUTPUT_TOP_ITEMS, binary_data=True),
+                    m.InferRequestedOutput(OUTPUT_TOP_SCORES, binary_data=True)]  # fmt: skip
         return inputs, outs
 
     def _check_indices(self, item_ids: Any, user_params: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -359,12 +361,12 @@ class ClientBase:
                     "history and left-pad them with 0")
             if spec.strict_buckets and spec.length_buckets and width not in spec.length_buckets:
                 # the server takes bucket widths only (gpu target): left-pad, as recommend_batch does
-                a = np.pad(a, ((0, 0), (spec.request_length(width) - width, 0)))
+                a = pad_left(a, spec.request_length(width))
             params = encode_user_params(user_params, a.shape[0], spec)
         elif user_params is None:
             params = None
         else:
-            params = np.asarray(user_params, dtype=np.float32)
+            params = np.asarray(user_params, dtype=SCORE_DTYPE)
             if params.ndim != 2 or params.shape[0] != a.shape[0]:
                 raise InvalidRequestError(
                     f"user_params has shape {list(params.shape)}; send one float32 row per history: [{a.shape[0]}, H]")

@@ -30,9 +30,12 @@ from ..contract import (
     OUTPUT_SOURCE,
     OUTPUT_TOP_ITEMS,
     OUTPUT_TOP_SCORES,
+    TRITON_ID_DTYPE,
+    TRITON_ITEM_IDS_DTYPE,
+    TRITON_TIMESTAMP_DTYPE,
 )
 from ..errors import InvalidRequestError
-from ..idmap import IdMap
+from ..idmap import IdMap, pad_left
 
 
 @dataclass(frozen=True)
@@ -82,21 +85,16 @@ def encode_recent(recent: Sequence | None, n_users: int, item_map: IdMap | None,
             idx.append([item_map.index(str(i)) for i in r if str(i) in item_map])
         else:
             idx.append([int(i) for i in r if 1 <= int(i) <= (num_items or int(i))])
-    width = max(1, max(len(r) for r in idx))
-    out = np.zeros((n_users, width), dtype=np.int64)
-    for j, r in enumerate(idx):
-        if r:
-            out[j, width - len(r):] = r
-    return out
+    return pad_left(idx, max(1, max(len(r) for r in idx)))
 
 
 def user_inputs(m, user_ids: Sequence, recent: np.ndarray | None):
     """tritonclient module ``m`` -> (inputs, outputs) of one fsrec_user request."""
     ids = np.array([[check_user_id(u)] for u in user_ids], dtype=object)
-    inputs = [m.InferInput(INPUT_USER_ID, list(ids.shape), "BYTES")]
+    inputs = [m.InferInput(INPUT_USER_ID, list(ids.shape), TRITON_ID_DTYPE)]
     inputs[0].set_data_from_numpy(ids)
     if recent is not None:
-        inputs.append(m.InferInput(INPUT_RECENT_ITEMS, list(recent.shape), "INT64"))
+        inputs.append(m.InferInput(INPUT_RECENT_ITEMS, list(recent.shape), TRITON_ITEM_IDS_DTYPE))
         inputs[-1].set_data_from_numpy(recent)
     outputs = [m.InferRequestedOutput(n) for n in (OUTPUT_TOP_ITEMS, OUTPUT_TOP_SCORES, OUTPUT_SOURCE,
                                                     OUTPUT_RANKER_VERSION)]
@@ -113,8 +111,8 @@ def event_inputs(m, events: Sequence[EventRecord]):
         raise InvalidRequestError("timestamp must be a finite number of epoch seconds (or None = now)")
     eids = np.array([[(e.event_id or uuid.uuid4().hex).encode("utf-8")] for e in events], dtype=object)
     inputs = []
-    for name, arr, dtype in ((INPUT_USER_ID, users, "BYTES"), (INPUT_ITEM_ID, items, "BYTES"),
-                             (INPUT_TIMESTAMP, ts, "FP64"), (INPUT_EVENT_ID, eids, "BYTES")):
+    for name, arr, dtype in ((INPUT_USER_ID, users, TRITON_ID_DTYPE), (INPUT_ITEM_ID, items, TRITON_ID_DTYPE),
+                             (INPUT_TIMESTAMP, ts, TRITON_TIMESTAMP_DTYPE), (INPUT_EVENT_ID, eids, TRITON_ID_DTYPE)):
         inputs.append(m.InferInput(name, list(arr.shape), dtype))
         inputs[-1].set_data_from_numpy(arr)
     return inputs, [m.InferRequestedOutput(OUTPUT_ACCEPTED)]

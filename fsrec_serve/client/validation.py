@@ -16,18 +16,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..contract import (
+    CONFIG_FILE,
+    INPUT_ITEM_IDS,
+    INPUT_USER_PARAMS,
+    ITEM_MAP_FILE,
+    META_FILE,
+    OUTPUT_TOP_ITEMS,
+    SCORE_DTYPE,
+)
 from ..errors import ConfigError, InvalidRequestError
-from ..idmap import IdMap
+from ..idmap import IdMap, pad_left
 
 log = logging.getLogger("fsrec_serve.client")
 
 ON_UNKNOWN = ("drop", "error")
-INPUT_NAME = "item_ids"  # Triton input: INT64 [B, L], left-padded indices (L: see ModelSpec.request_length)
-INPUT_USER_PARAMS = "user_params"  # Triton input: FP32 [B, H], per-user state offsets (optional)
-OUTPUT_ITEMS = "top_items"  # Triton output: INT64 [B, max_top_k], item indices best first
-OUTPUT_SCORES = "top_scores"  # Triton output: FP32 [B, max_top_k]
-META_FILE = "fsrec_meta.json"
-ITEM_MAP_FILE = "item_map.json"
 
 
 @dataclass(frozen=True)
@@ -205,11 +208,7 @@ def pad_batch(encoded: Sequence[EncodedHistory], max_seq_len: int | ModelSpec) -
         width = max_seq_len.request_length(max((len(e.indices) for e in encoded), default=1))
     else:
         width = int(max_seq_len)
-    out = np.zeros((len(encoded), width), dtype=np.int64)
-    for i, e in enumerate(encoded):
-        if e.indices:
-            out[i, width - len(e.indices):] = e.indices[-width:]
-    return out
+    return pad_left([e.indices for e in encoded], width)
 
 
 def encode_user_params(user_params: Any, n_rows: int, spec: ModelSpec) -> np.ndarray | None:
@@ -221,7 +220,7 @@ def encode_user_params(user_params: Any, n_rows: int, spec: ModelSpec) -> np.nda
     dtype, and NaN or infinite values."""
     h = spec.user_params_dim
     if user_params is None:
-        return np.zeros((n_rows, h), np.float32) if spec.user_params_required and h else None
+        return np.zeros((n_rows, h), SCORE_DTYPE) if spec.user_params_required and h else None
     if not h:
         raise InvalidRequestError(
             "user_params were given, but the served model has no per-user parameter input: "
@@ -238,7 +237,7 @@ def encode_user_params(user_params: Any, n_rows: int, spec: ModelSpec) -> np.nda
         raise InvalidRequestError(
             f"user_params has shape {list(arr.shape)}; the model needs [{n_rows}, {h}] (one row of the "
             f"model's hidden size {h} per history)")
-    arr = arr.astype(np.float32)
+    arr = arr.astype(SCORE_DTYPE)
     if not np.isfinite(arr).all():
         raise InvalidRequestError("user_params holds NaN or infinite values: refit that user's parameters "
                                   "(or send none for the zero-shot answer)")
@@ -306,8 +305,8 @@ def resolve_version_dir(repository: str | Path, model_name: str, model_version: 
 
 _MAX_BATCH = re.compile(r"^\s*max_batch_size\s*:\s*(\d+)", re.MULTILINE)
 _PARAM = re.compile(r'key:\s*"(\w+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"')
-_DIMS_MINUS_ONE = re.compile(r'name:\s*"item_ids"[^}]*?dims:\s*-1')
-_USER_PARAMS_OPTIONAL = re.compile(r'name:\s*"user_params"[^}]*?optional:\s*true')
+_DIMS_MINUS_ONE = re.compile(rf'name:\s*"{INPUT_ITEM_IDS}"[^}}]*?dims:\s*-1')
+_USER_PARAMS_OPTIONAL = re.compile(rf'name:\s*"{INPUT_USER_PARAMS}"[^}}]*?optional:\s*true')
 
 
 def _length_fields(params: Mapping[str, str], variable: bool) -> dict:
@@ -331,7 +330,7 @@ def load_repository_info(
     except json.JSONDecodeError as e:
         raise ConfigError(f"{meta_path} is not valid JSON ({e}): rebuild the repository") from None
     max_batch = 64
-    cfg = vdir.parent / "config.pbtxt"
+    cfg = vdir.parent / CONFIG_FILE
     text = cfg.read_text() if cfg.is_file() else ""
     m = _MAX_BATCH.search(text)
     if m and int(m.group(1)) > 0:
@@ -341,7 +340,7 @@ def load_repository_info(
     try:
         spec = ModelSpec(
             **lengths, user_params_dim=h,
-            user_params_required=bool(h) and "user_params" in text and not _USER_PARAMS_OPTIONAL.search(text),
+            user_params_required=bool(h) and INPUT_USER_PARAMS in text and not _USER_PARAMS_OPTIONAL.search(text),
             max_seq_len=int(meta["max_seq_len"]),
             max_top_k=int(meta["max_top_k"]),
             num_items=int(meta["num_items"]) if meta.get("num_items") is not None else None,
@@ -372,8 +371,8 @@ def spec_from_model_config(config: Mapping[str, Any]) -> ModelSpec:
 
     params = {k: (v.get("string_value", "") if isinstance(v, Mapping) else str(v))
               for k, v in (cfg.get("parameters") or {}).items()}
-    (seq,) = dims(cfg.get("input"), INPUT_NAME)[-1:]
-    (top,) = dims(cfg.get("output"), OUTPUT_ITEMS)[-1:]
+    (seq,) = dims(cfg.get("input"), INPUT_ITEM_IDS)[-1:]
+    (top,) = dims(cfg.get("output"), OUTPUT_TOP_ITEMS)[-1:]
     variable = seq == -1
     if variable:
         try:

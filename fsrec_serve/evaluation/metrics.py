@@ -12,16 +12,25 @@ Per-example metrics (the means over examples are the reported numbers):
 - ``hit@K``  = 1 if rank < K else 0
 - ``ndcg@K`` = 1 / log2(rank + 2) if rank < K else 0  (one relevant item, so IDCG = 1)
 - ``mrr@K``  = 1 / (rank + 1) if rank < K else 0
+
+The evaluation protocols, the adaptation's inner checks, the export guard and the benchmarks
+compute the metrics with these functions. Torch is imported only by :func:`rank_of_targets`, so
+the exporters' guard uses them without loading torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _as_ranks(ranks) -> np.ndarray:
-    if isinstance(ranks, torch.Tensor):
+    if hasattr(ranks, "detach"):  # a torch tensor
         ranks = ranks.detach().cpu().numpy()
     r = np.asarray(ranks, dtype=np.float64)
     if r.size and r.min() < 0:
@@ -47,6 +56,14 @@ def mrr_at_k(ranks, k: int) -> np.ndarray:
     return np.where(r < k, 1.0 / (r + 1.0), 0.0)
 
 
+def rank_in_top_lists(top_items, targets: Sequence[int]) -> np.ndarray:
+    """0-based rank [B] of each row's target in its served top list (``top_items`` [B, K], best
+    first); ``inf`` where the target is not in the list (a miss at every k)."""
+    top = np.asarray(top_items)
+    hit = top == np.asarray(targets, dtype=top.dtype).reshape(-1, 1)  # [B, K]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
+
+
 def rank_of_targets(
     scores: torch.Tensor,  # [B, N] scores of every candidate column
     targets: torch.Tensor,  # [B] column of the target in each row
@@ -58,6 +75,8 @@ def rank_of_targets(
     Excluded columns never count; the target itself is never excluded even if ``exclude`` marks
     it (a repeated item can be the target).
     """
+    import torch
+
     if ties not in ("pessimistic", "optimistic"):
         raise ValueError(f"ties must be 'pessimistic' or 'optimistic', got {ties!r}")
     s = scores.float()

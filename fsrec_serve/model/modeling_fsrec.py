@@ -21,7 +21,7 @@ from transformers import BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..contract import ITEM_MAP_FILE, MASK_VALUE, PAD_INDEX
-from ..idmap import IdMap
+from ..idmap import IdMap, pad_left
 from .configuration_fsrec import FsRecConfig
 
 
@@ -259,10 +259,7 @@ class FsRecModel(FsRecPreTrainedModel):
 
 
 def pad_histories(histories, max_len: int, device=None) -> torch.Tensor:
-    """list of index lists (newest last) -> LongTensor [B, max_len], left-padded, latest kept."""
-    out = torch.full((len(histories), max_len), PAD_INDEX, dtype=torch.long)
-    for i, h in enumerate(histories):
-        h = list(h)[-max_len:]
-        if h:
-            out[i, max_len - len(h):] = torch.as_tensor(h, dtype=torch.long)
+    """list of index lists (newest last) -> LongTensor [B, max_len], left-padded, latest kept
+    (:func:`fsrec_serve.idmap.pad_left` as a tensor)."""
+    out = torch.from_numpy(pad_left(histories, max_len))
     return out.to(device) if device is not None else out

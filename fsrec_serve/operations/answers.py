@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import ITEM_IDS_DTYPE
+from ..idmap import pad_left
 
 FILLER_ITEM = -1  # top_items value of an empty slot (exporters.export.FILLER_ITEM)
 
@@ -59,8 +59,5 @@ def smoke_histories(num_items: int, max_seq_len: int, n: int, seed: int = 0,
     while len(rows) < n:
         length = int(rng.integers(1, max_seq_len + 1))
         rows.append(rng.integers(1, num_items + 1, size=length).tolist())
-    out = np.zeros((len(rows), max_seq_len), dtype=ITEM_IDS_DTYPE)
-    for i, r in enumerate(rows):
-        out[i, max_seq_len - len(r):] = r
-    return out
+    return pad_left(rows, max_seq_len)
 

@@ -389,6 +389,17 @@ def _safe(control: ModelControl) -> bool:
         return False
 
 
+def guard_examples(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> list:
+    """The accuracy guard's validation examples (``valid_examples`` of :func:`rollout`): the first
+    ``n`` leave-one-out validation examples of ``dataset`` (``ml-100k``, ``beauty``) found under
+    ``data_dir`` (default: ``Settings.data_dir``, env ``FSREC_DATA_DIR``)."""
+    from ..data import SplitConfig, load_dataset, make_splits
+    from ..settings import get_settings
+
+    data = load_dataset(dataset, get_settings(data_dir=data_dir).data_dir)
+    return make_splits(data, SplitConfig()).loo_valid()[:n]
+
+
 def pin_versions(repository: str | Path, control: ModelControl, versions: Sequence[int],
                  model_name: str | None = None, *, publish: Callable[[], Any] | None = None) -> list[int]:
     """Serve exactly ``versions`` of the model (e.g. roll back to an earlier version) and write

@@ -187,7 +187,8 @@ def ort_topk(ort_session, e2e_splits):
     """raw-id histories, k -> list of (raw ids, scores) from in-process ONNX Runtime."""
     import numpy as np
 
-    from exporters import pad_left, run_topk
+    from exporters import run_topk
+    from fsrec_serve.idmap import pad_left
 
     im = e2e_splits.item_map
 

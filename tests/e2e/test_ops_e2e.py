@@ -89,8 +89,9 @@ def _examples_favoring(export_dir, splits, n: int, max_seq_len: int) -> list:
     """Validation examples whose target is ``export_dir``'s own top-1 item: that model scores
     NDCG@10 = 1 on them, so the accuracy guard's verdict is deterministic (tiny models trained for
     seconds are too weak for real targets to separate them)."""
-    from exporters import make_session, pad_left, run_topk
+    from exporters import make_session, run_topk
     from fsrec_serve.data.splits import Example
+    from fsrec_serve.idmap import pad_left
 
     hist = [e.history[-max_seq_len:] for e in splits.loo_valid()[:n]]
     top, _ = run_topk(make_session(export_dir), pad_left(hist, max_seq_len))
@@ -98,7 +99,7 @@ def _examples_favoring(export_dir, splits, n: int, max_seq_len: int) -> list:
 
 
 def _histories(splits, n: int, max_seq_len: int) -> np.ndarray:
-    from exporters import pad_left
+    from fsrec_serve.idmap import pad_left
 
     return pad_left([e.history[-max_seq_len:] for e in splits.loo_test()[:n]], max_seq_len)
 

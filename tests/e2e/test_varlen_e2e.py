@@ -52,7 +52,8 @@ def _histories(e2e_splits, n: int) -> list[list[int]]:
 def test_mixed_lengths_in_dynamic_batches_never_change_an_answer(raw, e2e_splits, ort_session):
     """One thread sends a full-length history over and over while 8 threads send short ones at
     their own lengths: every answer equals the padded model's, batches did form."""
-    from exporters import pad_left, run_topk
+    from exporters import run_topk
+    from fsrec_serve.idmap import pad_left
 
     hist = [h for h in _histories(e2e_splits, 120) if len(h) >= MAX_SEQ_LEN][:1]
     short = [h[-(1 + i % 9):] for i, h in enumerate(_histories(e2e_splits, 40))]
@@ -100,7 +101,8 @@ def test_bad_lengths_get_clear_errors_and_the_server_keeps_answering(raw, triton
 def test_user_params_per_user_zeros_and_bad_ones(raw, e2e_splits, ort_session, tiny_export):
     from tritonclient.utils import InferenceServerException
 
-    from exporters import ExportMeta, pad_left, run_topk
+    from exporters import ExportMeta, run_topk
+    from fsrec_serve.idmap import pad_left
 
     h = ExportMeta.load(tiny_export).user_params_dim
     assert h > 0
@@ -167,9 +169,9 @@ def test_gpu_python_target_serves_the_torchscript_trace_on_cpu(tmp_path, server_
         build_model_repository,
         export_onnx,
         make_session,
-        pad_left,
         run_topk,
     )
+    from fsrec_serve.idmap import pad_left
     from fsrec_serve.model import FsRecConfig, FsRecModel
 
     torch.manual_seed(0)

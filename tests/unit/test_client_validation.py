@@ -238,3 +238,19 @@ def test_client_package_does_not_import_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_the_client_takes_tensor_names_types_and_files_from_the_contract():
+    """No module of the client spells a tensor name, a Triton/numpy data type or a file name of
+    the contract itself: a renamed tensor in fsrec_serve.contract reaches the client unchanged."""
+    import ast
+
+    from fsrec_serve import contract
+
+    values = {v for k, v in vars(contract).items() if isinstance(v, str)
+              and (k.startswith(("INPUT_", "OUTPUT_")) or k.endswith(("_FILE", "_DTYPE")))}
+    assert {"item_ids", "top_items", "FP32", "INT64", "BYTES", "item_map.json", "config.pbtxt"} <= values
+    for path in sorted((ROOT / "fsrec_serve" / "client").glob("*.py")):
+        literals = {n.value for n in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not literals & values, f"{path.name} spells {sorted(literals & values)}: import them from the contract"

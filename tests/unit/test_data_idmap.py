@@ -1,8 +1,10 @@
-"""IdMap: raw id <-> index 1..n (0 = padding), persistence and errors."""
+"""IdMap: raw id <-> index 1..n (0 = padding), persistence and errors; ``pad_left``."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fsrec_serve.data import PAD_INDEX, IdMap
 from fsrec_serve.errors import DataFormatError, UnknownItemError
@@ -46,3 +48,25 @@ def test_bad_files_name_the_problem(tmp_path):
     (tmp_path / "odd.json").write_text('{"ids": []}')
     with pytest.raises(DataFormatError, match="raw_ids"):
         IdMap.load(tmp_path / "odd.json")
+
+
+# -- pad_left: the one left-padding of index histories ---------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(st.integers(1, 10**6), max_size=12), max_size=6), width=st.integers(0, 9),
+       kind=st.sampled_from(["list", "tuple", "numpy", "torch"]))
+def test_pad_left_keeps_the_newest_items_right_aligned(rows, width, kind):
+    import numpy as np
+    import torch
+
+    from fsrec_serve.idmap import pad_left
+    from fsrec_serve.model import pad_histories
+
+    as_kind = {"list": list, "tuple": tuple, "numpy": lambda r: np.asarray(r, np.int64),
+               "torch": lambda r: torch.as_tensor(r, dtype=torch.long)}[kind]
+    x = pad_left([as_kind(r) for r in rows], width)
+    assert x.shape == (len(rows), width) and x.dtype == np.int64
+    for r, got in zip(rows, x):
+        kept = r[max(0, len(r) - width):]  # the newest `width` items, oldest first
+        assert got[width - len(kept):].tolist() == kept
+        assert (got[:width - len(kept)] == PAD_INDEX).all()
+    assert torch.equal(pad_histories(rows, width), torch.from_numpy(x))  # the model's tensor view of it

@@ -18,9 +18,10 @@ from exporters.export import (
     torch_topk,
     validate_export,
 )
-from exporters.runtime import ExportMeta, make_session, pad_left, run_topk
+from exporters.runtime import ExportMeta, make_session, run_topk
 from fsrec_serve.data import IdMap
 from fsrec_serve.errors import ConfigError, ExportError, ExportValidationError
+from fsrec_serve.idmap import pad_left
 from fsrec_serve.model import MASK_VALUE, FsRecConfig, FsRecModel
 
 NUM_ITEMS, SEQ, K = 60, 16, 20

@@ -14,11 +14,12 @@ from exporters.export import export_onnx, torch_topk
 from exporters.guard import check_batch_invariance, check_guard
 from exporters.optimize import optimize
 from exporters.quantize import detect_preset, quantize
-from exporters.runtime import ExportMeta, make_session, pad_left, run_topk
+from exporters.runtime import ExportMeta, make_session, run_topk
 from exporters.selection import select_served_model
 from fsrec_serve.contract import GUARD_FILE
 from fsrec_serve.data import Example
 from fsrec_serve.errors import ConfigError, QuantizationGuardError
+from fsrec_serve.idmap import pad_left
 from fsrec_serve.model import FsRecConfig, FsRecModel
 
 NUM_ITEMS, SEQ, K = 80, 16, 20

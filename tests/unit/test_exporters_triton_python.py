@@ -4,18 +4,18 @@ order; a valid request's answer comes from its own rows only (never a batch-mate
 one gets an error that names the problem; nothing raises out of ``execute`` and nothing hangs.
 
 The pure functions (``validate_item_ids``, ``plan_batch``, ``split_outputs``,
-``read_parameters``) are tested directly. ``execute`` runs on a real ONNX Runtime session of a
-tiny hand-made graph (top_items = the history, top_scores = the history as float, so each
-answer shows which rows it came from); only ``triton_python_backend_utils``, which exists
-inside Triton's stub alone, is replaced by a minimal stand-in (the real stub path is covered by
-the e2e tests).
+``read_parameters``, ``tensors_of``) are tested directly. ``execute`` runs on a real ONNX Runtime
+session of a tiny hand-made graph (top_items = the history, top_scores = the history as float, so
+each answer shows which rows it came from); ``triton_python_backend_utils`` is Triton's own module
+file with minimal stand-ins for the classes only the stub's C++ side provides (the real stub path
+is covered by the e2e tests). The tensor names come from the model config: a config (and graph)
+with other names is followed, a config that disagrees with its graph is refused.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -28,6 +28,8 @@ from exporters.triton_python import model as pm
 FAST = settings(max_examples=150, deadline=3000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 SEQ_LEN, NUM_ITEMS, DIM = 6, 40, 3
 BUCKETS = (2, 4, SEQ_LEN)
+HIST = pm.Tensor("item_ids", "int64", "INT64")  # the histories input as the generated config declares it
+PARAMS = pm.Tensor("user_params", "float32", "FP32")
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7)
 any_array = st.one_of(
@@ -64,7 +66,7 @@ def _params_for(a, kind: int):
 @FAST
 @given(a=request_arrays)
 def test_validate_item_ids_accepts_exactly_the_contract(a):
-    msg = pm.validate_item_ids(a, SEQ_LEN, NUM_ITEMS)
+    msg = pm.validate_item_ids(a, HIST, SEQ_LEN, NUM_ITEMS)
     if _is_valid(a):
         assert msg is None
     else:
@@ -73,26 +75,30 @@ def test_validate_item_ids_accepts_exactly_the_contract(a):
 
 def test_lengths_and_buckets_are_named():
     ok = np.ones((1, 3), np.int64)
-    assert "length 0" in pm.validate_item_ids(np.ones((1, 0), np.int64), SEQ_LEN, NUM_ITEMS)
-    assert "length 7" in pm.validate_item_ids(np.ones((1, 7), np.int64), SEQ_LEN, NUM_ITEMS)
-    assert "1..6" in pm.validate_item_ids(np.ones((1, 10000), np.int64), SEQ_LEN, NUM_ITEMS)
-    assert pm.validate_item_ids(ok, SEQ_LEN, NUM_ITEMS, BUCKETS, strict=False) is None
-    msg = pm.validate_item_ids(ok, SEQ_LEN, NUM_ITEMS, BUCKETS, strict=True)
+    assert "length 0" in pm.validate_item_ids(np.ones((1, 0), np.int64), HIST, SEQ_LEN, NUM_ITEMS)
+    assert "length 7" in pm.validate_item_ids(np.ones((1, 7), np.int64), HIST, SEQ_LEN, NUM_ITEMS)
+    assert "1..6" in pm.validate_item_ids(np.ones((1, 10000), np.int64), HIST, SEQ_LEN, NUM_ITEMS)
+    assert pm.validate_item_ids(ok, HIST, SEQ_LEN, NUM_ITEMS, BUCKETS, strict=False) is None
+    msg = pm.validate_item_ids(ok, HIST, SEQ_LEN, NUM_ITEMS, BUCKETS, strict=True)
     assert "not one of the model's length buckets [2, 4, 6]" in msg and "pad" in msg
-    assert pm.validate_item_ids(np.ones((1, 4), np.int64), SEQ_LEN, NUM_ITEMS, BUCKETS, strict=True) is None
+    assert pm.validate_item_ids(np.ones((1, 4), np.int64), HIST, SEQ_LEN, NUM_ITEMS, BUCKETS, strict=True) is None
+    # the name and the type in the messages are the config's
+    other = pm.Tensor("history", "int32", "INT32")
+    assert "input 'history' must be INT32, got int64" in pm.validate_item_ids(ok, other, SEQ_LEN, NUM_ITEMS)
+    assert pm.validate_item_ids(ok.astype(np.int32), other, SEQ_LEN, NUM_ITEMS) is None
 
 
 def test_validate_user_params():
     good = np.zeros((2, DIM), np.float32)
-    assert pm.validate_user_params(None, 2, DIM) is None
-    assert pm.validate_user_params(good, 2, DIM) is None
-    assert "shape [2, 3]" in pm.validate_user_params(good[:1], 2, DIM)
-    assert "FP32" in pm.validate_user_params(good.astype(np.float64), 2, DIM)
+    assert pm.validate_user_params(None, PARAMS, 2, DIM) is None
+    assert pm.validate_user_params(good, PARAMS, 2, DIM) is None
+    assert "shape [2, 3]" in pm.validate_user_params(good[:1], PARAMS, 2, DIM)
+    assert "FP32" in pm.validate_user_params(good.astype(np.float64), PARAMS, 2, DIM)
     bad = good.copy()
     bad[1, 2] = np.nan
-    assert "NaN" in pm.validate_user_params(bad, 2, DIM)
-    assert "no per-user parameters" in pm.validate_user_params(good, 2, 0)
-    assert "not an array" in pm.validate_user_params([[0.0] * DIM] * 2, 2, DIM)
+    assert "NaN" in pm.validate_user_params(bad, PARAMS, 2, DIM)
+    assert "no per-user parameters" in pm.validate_user_params(good, PARAMS, 2, 0)
+    assert "not an array" in pm.validate_user_params([[0.0] * DIM] * 2, PARAMS, 2, DIM)
 
 
 def test_parse_buckets_and_bucket_of():
@@ -147,22 +153,34 @@ def test_read_parameters_always_gives_strings(params):
     assert set(out) == set(params) and all(isinstance(v, str) for v in out.values())
 
 
+@pytest.mark.parametrize("inputs,outputs", [([], ["a", "b"]), (["a", "b", "c"], ["d", "e"]), (["a"], ["b"])])
+def test_tensors_of_refuses_a_config_this_model_cannot_read(inputs, outputs):
+    cfg = {"input": [{"name": n, "data_type": "TYPE_INT64"} for n in inputs],
+           "output": [{"name": n, "data_type": "TYPE_FP32"} for n in outputs]}
+    with pytest.raises(ValueError, match=r"declares inputs .* and outputs .*rebuild the repository"):
+        pm.tensors_of(cfg, lambda s: np.int64)
+
+
 # -- execute on a real ONNX Runtime session ------------------------------------------------------------
-def _sum_graph(path, input_type=None):
-    """item_ids [N, L] -> top_items = row sums [N, 1] (padding-invariant: shows whose rows answered),
-    user_params [N, H] -> top_scores = row sums [N, 1]."""
+NAMES = ("item_ids", "user_params", "top_items", "top_scores")  # those of the generated config and the graph
+
+
+def _sum_graph(path, input_type=None, names=NAMES):
+    """histories [N, L] -> items = row sums [N, 1] (padding-invariant: shows whose rows answered),
+    per-user parameters [N, H] -> scores = row sums [N, 1]; tensors named ``names``."""
     import onnx
     from onnx import TensorProto, helper
 
+    ids, params, items, scores = names
     itype = input_type or TensorProto.INT64
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
-    nodes = [helper.make_node("ReduceSum", ["item_ids", "axes"], ["top_items"], keepdims=1),
-             helper.make_node("ReduceSum", ["user_params", "axes"], ["top_scores"], keepdims=1)]
+    nodes = [helper.make_node("ReduceSum", [ids, "axes"], [items], keepdims=1),
+             helper.make_node("ReduceSum", [params, "axes"], [scores], keepdims=1)]
     g = helper.make_graph(nodes, "sums",
-                          [helper.make_tensor_value_info("item_ids", itype, ["n", "L"]),
-                           helper.make_tensor_value_info("user_params", TensorProto.FLOAT, ["n", DIM])],
-                          [helper.make_tensor_value_info("top_items", itype, ["n", 1]),
-                           helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, ["n", 1])],
+                          [helper.make_tensor_value_info(ids, itype, ["n", "L"]),
+                           helper.make_tensor_value_info(params, TensorProto.FLOAT, ["n", DIM])],
+                          [helper.make_tensor_value_info(items, itype, ["n", 1]),
+                           helper.make_tensor_value_info(scores, TensorProto.FLOAT, ["n", 1])],
                           initializer=[axes])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -199,18 +217,19 @@ class _ModelException(Exception):
 
 
 class _Request:
-    def __init__(self, arr, params=None):
-        self.inputs = {} if arr is _MISSING else {"item_ids": _Tensor("item_ids", arr)}
+    def __init__(self, arr, params=None, names=NAMES):
+        self.inputs = {} if arr is _MISSING else {names[0]: _Tensor(names[0], arr)}
         if params is not None:
-            self.inputs["user_params"] = _Tensor("user_params", params)
+            self.inputs[names[1]] = _Tensor(names[1], params)
 
 
 _MISSING = object()
 
 
 @pytest.fixture(scope="module")
-def fake_pb():
-    mod = types.ModuleType("triton_python_backend_utils")
+def fake_pb(triton_utils):
+    """Triton's triton_python_backend_utils with stand-ins for the stub's C++ classes."""
+    mod = triton_utils()
     mod.Tensor, mod.TritonError, mod.InferenceResponse = _Tensor, _TritonError, _Response
     mod.TritonModelException = _ModelException
 
@@ -229,16 +248,20 @@ def fake_pb():
         sys.modules[mod.__name__] = old
 
 
-def _args(repo, version="1", dims=(-1,), buckets="2,4"):
-    cfg = {"input": [{"name": "item_ids", "data_type": "TYPE_INT64", "dims": [str(d) for d in dims]}],
+def _args(repo, version="1", dims=(-1,), buckets="2,4", names=NAMES):
+    ids, params, items, scores = names
+    cfg = {"input": [{"name": ids, "data_type": "TYPE_INT64", "dims": [str(d) for d in dims]},
+                     {"name": params, "data_type": "TYPE_FP32", "dims": [str(DIM)], "optional": True}],
+           "output": [{"name": items, "data_type": "TYPE_INT64", "dims": ["1"]},
+                      {"name": scores, "data_type": "TYPE_FP32", "dims": ["1"]}],
            "parameters": {"intra_op_num_threads": {"string_value": "1"}, "allow_spinning": {"string_value": "false"},
                           "length_buckets": {"string_value": buckets}}}
     return {"model_config": json.dumps(cfg), "model_repository": str(repo), "model_version": version}
 
 
-def _version(repo, input_type=None):
+def _version(repo, input_type=None, names=NAMES):
     (repo / "1").mkdir(exist_ok=True)
-    _sum_graph(repo / "1" / "model.onnx", input_type)
+    _sum_graph(repo / "1" / "model.onnx", input_type, names)
     (repo / "1" / "fsrec_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "max_seq_len": SEQ_LEN}))
 
 
@@ -317,9 +340,53 @@ def test_initialize_refuses_a_missing_graph_a_config_mismatch_and_a_missing_gpu(
                                                "model_version": "1"})
 
 
-def test_standalone_constants_match_the_contract():
+# -- the names and types come from the model config ------------------------------------------------------
+RENAMED = ("history", "offsets", "best", "best_scores")
+
+
+def test_a_config_with_other_names_is_followed(fake_pb, tmp_path):
+    """Graph and config exported with other tensor names: requests are read and answered under
+    the config's names, with the config's types."""
+    _version(tmp_path, names=RENAMED)
+    m = pm.TritonPythonModel()
+    m.initialize(_args(tmp_path, names=RENAMED))
+    a = np.asarray([[3, 4], [5, 6]], np.int64)
+    up = np.ones((2, DIM), np.float32)
+    ok, default_names, params = m.execute([_Request(a, names=RENAMED), _Request(a),
+                                           _Request(a, up, names=RENAMED)])
+    assert ok.error is None and set(ok.outputs) == {"best", "best_scores"}
+    np.testing.assert_array_equal(ok.outputs["best"], [[7], [11]])
+    assert ok.outputs["best"].dtype == np.int64 and ok.outputs["best_scores"].dtype == np.float32
+    assert default_names.error is not None and "input 'history' is missing" in default_names.error.message()
+    np.testing.assert_allclose(params.outputs["best_scores"], [[DIM], [DIM]])
+
+
+def test_a_config_that_disagrees_with_its_graph_is_refused_naming_both(fake_pb, tmp_path):
+    _version(tmp_path)  # the graph has the generated names
+    with pytest.raises(_ModelException) as e:
+        pm.TritonPythonModel().initialize(_args(tmp_path, names=RENAMED))
+    msg = str(e.value)
+    assert "config.pbtxt names ['history', 'offsets', 'best', 'best_scores']" in msg
+    assert "'item_ids'" in msg and "'top_items'" in msg and "rebuild the repository" in msg
+    cfg = json.loads(_args(tmp_path)["model_config"])
+    cfg["output"][1]["data_type"] = "TYPE_NOT_A_TYPE"
+    with pytest.raises(_ModelException, match="'top_scores' has data_type 'TYPE_NOT_A_TYPE'"):
+        pm.TritonPythonModel().initialize({"model_config": json.dumps(cfg), "model_repository": str(tmp_path),
+                                           "model_version": "1"})
+
+
+def test_the_model_keeps_no_tensor_names_and_its_file_names_match_the_contract():
+    """Tensor names and Triton types live in the config (generated from the contract); the copies
+    this stub-side file keeps (file names, the padding index) equal the contract's."""
+    import ast
+    from pathlib import Path
+
+    from exporters.runtime import TORCH_FILE
     from fsrec_serve import contract
 
-    assert pm.INPUT_NAME == contract.INPUT_ITEM_IDS and pm.INPUT_USER_PARAMS == contract.INPUT_USER_PARAMS
-    assert pm.OUTPUT_NAMES == contract.OUTPUT_NAMES and pm.PAD_INDEX == contract.PAD_INDEX
-    assert pm.META_FILE == contract.META_FILE and pm.ONNX_FILE == contract.ONNX_FILE
+    assert (pm.META_FILE, pm.ONNX_FILE, pm.TORCH_FILE, pm.PAD_INDEX) == (
+        contract.META_FILE, contract.ONNX_FILE, TORCH_FILE, contract.PAD_INDEX)
+    tensor_names = {contract.INPUT_ITEM_IDS, contract.INPUT_USER_PARAMS, *contract.OUTPUT_NAMES}
+    source = Path(pm.__file__).read_text()
+    literals = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not literals & tensor_names, f"model.py spells tensor names itself: {literals & tensor_names}"

@@ -1,7 +1,8 @@
 """The wheel ships what the commands need by default: built from a copy of the tracked files,
 installed without its source tree (``--no-deps``) into a fresh venv that sees the project's
 installed dependencies (a .pth line, the equivalent of --system-site-packages), then
-``fsrec repository --check`` and ``fsrec loadtest --help`` run from an unrelated folder."""
+``fsrec repository --check`` and ``fsrec loadtest --help`` run from an unrelated folder. The build
+prints no setuptools warning about the package configuration (data folders taken for packages)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,12 @@ def test_wheel_installs_without_the_source_tree_and_finds_its_data(tmp_path):
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(new, dst)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
-          src], cwd=tmp_path, timeout=120)
+    # -v: pip shows the build backend's output, where setuptools' configuration warnings go
+    build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w",
+                  tmp_path / "dist", src], cwd=tmp_path, timeout=120)
+    noise = [ln.strip() for ln in (build.stdout + build.stderr).splitlines()
+             if "Package would be ignored" in ln or "absent from the `packages` configuration" in ln]
+    assert not noise, "setuptools warns about the package configuration (pyproject.toml):\n" + "\n".join(noise)
     (wheel,) = (tmp_path / "dist").glob("fsrec_serve-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"loadtests/locustfile.py", "loadtests/gate.yaml", "model_repository/fsrec/config.pbtxt",

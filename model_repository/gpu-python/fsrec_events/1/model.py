@@ -15,8 +15,11 @@ Copied verbatim into ``<repo>/fsrec_user/1/model.py`` and ``<repo>/fsrec_events/
   ``event_id`` -> one atomic, idempotent append to the store's event log -> ``accepted``.
 
 Input/output names and dtypes come from ``args["model_config"]`` (as python_backend's add_sub
-example does). Runs inside the stub with the project's environment (``EXECUTION_ENV_PATH``), so
-it uses ``fsrec_serve.store`` directly: the store URL is the ``store`` parameter or
+example does), by position: each role reads and answers its tensors in the order of
+``ROLE_INPUTS`` / ``ROLE_OUTPUTS``; a config that declares other counts is refused at load. Runs
+inside the stub with the project's environment (``EXECUTION_ENV_PATH``), so it reads the ranker's
+tensor and file names from ``fsrec_serve.contract``, pads with ``fsrec_serve.idmap.pad_left`` and
+uses ``fsrec_serve.store`` directly: the store URL is the ``store`` parameter or
 ``$FSREC_STORE``, the user-id key file ``$FSREC_USER_KEY_FILE`` (or the state folder's).
 User ids are hashed on arrival and never logged. A store that is down answers UNAVAILABLE naming
 the store; the model stays up and answers again once the store is back.
@@ -31,11 +34,46 @@ from pathlib import Path
 
 import numpy as np
 
+from fsrec_serve.contract import (
+    DEFAULT_MODEL_NAME,
+    INPUT_ITEM_IDS,
+    INPUT_USER_PARAMS,
+    ITEM_IDS_DTYPE,
+    ITEM_MAP_FILE,
+    MASK_VALUE,
+    MAX_RECENT_ITEMS,
+    MAX_USER_ID_BYTES,
+    META_FILE,
+    ONNX_FILE,
+    OUTPUT_TOP_ITEMS,
+    OUTPUT_TOP_SCORES,
+    POPULARITY_FILE,
+    SCORE_DTYPE,
+)
+from fsrec_serve.idmap import pad_left
+
 ROLES = ("recommend", "record")
+# what each role reads and answers, in the order its config.pbtxt declares them (names and types
+# are the config's)
+ROLE_INPUTS = {"recommend": ("user id", "recent items"), "record": ("user id", "item id", "timestamp", "event id")}
+ROLE_OUTPUTS = {"recommend": ("items", "scores", "source", "ranker version"), "record": ("accepted",)}
 
 
 # -- pure helpers (unit-tested) -----------------------------------------------------------------
-def decode_id(value, what: str, max_bytes: int = 256) -> tuple[str | None, str | None]:
+def io_of(model_config: dict, role: str, to_numpy) -> tuple[list, dict]:
+    """The config's (input names, {output name: numpy dtype}) of ``role``, in the role's order.
+    ``to_numpy``: ``pb_utils.triton_string_to_numpy``. Raises ValueError naming what the config
+    declares when its counts do not fit the role."""
+    inputs, outputs = list(model_config.get("input") or []), list(model_config.get("output") or [])
+    if len(inputs) != len(ROLE_INPUTS[role]) or len(outputs) != len(ROLE_OUTPUTS[role]):
+        raise ValueError(
+            f"config.pbtxt of role {role!r} declares inputs {[i.get('name') for i in inputs]} and outputs "
+            f"{[o.get('name') for o in outputs]}; the role reads {list(ROLE_INPUTS[role])} and answers "
+            f"{list(ROLE_OUTPUTS[role])}, in that order: rebuild the repository with `fsrec repository`")
+    return [str(i["name"]) for i in inputs], {str(o["name"]): to_numpy(o["data_type"]) for o in outputs}
+
+
+def decode_id(value, what: str, max_bytes: int = MAX_USER_ID_BYTES) -> tuple[str | None, str | None]:
     """A BYTES element -> (text, None) or (None, message). The message never holds the id."""
     raw = value if isinstance(value, (bytes, bytearray)) else str(value).encode()
     if len(raw) > max_bytes:
@@ -64,7 +102,7 @@ def bucket_of(length: int, buckets) -> int:
     return int(buckets[-1])
 
 
-def newest_version(model_dir: Path, meta_file: str = "fsrec_meta.json") -> tuple[int, dict]:
+def newest_version(model_dir: Path, meta_file: str = META_FILE) -> tuple[int, dict]:
     """(newest numeric version folder holding ``meta_file``, its meta) or (0, {})."""
     best = (0, {})
     if model_dir.is_dir():
@@ -97,12 +135,12 @@ class _Ranker:
         item_index, session = {}, None
         vdir = self.dir / str(version)
         try:
-            if version and (vdir / "item_map.json").exists():
-                raw = json.loads((vdir / "item_map.json").read_text())
+            if version and (vdir / ITEM_MAP_FILE).exists():
+                raw = json.loads((vdir / ITEM_MAP_FILE).read_text())
                 ids = raw.get("raw_ids", raw) if isinstance(raw, dict) else raw
                 item_index = {str(r): i + 1 for i, r in enumerate(ids)}
             if version and self.in_process:
-                session = self._session(vdir / "model.onnx")
+                session = self._session(vdir / ONNX_FILE)
         except Exception:  # noqa: BLE001 - a half-written version: keep the previous one, retry later
             if self.version:
                 return
@@ -131,18 +169,21 @@ class TritonPythonModel:
         self.role = params.get("role", "recommend")
         if self.role not in ROLES:
             raise pb_utils.TritonModelException(f"parameter role={self.role!r}: choose one of {ROLES}")
-        self.inputs = [i["name"] for i in self.config["input"]]
-        self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.config["output"]}
-        self.max_id_bytes = int(params.get("max_user_id_bytes", "256") or 256)
-        self.max_recent = int(params.get("max_recent_items", "1024") or 1024)
+        try:
+            self.inputs, self.outputs = io_of(self.config, self.role, pb_utils.triton_string_to_numpy)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
+        self.out_names = list(self.outputs)
+        self.max_id_bytes = int(params.get("max_user_id_bytes", "") or MAX_USER_ID_BYTES)
+        self.max_recent = int(params.get("max_recent_items", "") or MAX_RECENT_ITEMS)
         self.buckets = tuple(int(b) for b in params.get("length_buckets", "").split(",") if b.strip())
-        self.ranker_name = params.get("ranker", "fsrec") or "fsrec"
+        self.ranker_name = params.get("ranker", "") or DEFAULT_MODEL_NAME
         repo_root = Path(args["model_repository"]).parent
         in_process = params.get("ranking", "bls") == "onnxruntime"  # else BLS calls of the ranker model
         self.ranker = _Ranker(repo_root / self.ranker_name, in_process, int(params.get("intra_op_num_threads", "1") or 1))
         self.ranker.refresh()
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
-        pop = version_dir / "popularity.json"
+        pop = version_dir / POPULARITY_FILE
         self.popularity = json.loads(pop.read_text()) if pop.exists() else {"items": [], "scores": []}
         self.store = open_store(params.get("store") or None)
         self.keyer = UserKeyer()
@@ -194,22 +235,21 @@ class TritonPythonModel:
         keys, err = self._user_keys(request)
         if err:
             return None, err
-        items = self._read(request, "item_id")
-        ts = self._read(request, "timestamp")
-        eids = self._read(request, "event_id")
+        item_in, ts_in, eid_in = self.inputs[1:]
+        items, ts, eids = self._read(request, item_in), self._read(request, ts_in), self._read(request, eid_in)
         n = len(keys)
         if items is None or items.size != n:
-            return None, f"input 'item_id' must hold one item id per user id ({n})"
+            return None, f"input '{item_in}' must hold one item id per user id ({n})"
         if ts is not None and (ts.size != n or not np.isfinite(ts).all()):
-            return None, f"input 'timestamp' must hold {n} finite epoch seconds (or be left out: now)"
+            return None, f"input '{ts_in}' must hold {n} finite epoch seconds (or be left out: now)"
         events = []
         for j in range(n):
-            raw_item, err = decode_id(items.reshape(-1)[j], "input 'item_id'", 256)
+            raw_item, err = decode_id(items.reshape(-1)[j], f"input '{item_in}'", 256)
             if err:
                 return None, err
             eid = uuid.uuid4().hex
             if eids is not None:
-                eid, err = decode_id(eids.reshape(-1)[j], "input 'event_id'", 128)
+                eid, err = decode_id(eids.reshape(-1)[j], f"input '{eid_in}'", 128)
                 if err:
                     return None, err
             events.append(Event(eid, keys[j], self.ranker.item_index.get(raw_item, 0),
@@ -232,7 +272,7 @@ class TritonPythonModel:
                 continue
             got = np.asarray(flags[pos:pos + len(events)], dtype=np.int32).reshape(-1, 1)
             pos += len(events)
-            out.append(self.pb.InferenceResponse(output_tensors=[self._tensor("accepted", got)]))
+            out.append(self.pb.InferenceResponse(output_tensors=[self._tensor(self.out_names[0], got)]))
         return out
 
     # -- role: recommend ------------------------------------------------------------------------
@@ -240,12 +280,13 @@ class TritonPythonModel:
         keys, err = self._user_keys(request)
         if err:
             return None, err
-        recent = self._read(request, "recent_items")
+        name = self.inputs[1]
+        recent = self._read(request, name)
         if recent is not None:
             if recent.ndim != 2 or recent.shape[0] != len(keys):
-                return None, f"input 'recent_items' must have shape [{len(keys)}, R], got {list(recent.shape)}"
+                return None, f"input '{name}' must have shape [{len(keys)}, R], got {list(recent.shape)}"
             if recent.shape[1] > self.max_recent:
-                return None, (f"input 'recent_items' holds {recent.shape[1]} items per user; at most "
+                return None, (f"input '{name}' holds {recent.shape[1]} items per user; at most "
                               f"{self.max_recent} are accepted: record older events with the events model")
         return [(k, None if recent is None else recent[j]) for j, k in enumerate(keys)], None
 
@@ -280,10 +321,9 @@ class TritonPythonModel:
             groups.setdefault(bucket_of(len(x[2]), buckets), []).append(x)
         out = {}
         for width, members in sorted(groups.items()):
-            ids = np.zeros((len(members), width), dtype=np.int64)
-            up = np.zeros((len(members), max(dim, 1)), dtype=np.float32)
-            for i, (_, _, hist, params) in enumerate(members):
-                ids[i, width - len(hist):] = hist
+            ids = pad_left([hist for _, _, hist, _ in members], width)
+            up = np.zeros((len(members), max(dim, 1)), dtype=SCORE_DTYPE)
+            for i, (_, _, _, params) in enumerate(members):
                 if params is not None:
                     up[i] = params
             pinned = any(m[3] is not None for m in members)
@@ -300,24 +340,24 @@ class TritonPythonModel:
     def _call_ranker(self, ids, up, version: int):
         session = self.ranker.session
         if session is not None and version in (-1, self.ranker.version):
-            feed = {"item_ids": ids, **({"user_params": up} if up is not None else {})}
-            items, scores = session.run(["top_items", "top_scores"], feed)
+            feed = {INPUT_ITEM_IDS: ids, **({INPUT_USER_PARAMS: up} if up is not None else {})}
+            items, scores = session.run([OUTPUT_TOP_ITEMS, OUTPUT_TOP_SCORES], feed)
             return items, scores, str(self.ranker.version)
         pb = self.pb
-        inputs = [pb.Tensor("item_ids", ids)] + ([pb.Tensor("user_params", up)] if up is not None else [])
+        inputs = [pb.Tensor(INPUT_ITEM_IDS, ids)] + ([pb.Tensor(INPUT_USER_PARAMS, up)] if up is not None else [])
         req = pb.InferenceRequest(model_name=self.ranker_name, model_version=int(version),
-                                  requested_output_names=["top_items", "top_scores"], inputs=inputs)
+                                  requested_output_names=[OUTPUT_TOP_ITEMS, OUTPUT_TOP_SCORES], inputs=inputs)
         resp = req.exec()
         if resp.has_error():
             return None, None, f"ranker '{self.ranker_name}' failed: {resp.error().message()}"
         got = {t.name(): t.as_numpy() for t in resp.output_tensors()}
         answered = str(version) if version > 0 else str(self.ranker.version)
-        return got["top_items"], got["top_scores"], answered
+        return got[OUTPUT_TOP_ITEMS], got[OUTPUT_TOP_SCORES], answered
 
     def _responses(self, parsed, rows, answers):
         k = int(self.config["output"][0]["dims"][0])
-        pop_items = np.zeros(k, dtype=np.int64)
-        pop_scores = np.full(k, -1.0e4, dtype=np.float32)
+        pop_items = np.zeros(k, dtype=ITEM_IDS_DTYPE)
+        pop_scores = np.full(k, MASK_VALUE, dtype=SCORE_DTYPE)
         n = min(k, len(self.popularity["items"]))
         pop_items[:n], pop_scores[:n] = self.popularity["items"][:n], self.popularity["scores"][:n]
         by_req: dict = {}
@@ -329,11 +369,12 @@ class TritonPythonModel:
                 out.append(self._error(err))
                 continue
             got = by_req.get(r, [])
+            items, scores, source, version = self.out_names
             out.append(self.pb.InferenceResponse(output_tensors=[
-                self._tensor("top_items", np.stack([g[0][:k] for g in got])),
-                self._tensor("top_scores", np.stack([g[1][:k] for g in got])),
-                self._tensor("source", np.array([[g[2].encode()] for g in got], dtype=object)),
-                self._tensor("ranker_version", np.array([[g[3].encode()] for g in got], dtype=object)),
+                self._tensor(items, np.stack([g[0][:k] for g in got])),
+                self._tensor(scores, np.stack([g[1][:k] for g in got])),
+                self._tensor(source, np.array([[g[2].encode()] for g in got], dtype=object)),
+                self._tensor(version, np.array([[g[3].encode()] for g in got], dtype=object)),
             ]))
         return out
 
