@@ -241,6 +241,17 @@ GOALS: list[Goal] = [
     Goal("19.3", "1 %-of-users poisoning: the adversarial model's target HR@10 lift <= half the plain "
          "model's", ("robust",), "poisoning", ("adversarial",), (_c("lift", "<=", 0.5, over="plain"),),
          dataset="ml-100k"),
+    # -- issue 19.2: ensembles (bench/ensemble.py), registered before its main run: ML-100K LOO over
+    #    every user, full ranking; members = the shipped default recipe with seeds 0, 1, 2; the
+    #    ensemble (mean-logprob) against the best member chosen on the validation item, paired
+    #    bootstrap over users; serving cost = server CPU per sequence at concurrency 16, ensemble ÷
+    #    the best member alone, same traffic, one tritonserver
+    Goal("19.2", "ensemble NDCG@10 ÷ best member (chosen on validation) - 1 >= +3 %, CI low > 0",
+         ("ensemble",), "ensemble", ("ensemble",),
+         (_c("relative_gain", ">=", 0.03), _c("relative_gain", ">", 0.0, field="ci_low")), dataset="ml-100k"),
+    Goal("19.2", "ensemble ÷ single model, server CPU per sequence at concurrency 16 <= 2x", ("ensemble",),
+         "ensemble", ("ensemble",), (_c("cpu_ms_per_seq", "<=", 2.0, over="single"),), dataset="ml-100k",
+         where={"concurrency": 16}),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),
