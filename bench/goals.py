@@ -316,6 +316,11 @@ KNOWN_CAUSES: list[tuple[str, str, str, str, str]] = [
      "adapted: -15 % is one hit, CI [-64 %, +114 %]. cohort+per-user and auto equal head-only+warm "
      "because validation on pretraining users chose that adapter and the per-user rule adapted "
      "nobody. Not fixable without a converged Beauty fold base (no CPU left this session)"),
+    ("fewshot-r18", "coldstart-time-k1", "*", "relative_gain",
+     "time folds at k=1: the strongest baseline is first-k-popularity (the items users rated first, "
+     "counted on the users who arrived before the cut: sign-up picks change little over time) and "
+     "it beats every model; per-user offsets need >= 3 support items, so per-user is the prefix "
+     "base's zero-shot there. 2 folds, 472 users: the CIs are wide"),
     ("items", "coldstart-items", "item-embeddings-noreplay", "ratio",
      "the control without warm replay, bias shift or ratio target: the old method, kept to "
      "show what the replay fixes"),

@@ -9,6 +9,8 @@ torch or Optimum). The quantize *function* is ``from exporters.quantize import q
 - ``detect_preset`` (and ``quantize``)                            (exporters.quantize)
 - ``check_guard``, ``check_batch_invariance``                     (exporters.guard)
 - ``select_served_model``, ``measure_latency``                    (exporters.selection)
+- ``select_and_guard``, ``DEFAULT_CANDIDATES``, ``build_candidate``   (exporters.select_and_guard:
+  the chain candidates -> guard -> choice that ``fsrec quantize`` and the pipeline call)
 - ``build_model_repository``, ``runtime_repository``, ``load_model_config``,
   ``write_default_repository``, ``check_repository``, ``RepositorySpec``  (exporters.repository)
 - ``ExportMeta``, ``make_session``, ``run_topk``                   (exporters.runtime)
@@ -25,6 +27,8 @@ _EXPORTS = {
     "quantize": ["detect_preset"],
     "guard": ["check_guard", "check_batch_invariance", "GuardReport", "BatchInvarianceReport"],
     "selection": ["select_served_model", "measure_latency", "ServedModelDecision"],
+    "select_and_guard": ["select_and_guard", "build_candidate", "DEFAULT_CANDIDATES", "CandidateOptions",
+                         "SelectionReport"],
     "repository": ["build_model_repository", "runtime_repository", "load_model_config", "model_config",
                    "render_config", "write_default_repository", "check_repository", "RepositorySpec",
                    "RepositoryVersion", "DEFAULT_SPEC", "next_version"],

@@ -13,10 +13,10 @@ Layout (``docs/export.md``)::
     <repo>/<model>/<version>/model.py            python targets (cpu, gpu-python)
     <repo>/<model>/<version>/model.pt            gpu-python only (TorchScript of the graph)
 
-The committed ``model_repository/`` holds the default description's cpu target at
-``model_repository/fsrec``, its gpu target at ``model_repository/gpu/fsrec`` and its
-gpu-python target's config at ``model_repository/gpu-python/fsrec`` (separate repository
-roots: the model name stays ``fsrec``). Machine-specific values (the python backend's
+The committed ``model_repository/`` holds one repository root per target, side by side:
+``model_repository/cpu/``, ``model_repository/gpu/`` and ``model_repository/gpu-python/``
+(each with the ranker ``fsrec`` and the front models ``fsrec_user`` / ``fsrec_events``; the
+model name stays ``fsrec``; ``target_repository(target)`` is a target's root). Machine-specific values (the python backend's
 ``EXECUTION_ENV_PATH``) are never committed: :func:`runtime_repository` adds them to a runtime
 copy when a server starts. Adapter variants are new versions of the same model.
 """
@@ -42,6 +42,7 @@ from fsrec_serve.contract import (
     META_FILE,
     ONNX_FILE,
     PYTHON_MODEL_FILE,
+    REPOSITORY_TOP,
 )
 from fsrec_serve.errors import ConfigError, RepositoryError
 
@@ -60,10 +61,12 @@ from .triton_config import (
 logger = logging.getLogger(__name__)
 
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python" / "model.py"
-# the committed repository (golden): <project>/model_repository
-COMMITTED_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
-GPU_SUBDIR = "gpu"  # <repo>/gpu/<model>: the gpu target's repository root
-GPU_PYTHON_SUBDIR = "gpu-python"  # <repo>/gpu-python/<model>: the gpu-python target's root
+# the committed repositories (golden): <project>/model_repository/<target>/, one root per target
+COMMITTED_REPOSITORY = Path(__file__).resolve().parents[1] / REPOSITORY_TOP
+TARGET_ROOTS = {t: t for t in TARGETS}  # target -> its root's folder under model_repository/
+CPU_SUBDIR = TARGET_ROOTS["cpu"]  # <top>/cpu/<model>: the cpu target's repository root
+GPU_SUBDIR = TARGET_ROOTS["gpu"]  # <top>/gpu/<model>: the gpu target's repository root
+GPU_PYTHON_SUBDIR = TARGET_ROOTS["gpu-python"]  # <top>/gpu-python/<model>: the gpu-python target's root
 EXECUTION_ENV_KEY = "EXECUTION_ENV_PATH"
 
 
@@ -127,6 +130,7 @@ def build_model_repository(
                                user_params_dim=meta.user_params_dim)
     model_name = spec.model_name
     repo = Path(repo_dir)
+    refuse_top_folder(repo, target)
     model_dir = repo / model_name
     existing = versions(model_dir)
     if existing and (model_dir / CONFIG_PBTXT).exists():
@@ -173,37 +177,59 @@ def served_io(cfg) -> dict:
     return {**io, "max_seq_len": seq}
 
 
+def refuse_top_folder(repo: Path, target: str = "cpu") -> None:
+    """A folder holding the target roots (model_repository/) is not a repository root itself."""
+    if repo.is_dir() and all((repo / r).is_dir() for r in TARGET_ROOTS.values()):
+        raise RepositoryError(
+            f"{repo} holds one repository root per target ({', '.join(TARGET_ROOTS.values())}): pass "
+            f"the target's root, e.g. {target_repository(target, repo)}"
+        )
+
+
 # -- the committed default repository (golden) ----------------------------------------------------
+def target_repository(target: str = "cpu", top: str | Path = COMMITTED_REPOSITORY) -> Path:
+    """The repository root of ``target`` under ``top`` (default: the project's model_repository/)."""
+    if target not in TARGET_ROOTS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    return Path(top) / TARGET_ROOTS[target]
+
+
 def write_default_repository(repo_dir: str | Path = COMMITTED_REPOSITORY,
                              spec: RepositorySpec = DEFAULT_SPEC) -> list[Path]:
-    """Write what is committed under ``model_repository/``: the cpu target's config and python
-    model (``fsrec/config.pbtxt``, ``fsrec/1/model.py``), the gpu target's config
-    (``gpu/fsrec/config.pbtxt``) and the gpu-python target's (``gpu-python/fsrec/config.pbtxt``;
-    its model.py is added when a version is built). Weights are not part of it (git-ignored,
+    """Write what is committed under ``model_repository/``: one root per target, each with the
+    ranker's config and the front models: ``cpu/fsrec/config.pbtxt`` with its python model
+    (``cpu/fsrec/1/model.py``), ``gpu/fsrec/config.pbtxt`` and ``gpu-python/fsrec/config.pbtxt``
+    (its model.py is added when a version is built). Weights are not part of it (git-ignored,
     built by the job)."""
-    repo = Path(repo_dir)
-    written = [write_model_config(repo / spec.model_name, spec, "cpu")]
-    vdir = repo / spec.model_name / "1"
+    from .user_repository import UserModelsSpec, build_user_models  # the front models: configs committed
+
+    top = Path(repo_dir)
+    cpu = target_repository("cpu", top)
+    written = [write_model_config(cpu / spec.model_name, spec, "cpu")]
+    vdir = cpu / spec.model_name / "1"
     vdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PYTHON_MODEL_SOURCE, vdir / PYTHON_MODEL_FILE)
     written.append(vdir / PYTHON_MODEL_FILE)
-    written.append(write_model_config(repo / GPU_SUBDIR / spec.model_name, spec, "gpu"))
-    written.append(write_model_config(repo / GPU_PYTHON_SUBDIR / spec.model_name, spec, "gpu-python"))
-    from .user_repository import UserModelsSpec, build_user_models  # the front models: configs committed
-
     front = dict(ranker=spec.model_name, max_top_k=spec.max_top_k, length_buckets=tuple(spec.buckets()))
-    written += build_user_models(repo, None, UserModelsSpec(**front))  # cpu: ranks in-process
-    for sub in (GPU_SUBDIR, GPU_PYTHON_SUBDIR):  # gpu: BLS calls of the ranker on the GPU
-        written += build_user_models(repo / sub, None, UserModelsSpec(**front, ranking="bls"))
+    written += build_user_models(cpu, None, UserModelsSpec(**front))  # cpu: ranks in-process
+    for target in ("gpu", "gpu-python"):  # gpu: BLS calls of the ranker on the GPU
+        root = target_repository(target, top)
+        written.append(write_model_config(root / spec.model_name, spec, target))
+        written += build_user_models(root, None, UserModelsSpec(**front, ranking="bls"))
     return written
 
 
 def check_repository(repo_dir: str | Path = COMMITTED_REPOSITORY,
                      spec: RepositorySpec = DEFAULT_SPEC) -> list[str]:
     """Golden check: regenerate the default repository in a temporary folder and list every file
-    of it that is missing from ``repo_dir`` or differs (empty list = up to date)."""
+    of it that is missing from ``repo_dir`` or differs, and any model folder left outside the
+    target roots (empty list = up to date)."""
     repo = Path(repo_dir)
     problems = []
+    if repo.is_dir():  # the older layout: the cpu root's models at the top
+        for stray in sorted(p for p in repo.iterdir() if (p / CONFIG_PBTXT).exists()):
+            problems.append(f"{stray} is a model folder outside the target roots "
+                            f"({', '.join(TARGET_ROOTS.values())}); move it into {target_repository('cpu', repo)}")
     with tempfile.TemporaryDirectory() as tmp:
         for f in write_default_repository(tmp, spec):
             rel = f.relative_to(tmp)
@@ -231,8 +257,7 @@ def runtime_repository(
     config.pbtxt is rewritten through ModelConfig with the machine-specific values added:
     ``EXECUTION_ENV_PATH`` = ``execution_env_path`` (default: this interpreter's environment,
     ``sys.prefix``) for python-backend models, and the TensorRT cache path for gpu models when
-    ``trt_cache_path`` is given. Sub-folders without a config.pbtxt (e.g. the ``gpu/`` root) are
-    skipped. ``runtime_dir`` is emptied first. Returns ``runtime_dir``.
+    ``trt_cache_path`` is given. Sub-folders without a config.pbtxt are skipped. ``runtime_dir`` is emptied first. Returns ``runtime_dir``.
     """
     repo, out = Path(repo_dir).resolve(), Path(runtime_dir)
     if out.resolve() == repo:
@@ -243,6 +268,7 @@ def runtime_repository(
     out.mkdir(parents=True)
     names = models or sorted(p.name for p in repo.iterdir() if (p / CONFIG_PBTXT).exists())
     if not names:
+        refuse_top_folder(repo)
         raise RepositoryError(f"{repo} holds no model folder with a {CONFIG_PBTXT}")
     for name in names:
         src = repo / name
@@ -280,5 +306,5 @@ __all__ = [
     "TARGETS", "RepositorySpec", "DEFAULT_SPEC", "RepositoryVersion", "model_config",
     "render_config", "load_model_config", "write_model_config", "versions", "next_version",
     "build_model_repository", "write_default_repository", "check_repository", "runtime_repository",
-    "COMMITTED_REPOSITORY",
+    "COMMITTED_REPOSITORY", "TARGET_ROOTS", "target_repository",
 ]

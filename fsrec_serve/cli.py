@@ -15,8 +15,8 @@ import warnings
 from .errors import FsRecError
 
 # modules under fsrec_serve.commands that register sub-commands, in --help order
-COMMAND_MODULES = ["data", "train", "adapt", "export", "serve", "recommend", "events", "learn", "loadtest",
-                   "rollout", "ops", "pipeline"]
+COMMAND_MODULES = ["data", "train", "evaluate", "adapt", "export", "serve", "recommend", "events", "learn",
+                   "loadtest", "rollout", "ops", "pipeline", "ensemble"]
 # loggers and warning sources of this project: shown without -v (libraries' only with -v)
 OWN_NAMESPACES = ("fsrec_serve", "exporters", "bench", "loadtests", "fsrec", "__main__")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -64,6 +64,10 @@ ONNX_FILE = "model.onnx"  # the served graph inside a version folder
 PYTHON_MODEL_FILE = "model.py"  # the python-backend model inside a version folder (cpu target)
 CONFIG_FILE = "config.pbtxt"  # Triton model configuration
 DEFAULT_MODEL_NAME = "fsrec"  # Triton model name
+REPOSITORY_TOP = "model_repository"  # the folder of the repository roots, one per target
+# the cpu target's repository root (relative to the project): what `fsrec serve`, the main job,
+# `fsrec events` and `fsrec loadtest` use by default; the others are model_repository/gpu, /gpu-python
+DEFAULT_REPOSITORY = f"{REPOSITORY_TOP}/cpu"
 
 # -- network -----------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator says otherwise

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .contract import DEFAULT_REPOSITORY
 from .data.spec import DataSpec
-from .errors import ConfigError, FsRecError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class PipelineConfig:
     stop_after: str | None = None  # stop after this step: data, pretrain, adapt, export (None = all)
     verbose: bool = False  # fsrec -v: ONNX Runtime's own log too (the CLI filters the rest)
     work_dir: Path = Path("runs/pipeline")  # checkpoints, adapter, exports, server logs
-    repository: Path = Path("model_repository")  # Triton repository (configs committed, ONNX ignored)
+    repository: Path = Path(DEFAULT_REPOSITORY)  # the cpu target's Triton repository root (configs committed)
     objective: str = "causal"  # "causal" (SASRec-style) or "cloze" (BERT4Rec-style)
     epochs: int = 40  # pretraining epochs at most (early stopping may end sooner)
     max_seq_len: int | None = None  # longest history the model reads (None = recommended)
@@ -103,31 +104,64 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
         return _run(cfg, echo)
 
 
+@dataclass
+class _Run:
+    """What the steps hand on to each other."""
+
+    cfg: PipelineConfig
+    echo: Callable[[str], None]
+    work: Path  # cfg.work_dir
+    summary: dict  # written to work/summary.json
+    spec: DataSpec  # the log (cfg.data or the preset's spec)
+    data: object = None  # Interactions (data step)
+    splits: object = None  # Splits (data step)
+    model: object = None  # the pretrained FsRecModel (pretrain step)
+    served: object = None  # the adapted, merged model that is exported (adapt step)
+    strategy: str = ""  # the adaptation strategy used (adapt step)
+    export_dir: Path | None = None  # the FP32 export (export step)
+    valid: list = field(default_factory=list)  # guard examples: warm users' validation items
+    served_dir: Path | None = None  # the export the repository serves (quantize step)
+
+
 def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
-    from .data import SplitConfig, load_interactions, make_splits, preset_spec
+    from .data import preset_spec
+
+    summary: dict = {"config": {k: str(v) for k, v in asdict(cfg).items() if k != "summary"}}
+    spec = cfg.data if cfg.data is not None else preset_spec(cfg.dataset, cfg.data_dir)
+    run = _Run(cfg, echo, Path(cfg.work_dir), summary, spec)
+    steps = {"data": _data_step, "pretrain": _pretrain_step, "adapt": _adapt_step, "export": _export_step,
+             "quantize": _quantize_step, "repository": _repository_step, "serve": _serve_step}
+    for name in STEPS:
+        steps[name](run)
+        if cfg.stop_after == name:
+            break
+    return _finish(cfg, run.work, summary, echo)
+
+
+def _data_step(run: _Run) -> None:
+    from .data import SplitConfig, load_interactions, make_splits
+
+    with _step(f"1/7 data: {run.spec.display_name}", run.echo):
+        data = load_interactions(run.spec)  # bad input fails here, before anything is written
+        splits = make_splits(data, SplitConfig(seed=run.cfg.seed))
+        s = splits.summary()
+        run.echo(_data_line(data.stats))
+        run.echo(f"   {len(data)} interactions; {s['warm_users']} warm users, {s['cold_users']} cold users "
+                 f"held out, {s['cold_items']} cold items held out, {s['items']} items"
+                 + (f"; titles for {len(data.item_names)} items" if data.item_names else ""))
+        run.summary["data"] = {**s, "cleaning": data.stats, "item_map": splits.item_map.raw_ids}
+    run.data, run.splits = data, splits
+    run.valid = splits.loo_valid()[:256]
+    run.work.mkdir(parents=True, exist_ok=True)
+
+
+def _pretrain_step(run: _Run) -> None:
     from .evaluation import PopularityModel, evaluate_next_item
     from .training import pretrain
     from .training.pretrain import default_model_config, default_train_config
 
-    work = Path(cfg.work_dir)
-    summary: dict = {"config": {k: str(v) for k, v in asdict(cfg).items() if k != "summary"}}
-    spec = cfg.data if cfg.data is not None else preset_spec(cfg.dataset, cfg.data_dir)
-    label = spec.display_name
-
-    with _step(f"1/7 data: {label}", echo):
-        data = load_interactions(spec)  # bad input fails here, before anything is written
-        splits = make_splits(data, SplitConfig(seed=cfg.seed))
-        s = splits.summary()
-        echo(_data_line(data.stats))
-        echo(f"   {len(data)} interactions; {s['warm_users']} warm users, {s['cold_users']} cold users "
-             f"held out, {s['cold_items']} cold items held out, {s['items']} items"
-             + (f"; titles for {len(data.item_names)} items" if data.item_names else ""))
-        summary["data"] = {**s, "cleaning": data.stats, "item_map": splits.item_map.raw_ids}
-    work.mkdir(parents=True, exist_ok=True)
-    if cfg.stop_after == "data":
-        return _finish(cfg, work, summary, echo)
-
-    with _step(f"2/7 pretrain ({cfg.objective}, at most {cfg.epochs} epochs)", echo):
+    cfg, splits = run.cfg, run.splits
+    with _step(f"2/7 pretrain ({cfg.objective}, at most {cfg.epochs} epochs)", run.echo):
         over = {k: v for k, v in (("max_seq_len", cfg.max_seq_len), ("hidden_size", cfg.hidden_size))
                 if v is not None}
         if not cfg.use_features:
@@ -135,95 +169,95 @@ def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
         mcfg = default_model_config(splits, cfg.objective, **over)
         tcfg = default_train_config(
             splits, cfg.objective, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device,
-            output_dir=str(work / "pretrained"), max_train_seconds=cfg.max_train_seconds,
+            output_dir=str(run.work / "pretrained"), max_train_seconds=cfg.max_train_seconds,
             **({"batch_size": cfg.batch_size} if cfg.batch_size else {}),
         )
         res = pretrain(splits, mcfg, tcfg)
-        model = res.model.eval()
+        model = run.model = res.model.eval()
         test = evaluate_next_item(model, splits.loo_test(), ks=(10,))
         pop = evaluate_next_item(PopularityModel.fit(splits.loo_train(), len(splits.item_map)),
                                  splits.loo_test(), ks=(10,))
-        echo(f"   best epoch {res.best_epoch}, {res.seconds:.0f}s; warm-user test NDCG@10 "
-             f"{test['ndcg@10']:.4f} (popularity {pop['ndcg@10']:.4f}), HR@10 {test['hr@10']:.4f}")
-        summary["pretrain"] = {"best_epoch": res.best_epoch, "seconds": res.seconds,
-                               "first_epoch_loss": res.history[0]["loss"] if res.history else None,
-                               "test": {k: v for k, v in test.items() if "@" in k},
-                               "popularity": {k: v for k, v in pop.items() if "@" in k}}
-    if cfg.stop_after == "pretrain":
-        return _finish(cfg, work, summary, echo)
+        run.echo(f"   best epoch {res.best_epoch}, {res.seconds:.0f}s; warm-user test NDCG@10 "
+                 f"{test['ndcg@10']:.4f} (popularity {pop['ndcg@10']:.4f}), HR@10 {test['hr@10']:.4f}")
+        run.summary["pretrain"] = {"best_epoch": res.best_epoch, "seconds": res.seconds,
+                                   "first_epoch_loss": res.history[0]["loss"] if res.history else None,
+                                   "test": {k: v for k, v in test.items() if "@" in k},
+                                   "popularity": {k: v for k, v in pop.items() if "@" in k}}
 
-    with _step(f"3/7 adapt to {len(splits.cold_users)} cold users from k={cfg.k} ({cfg.strategy})", echo):
-        from .adaptation import AdaptConfig, adapt
 
+def _adapt_step(run: _Run) -> None:
+    from .adaptation import AdaptConfig, adapt
+    from .evaluation import evaluate_next_item
+
+    cfg, splits = run.cfg, run.splits
+    with _step(f"3/7 adapt to {len(splits.cold_users)} cold users from k={cfg.k} ({cfg.strategy})", run.echo):
         support, query = splits.support_query(cfg.k)
-        zero = evaluate_next_item(model, query, ks=(10,))
-        ad = adapt(model, support, strategy=cfg.strategy, config=AdaptConfig(seed=cfg.seed, device=cfg.device))
+        zero = evaluate_next_item(run.model, query, ks=(10,))
+        ad = adapt(run.model, support, strategy=cfg.strategy, config=AdaptConfig(seed=cfg.seed, device=cfg.device))
         adapted = evaluate_next_item(ad.model, query, ks=(10,))
-        ad.save(work / "adapter")
-        echo(f"   strategy used: {ad.strategy}; cold-user query NDCG@10 zero-shot {zero['ndcg@10']:.4f} "
-             f"-> adapted {adapted['ndcg@10']:.4f}")
-        summary["adapt"] = {"strategy": ad.strategy, "zero_shot_ndcg@10": zero["ndcg@10"],
-                            "adapted_ndcg@10": adapted["ndcg@10"],
-                            "seconds": ad.info.get("seconds")}
-        served = ad.merged_model().eval()
-        served.item_map = splits.item_map
-    if cfg.stop_after == "adapt":
-        return _finish(cfg, work, summary, echo)
+        ad.save(run.work / "adapter")
+        run.echo(f"   strategy used: {ad.strategy}; cold-user query NDCG@10 zero-shot {zero['ndcg@10']:.4f} "
+                 f"-> adapted {adapted['ndcg@10']:.4f}")
+        run.summary["adapt"] = {"strategy": ad.strategy, "zero_shot_ndcg@10": zero["ndcg@10"],
+                                "adapted_ndcg@10": adapted["ndcg@10"], "seconds": ad.info.get("seconds")}
+        run.served = ad.merged_model().eval()
+        run.served.item_map = splits.item_map
+        run.strategy = ad.strategy
 
-    with _step("4/7 export to ONNX with Optimum (validated against PyTorch)", echo):
-        from exporters.export import export_onnx
 
-        valid = splits.loo_valid()[:256]
-        exp = export_onnx(served, work / "onnx" / "fp32", validate_with=[e.history for e in valid],
-                          source=f"{label} {cfg.objective} + {ad.strategy} (k={cfg.k})")
+def _export_step(run: _Run) -> None:
+    from exporters.export import export_onnx
+
+    from .data import RunRecord
+
+    cfg = run.cfg
+    with _step("4/7 export to ONNX with Optimum (validated against PyTorch)", run.echo):
+        exp = export_onnx(run.served, run.work / "onnx" / "fp32", validate_with=[e.history for e in run.valid],
+                          source=f"{run.spec.display_name} {cfg.objective} + {run.strategy} (k={cfg.k})",
+                          extra=RunRecord.for_splits(run.splits).source_dict())
         v = exp.validation
-        echo(f"   {exp.onnx_path} ({exp.size_kb:.0f} kB); max |score diff| {v.max_abs_diff:.2e}, "
-             f"top-10 agreement {v.top10_overlap:.4f}")
-        summary["export"] = {"size_kb": exp.size_kb, "max_abs_diff": v.max_abs_diff,
-                             "top10_overlap": v.top10_overlap}
-    if cfg.stop_after == "export":
-        return _finish(cfg, work, summary, echo)
+        run.echo(f"   {exp.onnx_path} ({exp.size_kb:.0f} kB); max |score diff| {v.max_abs_diff:.2e}, "
+                 f"top-10 agreement {v.top10_overlap:.4f}")
+        run.summary["export"] = {"size_kb": exp.size_kb, "max_abs_diff": v.max_abs_diff,
+                                 "top10_overlap": v.top10_overlap}
+    run.export_dir = run.served_dir = Path(exp.output_dir)
 
-    served_dir = exp.output_dir
-    if cfg.quantize:
-        with _step("5/7 optimize + quantize under the accuracy and batch-invariance guard", echo):
-            from exporters.quantize import optimize, quantize
-            from exporters.selection import select_served_model
 
-            cands = {"optimized": optimize(exp.output_dir, work / "onnx" / "optimized")}
-            try:
-                cands["int8-static"] = quantize(
-                    exp.output_dir, work / "onnx" / "int8-static", mode="int8-static",
-                    calibration_histories=[s.items for s in splits.loo_train()[:512]],
-                )
-            except FsRecError as e:  # a failed quantization is reported, FP32 still serves
-                echo(f"   INT8 static quantization failed: {e}")
-            decision = select_served_model(cands, exp.output_dir, valid)
-            served_dir = Path(decision.chosen_dir)
-            echo(f"   serving {decision.chosen}: {decision.reason}")
-            summary["quantize"] = {"chosen": decision.chosen, "reason": decision.reason}
-    else:
-        echo("\n== 5/7 quantization skipped (--no-quantize)")
-    if cfg.stop_after == "quantize":
-        return _finish(cfg, work, summary, echo)
+def _quantize_step(run: _Run) -> None:
+    """The exporters' chain (candidates -> guard -> choice) with its default candidates."""
+    if not run.cfg.quantize:
+        run.echo("\n== 5/7 quantization skipped (--no-quantize)")
+        return
+    with _step("5/7 optimize + quantize under the accuracy and batch-invariance guard", run.echo):
+        from exporters.select_and_guard import select_and_guard
 
-    with _step(f"6/7 Triton model repository: {cfg.repository}", echo):
-        from exporters.repository import build_model_repository
+        report = select_and_guard(run.export_dir, run.valid, output_root=run.work / "onnx",
+                                  calibration_histories=[s.items for s in run.splits.loo_train()[:512]])
+        run.served_dir = Path(report.chosen_dir)
+        run.echo(f"   serving {report.chosen}: {report.reason}")
+        run.summary["quantize"] = {"chosen": report.chosen, "reason": report.reason,
+                                   "guard_results": report.guard_results()}
 
-        rv = build_model_repository(cfg.repository, served_dir, target="cpu", version=cfg.version,
+
+def _repository_step(run: _Run) -> None:
+    from exporters.repository import build_model_repository
+    from exporters.user_repository import build_user_models, popularity_of
+
+    cfg = run.cfg
+    with _step(f"6/7 Triton model repository: {cfg.repository}", run.echo):
+        rv = build_model_repository(cfg.repository, run.served_dir, target="cpu", version=cfg.version,
                                     overwrite=True)
-        from exporters.user_repository import build_user_models, popularity_of
+        build_user_models(cfg.repository, popularity_of([q.items for q in run.splits.loo_train()], rv.meta.max_top_k))
+        run.served.save_pretrained(run.work / "served")  # what the learner fits per-user parameters on
+        run.echo(f"   wrote {rv.version_dir} and {rv.config_path}; fsrec_user + fsrec_events in front of it")
 
-        build_user_models(cfg.repository, popularity_of([q.items for q in splits.loo_train()], rv.meta.max_top_k))
-        served.save_pretrained(work / "served")  # what the learner fits per-user parameters on
-        echo(f"   wrote {rv.version_dir} and {rv.config_path}; fsrec_user + fsrec_events in front of it")
-    if cfg.stop_after == "repository":
-        return _finish(cfg, work, summary, echo)
 
+def _serve_step(run: _Run) -> None:
+    from .client import RecommenderClient
+    from .serving import serve
+
+    cfg, work, echo = run.cfg, run.work, run.echo
     with _step("7/7 serve on Triton and query it", echo):
-        from .client import RecommenderClient
-        from .serving import serve
-
         store = work / "store.sqlite3"
         for suffix in ("", "-wal", "-shm"):  # the demo starts from an empty store
             Path(f"{store}{suffix}").unlink(missing_ok=True)
@@ -231,30 +265,32 @@ def _run(cfg: PipelineConfig, echo: Callable[[str], None]) -> dict:
                    metrics_port=cfg.metrics_port, log_file=work / "tritonserver.log", store=str(store)) as server:
             echo(f"   tritonserver ready: gRPC {server.url_grpc}, HTTP {server.url_http} "
                  f"(log {server.log_path})")
-            names = data.item_names
-            shown = []
+            names = run.data.item_names
             with RecommenderClient.for_server(server, cfg.protocol) as client:
-                for seq in splits.cold_users[: cfg.show_users]:
-                    history = splits.item_map.raws(seq.items[: cfg.k])
-                    truth = splits.item_map.raw(seq.items[cfg.k])
-                    rec = client.recommend(history, k=cfg.top_k)
-                    hit = truth in rec.items
-                    echo(f"\n   cold user {seq.user}: history (oldest first)")
-                    for it in history:
-                        echo(f"     - {it:>5} {names.get(it, '')}")
-                    echo(f"   top-{cfg.top_k} from Triton (model version {rec.model_version}):")
-                    for it, sc in zip(rec.items, rec.scores):
-                        mark = "  <- the user's actual next item" if it == truth else ""
-                        echo(f"     {sc:7.3f} {it:>5} {names.get(it, '')}{mark}")
-                    if not hit:
-                        echo(f"   (actual next item {truth} {names.get(truth, '')} not in the top {cfg.top_k})")
-                    shown.append({"user": seq.user, "history": history, "items": rec.items,
-                                  "titles": [names.get(it) for it in rec.items],
-                                  "scores": rec.scores, "next_item": truth, "hit": hit})
-                summary["live"] = _live_demo(cfg, splits, names, client, work, store, echo)
-            summary["served"] = {"users": shown, "grpc": server.url_grpc, "http": server.url_http}
+                shown = [_show_user(cfg, run.splits, names, client, seq, echo)
+                         for seq in run.splits.cold_users[: cfg.show_users]]
+                run.summary["live"] = _live_demo(cfg, run.splits, names, client, work, store, echo)
+            run.summary["served"] = {"users": shown, "grpc": server.url_grpc, "http": server.url_http}
         echo("   tritonserver stopped")
-    return _finish(cfg, work, summary, echo)
+
+
+def _show_user(cfg: PipelineConfig, splits, names: dict, client, seq, echo: Callable[[str], None]) -> dict:
+    """Print one cold user's first k items and Triton's top-k for them; return what was shown."""
+    history = splits.item_map.raws(seq.items[: cfg.k])
+    truth = splits.item_map.raw(seq.items[cfg.k])
+    rec = client.recommend(history, k=cfg.top_k)
+    hit = truth in rec.items
+    echo(f"\n   cold user {seq.user}: history (oldest first)")
+    for it in history:
+        echo(f"     - {it:>5} {names.get(it, '')}")
+    echo(f"   top-{cfg.top_k} from Triton (model version {rec.model_version}):")
+    for it, sc in zip(rec.items, rec.scores):
+        mark = "  <- the user's actual next item" if it == truth else ""
+        echo(f"     {sc:7.3f} {it:>5} {names.get(it, '')}{mark}")
+    if not hit:
+        echo(f"   (actual next item {truth} {names.get(truth, '')} not in the top {cfg.top_k})")
+    return {"user": seq.user, "history": history, "items": rec.items, "titles": [names.get(it) for it in rec.items],
+            "scores": rec.scores, "next_item": truth, "hit": hit}
 
 
 def _live_demo(cfg: PipelineConfig, splits, names: dict, client, work: Path, store: Path,

@@ -2,13 +2,13 @@
 
 Run it through the release gate (headless, reports, thresholds)::
 
-    fsrec loadtest --host 127.0.0.1:8001 --protocol grpc --repository model_repository \
+    fsrec loadtest --host 127.0.0.1:8001 --protocol grpc --repository model_repository/cpu \
         --users 8 --run-time 30s --gate loadtests/gate.yaml --report-dir loadtests/reports
 
 or with Locust directly (same options; the web UI binds 127.0.0.1 only when asked)::
 
     locust -f loadtests/locustfile.py --host 127.0.0.1:8001 --histories h.json \
-        --repository model_repository GrpcRecommenderUser
+        --repository model_repository/cpu GrpcRecommenderUser
 
 Each user is a closed loop over the project's client (``fsrec_serve.client.RecommenderClient``,
 ``tritonclient`` underneath): pick a real held-out user's history (uniformly, so the requests

@@ -21,9 +21,11 @@ def add_parsers(sub) -> None:
     src = r.add_mutually_exclusive_group()  # or --data PATH (your own log; its cold users)
     src.add_argument("--support-file", help="one user a line: 'user_id item_id item_id ...' (raw ids, time order)")
     src.add_argument("--cold-users", metavar="DATASET",
-                     help="use the cold users of DATASET's default split as the cohort (first --k items)")
-    r.add_argument("--k", type=int, default=5, help="support size with --cold-users")
-    r.add_argument("--seed", type=int, default=0, help="split seed (--cold-users) and adaptation seed")
+                     help="use the cold users of DATASET as the cohort (first --k items); default: the cold "
+                     "users of the data and split recorded with --base")
+    r.add_argument("--k", type=int, default=5, help="support size of the cold users")
+    r.add_argument("--seed", type=int, default=0,
+                   help="adaptation seed (and split seed for a --base that records no split)")
     r.add_argument("--data-dir", default=None, help="data folder (env FSREC_DATA_DIR)")
     r.add_argument("--config", default=None, help="AdaptConfig JSON file")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -38,9 +40,10 @@ def add_parsers(sub) -> None:
     u.add_argument("--out", required=True, help="JSON file to write (written atomically)")
     usrc = u.add_mutually_exclusive_group()
     usrc.add_argument("--support-file", help="one user a line: 'user_id item_id item_id ...' (raw ids, time order)")
-    usrc.add_argument("--cold-users", metavar="DATASET", help="the cold users of DATASET's default split (first --k)")
-    u.add_argument("--k", type=int, default=5, help="support size with --cold-users")
-    u.add_argument("--seed", type=int, default=0, help="split seed (--cold-users)")
+    usrc.add_argument("--cold-users", metavar="DATASET",
+                      help="the cold users of DATASET (first --k); default: those of the split recorded with --base")
+    u.add_argument("--k", type=int, default=5, help="support size of the cold users")
+    u.add_argument("--seed", type=int, default=0, help="split seed for a --base that records no split")
     u.add_argument("--data-dir", default=None, help="data folder (env FSREC_DATA_DIR)")
     u.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a PerUserConfig field (JSON value), e.g. --set lrs=[0.1] --set l2=0.01")
@@ -54,11 +57,13 @@ def add_parsers(sub) -> None:
 
     k = asub.add_parser("kshot", help="cold-start-user k-shot evaluation of strategies on a split")
     k.add_argument("--base", required=True, help="model pretrained WITHOUT the split's cold users")
-    k.add_argument("--dataset", default=None, help="ml-100k or beauty (or your own log: --data)")
+    k.add_argument("--dataset", default=None,
+                   help="ml-100k or beauty (or your own log: --data); default: the data recorded with --base")
     k.add_argument("--ks", nargs="+", type=int, default=[1, 3, 5, 10])
     k.add_argument("--strategies", nargs="+", default=["popularity", "zero_shot", "lora", "auto"],
                    choices=["popularity"] + STRATEGY_CHOICES)
-    k.add_argument("--seed", type=int, default=0, help="split seed (must be the pretraining's)")
+    k.add_argument("--seed", type=int, default=0,
+                   help="adaptation seed (and split seed for a --base that records no split)")
     k.add_argument("--data-dir", default=None)
     add_data_arguments(k)
     k.set_defaults(func=_kshot)
@@ -102,6 +107,35 @@ def _read_support(path, model):
     return out
 
 
+def _cohort_splits(args, command: str):
+    """The splits of the --base model's run (the data and split of its fsrec_run.json), with the
+    data of --cold-users / --dataset / --data when given; a base without a record is split with --seed."""
+    from ..data import RunRecord, SplitConfig, data_source_from_args
+    from ..errors import ConfigError
+
+    record = RunRecord.find(args.base)
+    spec = data_source_from_args(args, dataset=getattr(args, "cold_users", None))
+    if record is None:
+        if spec is None:
+            raise ConfigError(f"{command} needs --support-file, --cold-users DATASET or --data PATH: "
+                              f"{args.base} records no data set")
+        record = RunRecord.for_source(spec, SplitConfig(seed=args.seed))
+    elif spec is not None:
+        record = record.with_source(spec)
+    return record.splits(args.data_dir)
+
+
+def _keep_record(base, out) -> None:
+    """A merged model keeps its base's run record: export and evaluate find the data and split."""
+    import dataclasses
+
+    from ..data import RunRecord
+
+    record = RunRecord.find(base)
+    if record is not None:
+        dataclasses.replace(record, extra={**record.extra, "adapted_from": str(base)}).save(out)
+
+
 def _run(args) -> int:
     from ..adaptation import adapt
     from ..model import FsRecModel
@@ -111,20 +145,7 @@ def _run(args) -> int:
         support = _read_support(args.support_file, model)
         query = None
     else:
-        from ..data import (
-            SplitConfig,
-            data_source_from_args,
-            load_interactions,
-            make_splits,
-        )
-        from ..errors import ConfigError
-
-        spec = data_source_from_args(args, dataset=args.cold_users)
-        if spec is None:
-            raise ConfigError("fsrec adapt run needs --support-file, --cold-users DATASET or --data PATH")
-        data = load_interactions(spec)
-        splits = make_splits(data, SplitConfig(seed=args.seed))
-        support, query = splits.support_query(args.k)
+        support, query = _cohort_splits(args, "fsrec adapt run").support_query(args.k)
     res = adapt(model, support, strategy=args.strategy, config=_config(args))
     path = res.save(args.out)
     out = {"strategy": res.strategy, "artifact": str(path), "size_kb": round(res.artifact.size_kb(), 1),
@@ -141,6 +162,7 @@ def _run(args) -> int:
     if args.merged_out:
         merged = res.merged_model()
         merged.save_pretrained(args.merged_out)
+        _keep_record(args.base, args.merged_out)
         out["merged"] = args.merged_out
     print(json.dumps(out, indent=2, default=float))
     return 0
@@ -151,18 +173,17 @@ def _merge(args) -> int:
 
     merged = load_adapted(args.base, args.artifact, merged=True)
     merged.save_pretrained(args.out)
+    _keep_record(args.base, args.out)
     print(f"merged model written to {args.out}")
     return 0
 
 
 def _kshot(args) -> int:
     from ..adaptation import AdaptConfig
-    from ..data import SplitConfig, load_interactions, make_splits, require_data_source
     from ..experiments.coldstart import coldstart_users
     from ..model import FsRecModel
 
-    data = load_interactions(require_data_source(args, "fsrec adapt kshot"))
-    splits = make_splits(data, SplitConfig(seed=args.seed))
+    splits = _cohort_splits(args, "fsrec adapt kshot")
     model = FsRecModel.from_pretrained(args.base).eval()
     print("| k | method | HR@10 | NDCG@10 | seconds | KB |")
     print("|---|---|---|---|---|---|")
@@ -190,14 +211,8 @@ def _per_user(args) -> int:
     model = FsRecModel.from_pretrained(args.base).eval()
     if args.support_file:
         support = _read_support(args.support_file, model)
-    elif args.cold_users:
-        from ..data import SplitConfig, load_dataset, make_splits
-        from ..settings import get_settings
-
-        data = load_dataset(args.cold_users, get_settings(data_dir=args.data_dir).data_dir)
-        support, _ = make_splits(data, SplitConfig(seed=args.seed)).support_query(args.k)
     else:
-        raise ConfigError("fsrec adapt per-user needs --support-file FILE or --cold-users DATASET")
+        support, _ = _cohort_splits(args, "fsrec adapt per-user").support_query(args.k)
     over = {}
     for item in args.set:
         key, _, val = item.partition("=")

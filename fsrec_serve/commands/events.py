@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..contract import DEFAULT_REPOSITORY
 from ..data.args import add_data_arguments, require_data_source
 
 
@@ -16,8 +17,8 @@ def add_parsers(sub) -> None:
     i.add_argument("--store", default=None,
                    help="store URL: a SQLite path / sqlite:///path, or redis://host:port/db (default $FSREC_STORE, "
                         "else the embedded file in the state folder)")
-    i.add_argument("--repository", default="model_repository",
-                   help="model repository whose ranker's item_map.json maps item ids (default model_repository)")
+    i.add_argument("--repository", default=DEFAULT_REPOSITORY,
+                   help=f"model repository whose ranker's item_map.json maps item ids (default {DEFAULT_REPOSITORY})")
     i.add_argument("--model", default="fsrec", help="ranker model name (default fsrec)")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=_ingest)

@@ -1,7 +1,8 @@
 """``fsrec export``, ``fsrec quantize`` and ``fsrec repository``: argument mapping only.
 
-The work is done by the top-level ``exporters`` package (export_onnx, optimize / quantize /
-check_guard / select_served_model, build_model_repository / check_repository).
+The work is done by the top-level ``exporters`` package (export_onnx, quantize / check_guard,
+select_and_guard, build_model_repository / check_repository). The held-out users come from the
+run record (``fsrec_serve.data.RunRecord``) of the model folder, which the export keeps.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
-                   help="data set of the held-out users (default: the one recorded with the model)")
+                   help="data set of the held-out users (default: the one recorded with the model); "
+                   "a preset or a data-spec file")
     p.add_argument("--data-dir", default=None, help="folder holding the data sets (env FSREC_DATA_DIR)")
     p.add_argument("--split-seed", type=int, default=None, help="override the recorded split seed")
 
@@ -65,11 +67,14 @@ def add_parsers(sub) -> None:
     r = sub.add_parser(
         "repository", help="build, check or regenerate the Triton model repository",
         description="With EXPORT_DIR: add it as a new version of the model (config.pbtxt generated "
-        "from Triton's ModelConfig protobuf). --check: compare the committed model_repository/ with "
+        "from Triton's ModelConfig protobuf). --check: compare the committed model_repository/ (one root "
+        "per target: cpu/, gpu/, gpu-python/) with "
         "what the generator writes (golden check). --write-defaults: regenerate it.",
     )
     r.add_argument("export_dir", nargs="?", default=None, help="export directory to add as a version")
-    r.add_argument("--repo", default=None, help="repository root (default: the project's model_repository/)")
+    r.add_argument("--repo", default=None,
+                   help="repository root (default: the project's model_repository/<target>; with --check / "
+                   "--write-defaults: model_repository/ itself)")
     r.add_argument("--target", choices=["cpu", "gpu", "gpu-python"], default="cpu",
                    help="cpu: python backend + ONNX Runtime, any history length; gpu: onnxruntime backend, "
                    "the client pads to length buckets; gpu-python: python backend + torch on CUDA")
@@ -91,40 +96,46 @@ def add_parsers(sub) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _splits(args, recorded: dict):
-    """The splits the model was trained on (recorded data set / split config), for held-out users."""
-    from ..data import SplitConfig, load_dataset, make_splits
+def _record(args, recorded, where: str):
+    """The run record of the held-out users: the recorded one (a model folder's fsrec_run.json,
+    an export's fsrec_meta.json), with --dataset / --split-seed applied."""
+    from ..data import RunRecord
     from ..errors import ConfigError
+
+    record = recorded
+    if args.dataset:
+        record = record.with_source(args.dataset) if record is not None else RunRecord.for_source(args.dataset)
+    if record is None:
+        raise ConfigError(f"{where} does not record its data set: pass --dataset (e.g. ml-100k)")
+    if args.split_seed is not None:
+        record = record.with_split(seed=args.split_seed)
+    return record
+
+
+def _splits(args, record):
     from ..settings import get_settings
 
-    dataset = args.dataset or recorded.get("dataset")
-    if not dataset:
-        raise ConfigError("the model does not record its data set: pass --dataset (e.g. ml-100k)")
-    cfg = SplitConfig(**recorded["split_config"]) if "split_config" in recorded else SplitConfig()
-    if args.split_seed is not None:
-        cfg.seed = args.split_seed
-    data_dir = get_settings(data_dir=args.data_dir).data_dir
-    return dataset, cfg, make_splits(load_dataset(dataset, data_dir), cfg)
+    return record.splits(get_settings(data_dir=args.data_dir).data_dir)
 
 
 def _export(args) -> int:
-    import dataclasses
-
     from exporters import export_onnx
 
+    from ..data import RunRecord
     from ..model import FsRecModel
 
     model_dir = Path(args.model)
-    run = model_dir / "fsrec_run.json"
-    recorded = json.loads(run.read_text()) if run.exists() else {}
+    recorded = RunRecord.find(model_dir)
     model = FsRecModel.from_pretrained(model_dir).eval()
     users, extra = None, {}
     if not args.no_validate or args.dataset:
-        dataset, cfg, splits = _splits(args, recorded)
-        extra = {"dataset": dataset, "split_config": dataclasses.asdict(cfg)}
-        users = splits.loo_test()
+        record = _record(args, recorded, str(model_dir))
+        extra = record.source_dict()  # the export keeps the data and split (quantize, rollout guard)
+        users = _splits(args, record).loo_test()
         if args.validate_users:
             users = users[: args.validate_users]
+    elif recorded is not None:
+        extra = recorded.source_dict()
     res = export_onnx(model, args.output, max_top_k=args.max_top_k, opset=args.opset,
                       validate_with=None if args.no_validate else users, atol=args.atol,
                       source=str(model_dir), extra=extra, last_position_only=not args.full_graph,
@@ -135,34 +146,32 @@ def _export(args) -> int:
 
 def _quantize(args) -> int:
     from exporters.guard import check_guard
-    from exporters.optimize import optimize
-    from exporters.quantize import quantize
     from exporters.runtime import ExportMeta
-    from exporters.selection import select_served_model
+    from exporters.select_and_guard import CandidateOptions, build_candidate, select_and_guard
+
+    from ..data import RunRecord
 
     src = Path(args.export_dir)
     meta = ExportMeta.load(src)
     need_data = not args.no_guard or args.mode in ("int8-static", "select")
-    splits = _splits(args, meta.extra)[2] if need_data else None
+    recorded = RunRecord.from_dict(meta.extra) if RunRecord.has_source(meta.extra) else None
+    splits = _splits(args, _record(args, recorded, str(src))) if need_data else None
     calib = [s.items for s in splits.loo_train()] if splits is not None else None
     guard_kw = dict(max_ndcg_drop=args.max_ndcg_drop, min_top10_overlap=args.min_top10_overlap)
+    options = CandidateOptions(preset=args.preset, per_channel=not args.no_per_channel,
+                               calibration_size=args.calibration_users, nodes_to_exclude=args.exclude_nodes)
     if args.mode == "select":
-        cands = {
-            "int8-static": quantize(src, mode="int8-static", preset=args.preset,
-                                    per_channel=not args.no_per_channel, calibration_histories=calib,
-                                    calibration_size=args.calibration_users,
-                                    nodes_to_exclude=args.exclude_nodes),
-            "int8-weight-only": quantize(src, mode="int8-weight-only"),
-            "int8-dynamic": quantize(src, mode="int8-dynamic", preset=args.preset),
-            "opt": optimize(src),
-        }
-        decision = select_served_model(cands, src, splits.loo_valid(), **guard_kw)
-        print(json.dumps({"chosen": decision.chosen, "chosen_dir": decision.chosen_dir,
-                          "reason": decision.reason, "decision": decision.decision_path}, indent=2))
+        report = select_and_guard(src, splits.loo_valid(), calibration_histories=calib, options=options,
+                                  **guard_kw)
+        print(json.dumps({"chosen": report.chosen, "chosen_dir": report.chosen_dir, "reason": report.reason,
+                          "decision": report.decision_path, "guard_results": report.guard_results()},
+                         indent=2))
         return 0
     if args.mode == "opt":
-        out = optimize(src, args.output)
+        out = build_candidate(src, "opt", args.output)
     else:
+        from exporters.quantize import quantize
+
         out = quantize(src, args.output, mode=args.mode, preset=args.preset,
                        per_channel=not args.no_per_channel, calibration_histories=calib,
                        calibration_size=args.calibration_users, nodes_to_exclude=args.exclude_nodes)
@@ -182,12 +191,16 @@ def _repository(args) -> int:
         DEFAULT_SPEC,
         build_model_repository,
         check_repository,
+        target_repository,
         write_default_repository,
     )
 
     from ..errors import ConfigError, RepositoryError
 
-    repo = Path(args.repo) if args.repo else COMMITTED_REPOSITORY
+    if args.repo:
+        repo = Path(args.repo)
+    else:  # the folder of the target roots for the golden copy, else the target's own root
+        repo = COMMITTED_REPOSITORY if (args.write_defaults or args.check) else target_repository(args.target)
     if args.write_defaults:
         for p in write_default_repository(repo):
             print(p)

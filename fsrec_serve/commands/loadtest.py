@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..contract import DEFAULT_REPOSITORY
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
@@ -39,7 +41,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--model-name", default=None, help="Triton model name (default: the settings')")
     p.add_argument("--repository", default=None,
                    help="the served model repository (the client reads item_map.json and the "
-                   "model's limits from it); default: ./model_repository when it exists")
+                   f"model's limits from it); default: ./{DEFAULT_REPOSITORY} when it exists")
     p.add_argument("--item-map", default=None, help="the served model's item_map.json (instead of --repository)")
     p.add_argument("--retries", type=int, default=0,
                    help="client retries on unavailable/overloaded (default 0: every error counts)")
@@ -74,8 +76,8 @@ def _loadtest(args: argparse.Namespace) -> int:
     host = args.host or f"{DEFAULT_HOST}:{s.grpc_port if args.protocol == 'grpc' else s.http_port}"
     gate = None if str(args.gate).lower() == "none" else Path(args.gate) if args.gate else DEFAULT_GATE
     repository = Path(args.repository) if args.repository else None
-    if repository is None and args.item_map is None and Path("model_repository").is_dir():
-        repository = Path("model_repository")
+    if repository is None and args.item_map is None and Path(DEFAULT_REPOSITORY).is_dir():
+        repository = Path(DEFAULT_REPOSITORY)
     res = run_loadtest(LoadTestConfig(
         host=host, allow_remote=args.allow_remote_host, protocol=args.protocol, gate=gate, report_dir=Path(args.report_dir),
         users=args.users, spawn_rate=args.spawn_rate, run_time=args.run_time, k_mix=args.k_mix,

@@ -14,7 +14,7 @@ def add_parsers(sub) -> None:
         "rollout",
         help="roll a new model version out on a running server (guard, candidate, smoke, swap, rollback)",
         description="Export directory -> new version N of the served model: accuracy guard against the serving "
-        "version (with --guard-dataset), candidate load through the model-control API, smoke check against ONNX "
+        "version (on the split recorded with the export), candidate load through the model-control API, smoke check against ONNX "
         "Runtime, swap with version_policy specific [N] (the old version answers until N is ready), verify; "
         "any failure keeps or restores the old version. Prints the report as JSON.",
     )
@@ -24,8 +24,8 @@ def add_parsers(sub) -> None:
     add_server_args(r)
     r.add_argument("--version", type=int, default=None, help="version number (default: newest + 1)")
     r.add_argument("--guard-dataset", default=None,
-                   help="data set for the accuracy guard (ml-100k, beauty): validation examples of its "
-                   "leave-one-out split; omit only with --no-guard")
+                   help="data set for the accuracy guard (ml-100k, beauty, a data-spec file): validation "
+                   "examples of the split recorded with the export (default: its recorded data set too)")
     r.add_argument("--data-dir", default=None, help="folder of the data sets (env FSREC_DATA_DIR)")
     r.add_argument("--guard-users", type=int, default=1000, help="validation examples for the guard (default 1000)")
     r.add_argument("--max-ndcg-drop", type=float, default=0.02,
@@ -44,14 +44,12 @@ def _rollout(args) -> int:
     from ..errors import ConfigError, RolloutError
     from ..operations.rollout import RolloutConfig, guard_examples, report_json, rollout
 
-    if not args.no_guard and not args.guard_dataset:
-        raise ConfigError("the accuracy guard needs validation data: pass --guard-dataset ml-100k (or beauty), "
-                          "or --no-guard to skip it")
     try:
         overrides = json.loads(args.config_override) if args.config_override else None
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config-override is not valid JSON: {e}") from None
-    examples = None if args.no_guard else guard_examples(args.guard_dataset, args.data_dir, args.guard_users)
+    examples = None if args.no_guard else guard_examples(args.export_dir, args.guard_users,
+                                                         dataset=args.guard_dataset, data_dir=args.data_dir)
     cfg = RolloutConfig(model_name=args.model, version=args.version, max_ndcg_drop=args.max_ndcg_drop,
                         guard_users=args.guard_users, smoke_users=args.smoke_users, config_overrides=overrides,
                         keep_previous=args.keep_previous)

@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+from ..contract import DEFAULT_REPOSITORY
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
@@ -16,7 +18,9 @@ def add_parsers(sub) -> None:
         "model-control mode, wait until it is ready, and keep it running until Ctrl-C or SIGTERM. "
         "Extra tritonserver flags go after `--`.",
     )
-    p.add_argument("--repository", default="model_repository", help="model repository folder (default: model_repository)")
+    p.add_argument("--repository", default=DEFAULT_REPOSITORY,
+                   help=f"model repository root (default: {DEFAULT_REPOSITORY}; model_repository/gpu and "
+                   "model_repository/gpu-python are the other targets' roots)")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, env FSREC_HOST)")
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8000, env FSREC_HTTP_PORT; 0 = any free)")
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8001, env FSREC_GRPC_PORT; 0 = any free)")

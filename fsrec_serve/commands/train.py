@@ -1,11 +1,11 @@
-"""``fsrec train`` and ``fsrec evaluate``: pretrain a model on a data set, evaluate a saved one."""
+"""``fsrec train``: pretrain a model on a data set (``fsrec evaluate`` is in evaluate.py). The model
+folder records its data source and split (``fsrec_run.json``, a ``RunRecord``), so evaluate,
+export, quantize and adapt find the data again without being told."""
 
 from __future__ import annotations
 
 import argparse
 import json
-
-DATA_SPEC_FILE = "data_spec.json"  # written next to a model trained on --data (read by evaluate)
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -52,42 +52,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser(
-        "evaluate", help="evaluate a saved model (leave-one-out, full ranking)",
-        description="Full-ranking HR/NDCG/MRR@K of the leave-one-out item with the user's history "
-        "excluded (or --sampled-negatives 100); RMSE/MAE of the rating head where ratings exist. "
-        "The split recorded with the model is rebuilt unless --full-loo/--split-seed are given.",
-    )
-    e.add_argument("--model", required=True, help="model folder (the --output-dir of fsrec train)")
-    e.add_argument("--dataset", default=None, help="ml-100k or beauty (default: the model's data)")
-    e.add_argument("--data-dir", default=None, help="folder holding the data sets (env FSREC_DATA_DIR)")
-    e.add_argument("--split-seed", type=int, default=None, help="override the recorded split seed")
-    e.add_argument("--full-loo", action="store_true", help="evaluate over every user")
-    e.add_argument("--split", choices=["test", "valid"], default="test", help="which held-out item")
-    e.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs K")
-    e.add_argument("--sampled-negatives", type=int, default=None,
-                   help="rank against N sampled negatives (100 = the sampled protocol)")
-    e.add_argument("--popularity", action="store_true", help="also report the popularity baseline")
-    e.add_argument("--device", default="cpu", help="cpu or cuda")
-    from ..data.args import add_data_arguments
-
-    add_data_arguments(e)
-    e.set_defaults(func=_evaluate)
-
-
-def _split_config(args, default_seed: int = 0):
-    from ..data import SplitConfig
-
-    seed = args.split_seed if args.split_seed is not None else default_seed
-    if args.full_loo:
-        return SplitConfig(seed=seed, cold_user_frac=0.0, cold_item_frac=0.0)
-    return SplitConfig(seed=seed)
-
 
 def _train(args) -> int:
-    from pathlib import Path
-
     from ..data import load_interactions, make_splits, require_data_source
+    from ..data.args import split_config_from_args
     from ..training.pretrain import default_model_config, default_train_config, pretrain
 
     spec = require_data_source(args, "fsrec train")
@@ -106,12 +74,10 @@ def _train(args) -> int:
     }.items() if v is not None}
     train_over["output_dir"] = args.output_dir
     train_over["progress"] = not args.no_progress
-    splits = make_splits(load_interactions(spec), _split_config(args))  # before any output is written
+    splits = make_splits(load_interactions(spec), split_config_from_args(args))  # before any output is written
     _print_fitted(splits, args.objective, {**model_over, **train_over})
     res = pretrain(splits, default_model_config(splits, args.objective, **model_over),
                    default_train_config(splits, args.objective, **train_over))
-    if args.data:  # evaluate finds the log again from the model folder
-        spec.save(Path(args.output_dir) / DATA_SPEC_FILE)
     print(json.dumps({
         "output_dir": str(res.output_dir), "split": splits.summary(), "best_epoch": res.best_epoch,
         "best_valid": res.best_valid, "epochs_run": len(res.history), "seconds": round(res.seconds, 1),
@@ -132,27 +98,3 @@ def _print_fitted(splits, objective: str, given: dict) -> None:
         name = {"dropout": "hidden_dropout_prob"}.get(line.split(" ", 1)[0], line.split(" ", 1)[0])
         note = f"  (overridden: {given[name]})" if name in given else ""
         print(f"  {line}{note}", file=sys.stderr)
-
-
-def _evaluate(args) -> int:
-    from pathlib import Path
-
-    from ..data import DataSpec, data_source_from_args
-    from ..evaluation.protocols import evaluate_checkpoint
-
-    split_config = _split_config(args) if (args.full_loo or args.split_seed is not None) else None
-    dataset = data_source_from_args(args) if (args.data or args.dataset) else None
-    saved = Path(args.model) / DATA_SPEC_FILE
-    if dataset is None and saved.exists():
-        import json as _json
-
-        dataset = DataSpec(**_json.loads(saved.read_text()))
-    out = evaluate_checkpoint(
-        args.model, dataset=dataset, data_dir=args.data_dir, split=args.split,
-        split_config=split_config, ks=tuple(args.ks), sampled_negatives=args.sampled_negatives,
-        popularity=args.popularity, device=args.device,
-    )
-    if isinstance(out.get("dataset"), DataSpec):
-        out["dataset"] = out["dataset"].display_name
-    print(json.dumps(out, indent=2))
-    return 0

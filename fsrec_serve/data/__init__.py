@@ -1,5 +1,5 @@
 """Data: one description of an interaction log (DataSpec) for every command, streamed readers,
-cleaning, item metadata, id maps and splits."""
+cleaning, item metadata, id maps, splits and the run record that rebuilds them."""
 
 from .args import add_data_arguments, data_source_from_args, require_data_source
 from .download import download_ml100k, verify_ml100k
@@ -15,6 +15,7 @@ from .readers import (
     read_movielens_100k,
     read_sequences,
 )
+from .run_record import RUN_FILE, RunRecord
 from .spec import PRESETS, DataSpec, ItemMetadataSpec, load_spec_file
 from .splits import Example, SplitConfig, Splits, UserSequence, make_splits
 
@@ -22,6 +23,8 @@ __all__ = [
     "DATASETS",
     "PAD_INDEX",
     "PRESETS",
+    "RUN_FILE",
+    "RunRecord",
     "DataSpec",
     "Example",
     "IdMap",

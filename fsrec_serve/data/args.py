@@ -107,6 +107,16 @@ def require_data_source(args, command: str, dataset: str | None = None) -> DataS
     return spec
 
 
+def split_config_from_args(args, default_seed: int = 0):
+    """The SplitConfig of ``--split-seed`` / ``--full-loo`` (leave-one-out over every user)."""
+    from .splits import SplitConfig
+
+    seed = args.split_seed if getattr(args, "split_seed", None) is not None else default_seed
+    if getattr(args, "full_loo", False):
+        return SplitConfig(seed=seed, cold_user_frac=0.0, cold_item_frac=0.0)
+    return SplitConfig(seed=seed)
+
+
 def spec_label(spec: DataSpec) -> str:
     """What reports call the data: the preset name or the spec's name."""
     return spec.display_name

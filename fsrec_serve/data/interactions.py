@@ -64,6 +64,7 @@ class Interactions:
         self.user_features = user_features or {}
         self.item_names = item_names or {}
         self.stats = stats or {}
+        self.spec = None  # the DataSpec it was read with (load_interactions sets it; splits record it)
         self._users: np.ndarray | None = None
         self._items: np.ndarray | None = None
 

@@ -349,6 +349,7 @@ def load_interactions(spec: DataSpec, with_metadata: bool = True) -> Interaction
         stats={"file": str(path), "format": fmt, "rows_read": int(n)},
     )
     data = clean(data, spec)
+    data.spec = spec
     if with_metadata and spec.item_metadata is not None:
         from .metadata import attach_item_metadata
 

@@ -98,13 +98,17 @@ class DataSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        """Write the spec as JSON (absolute paths), e.g. next to a trained model."""
+    def absolute(self) -> dict:
+        """The spec as a JSON-ready dict with absolute paths (what a model folder records)."""
         d = self.to_dict()
         d["path"] = str(Path(d["path"]).resolve())
         if d.get("item_metadata"):
             d["item_metadata"]["path"] = str(Path(d["item_metadata"]["path"]).resolve())
-        Path(path).write_text(json.dumps(d, indent=2) + "\n")
+        return d
+
+    def save(self, path: str | Path) -> None:
+        """Write the spec as JSON (absolute paths)."""
+        Path(path).write_text(json.dumps(self.absolute(), indent=2) + "\n")
 
 
 def _check_keys(d: dict, cls, where: str) -> dict:
@@ -184,6 +188,18 @@ PRESETS = {
     "ml-100k": ("ml-100k", ml100k_spec),
     "beauty": ("amazon-beauty", beauty_spec),
 }
+
+
+def preset_name(spec: DataSpec) -> str | None:
+    """The preset ``spec`` is (``ml-100k``, ``beauty``: the preset's spec for its folder under a
+    data dir, item metadata aside), or None for any other log."""
+    entry = PRESETS.get(spec.name or "")
+    folder = Path(spec.path).parent
+    if entry is None or folder.name != entry[0]:
+        return None
+    preset = entry[1](folder)
+    same = dataclasses.replace(preset, item_metadata=None) == dataclasses.replace(spec, item_metadata=None)
+    return spec.name if same else None
 
 
 def unknown_dataset(name: str) -> UnknownDatasetError:

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConfigError, EmptyUserError
 from ..idmap import IdMap
 from .readers import Interactions
+from .spec import DataSpec
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Splits:
     cold_users: list[UserSequence]  # users never seen in pretraining (full sequences)
     cold_items: np.ndarray  # item indices held out of pretraining
     full_sequences: dict[str, UserSequence]  # every user's full sequence (cold items included)
+    source: DataSpec | None = None  # the log's DataSpec, when it was read from one (RunRecord keeps it)
 
     # -- leave-one-out on warm users -------------------------------------------------------
     def loo_train(self) -> list[UserSequence]:
@@ -201,4 +203,5 @@ def make_splits(data: Interactions, config: SplitConfig | None = None) -> Splits
         cold_users=cold_users,
         cold_items=cold_items,
         full_sequences=full,
+        source=getattr(data, "spec", None),
     )

@@ -211,8 +211,8 @@ def evaluate_ratings(
 
 def evaluate_checkpoint(
     model_dir,  # folder written by pretrain / save_pretrained
-    dataset: Optional[str] = None,  # default: the data set recorded in fsrec_run.json
-    data_dir=None,  # default: FSREC_DATA_DIR
+    dataset: Any = None,  # preset name or DataSpec; default: the data recorded in fsrec_run.json
+    data_dir=None,  # where presets are; default: FSREC_DATA_DIR
     split: str = "test",  # "test" or "valid" (leave-one-out item)
     split_config=None,  # SplitConfig; default: the one recorded with the run, else SplitConfig()
     ks: Sequence[int] = (5, 10, 20),
@@ -224,15 +224,14 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a saved model on its data set's leave-one-out split (what ``fsrec evaluate`` runs).
 
-    The split is rebuilt from the run's recorded split config so that the model is evaluated on
-    the users and items it was validated on; cold items are not candidates (the pretrained model
-    never learned them).
+    The split is rebuilt from the run's record (``RunRecord.splits``) so that the model is
+    evaluated on the users and items it was validated on; cold items are not candidates (the
+    pretrained model never learned them).
     """
     import dataclasses
-    import json
     from pathlib import Path
 
-    from ..data import SplitConfig, load_dataset, make_splits
+    from ..data import RunRecord
     from ..errors import DataNotFoundError
     from ..model import FsRecModel
     from .baselines import PopularityModel
@@ -242,21 +241,21 @@ def evaluate_checkpoint(
         raise DataNotFoundError(
             f"{model_dir} holds no model (config.json missing); pass the --output-dir of `fsrec train`"
         )
-    info_path = model_dir / "fsrec_run.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    dataset = dataset or info.get("dataset")
-    if not dataset:
-        raise ConfigError(f"{model_dir} does not record its data set; pass --dataset")
-    if split_config is None:
-        split_config = SplitConfig(**info["split_config"]) if "split_config" in info else SplitConfig()
     if split not in ("test", "valid"):
         raise ConfigError(f"split must be 'test' or 'valid', got {split!r}")
+    record = RunRecord.find(model_dir)
+    if dataset is not None:
+        record = record.with_source(dataset) if record is not None else RunRecord.for_source(dataset)
+    elif record is None:
+        record = RunRecord.load(model_dir)  # the error: no record, no --dataset
+    if split_config is not None:
+        record = record.with_split(split_config)
     model = FsRecModel.from_pretrained(model_dir).to(device)
     model.eval()
-    splits = make_splits(load_dataset(dataset, data_dir), split_config)
+    splits = record.splits(data_dir)
     if model.config.num_items != len(splits.item_map):
         raise ConfigError(
-            f"the model knows {model.config.num_items} items but {dataset} has "
+            f"the model knows {model.config.num_items} items but {record.dataset} has "
             f"{len(splits.item_map)}: wrong --dataset for this model?"
         )
     examples = splits.loo_test() if split == "test" else splits.loo_valid()
@@ -266,10 +265,10 @@ def evaluate_checkpoint(
         cmask[torch.as_tensor(splits.cold_items, dtype=torch.long)] = False
     kw = dict(ks=ks, sampled_negatives=sampled_negatives, candidate_mask=cmask, batch_size=batch_size)
     out: dict[str, Any] = {
-        "dataset": dataset,
+        "dataset": record.dataset,
         "split": split,
         "protocol": "loo-full" if sampled_negatives is None else f"loo-sampled{sampled_negatives}",
-        "split_config": dataclasses.asdict(split_config),
+        "split_config": dataclasses.asdict(record.split_config),
         "model": evaluate_next_item(model, examples, device=device, **kw),
     }
     if ratings and model.rating_head is not None and len({e.rating for e in examples}) > 1:

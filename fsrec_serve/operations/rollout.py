@@ -37,7 +37,6 @@ and ``publish=server.refresh_repository``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import logging
@@ -56,8 +55,9 @@ from ..contract import (
     OUTPUT_TOP_ITEMS,
 )
 from ..errors import ConfigError, FsRecError, RolloutError
-from .answers import check_answers, compare_answers, smoke_histories
-from .targets import ask, served_spec, smoke_requests, smoke_tolerance, target_of
+from .answers import compare_answers
+from .smoke import client_view, smoke_candidate
+from .targets import ask, target_of
 from .control import ModelControl, write_config_pbtxt
 
 log = logging.getLogger(__name__)
@@ -106,18 +106,6 @@ class RolloutReport:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _client_for(control: ModelControl, model_name: str, spec=None, version: str = ""):
-    """A view of the control's client on another model / version (same connection, no retries:
-    a rollout must see failures, not paper over them) that knows the served model's ``spec``
-    (so its requests are checked and carry what the target requires)."""
-    c = copy.copy(control.client)
-    c.model_name, c.model_version = model_name, str(version or "")
-    c.spec = spec
-    c._explicit_spec = spec  # noqa: SLF001 - a view, not a new client
-    c.retry = type(c.retry)(0, c.retry.backoff_s, c.retry.backoff_max_s)
-    return c
-
-
 def _disk_versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
@@ -173,189 +161,200 @@ def rollout(
     """Roll ``export_dir`` out as a new version (see the module docstring). Returns the report;
     raises RolloutError (with ``.report``) when refused or rolled back."""
     cfg = config or RolloutConfig()
-    t0 = time.perf_counter()
     model = cfg.model_name or control.model_name
-    repo = Path(repository).expanduser().resolve()
-    model_dir = repo / model
-    report = RolloutReport(model=model)
-    step = _Steps(report)
-    candidate = f"{model}{CANDIDATE_SUFFIX}"
-    staging = Path(tempfile.mkdtemp(prefix="fsrec-rollout-"))
-    swapped = False
-    base_config: dict = {}
-
-    def fail(status: str, err: BaseException | str) -> RolloutError:
-        report.status, report.failed_step = status, step.current
-        report.message = str(err).strip()
-        err = report.message
-        report.seconds = time.perf_counter() - t0
-        what = "refused, nothing changed" if status == "refused" else "rolled back"
-        keep = report.serving_versions or report.previous_versions
-        which = f"version {report.version}" if report.version is not None else "a new version"
-        e = RolloutError(
-            f"rollout of {model!r} {which} {what} at step '{step.current}': {err.rstrip('.')}. "
-            f"Serving version(s): {keep or 'none'}"
-        )
-        e.report = report  # type: ignore[attr-defined]
-        return e
-
+    run = _Rollout(cfg=cfg, control=control, model=model,
+                   model_dir=Path(repository).expanduser().resolve() / model,
+                   report=RolloutReport(model=model), publish=publish)
+    run.step = _Steps(run.report)
     try:
-        with _lock(model_dir):
-            try:
-                # -- 1. what is served, and does the export fit it -------------------------------
-                with step("inspect"):
-                    from exporters.runtime import ExportMeta
-
-                    export = Path(export_dir).expanduser().resolve()
-                    meta = ExportMeta.load(export)
-                    report.previous_versions = control.ready_versions(model)
-                    if not report.previous_versions:
-                        raise RolloutError(
-                            f"no version of {model!r} is READY on the server: start it with the model "
-                            "loaded (`fsrec serve`), then roll out"
-                        )
-                    base_config = control.config(model)
-                    seq = _io_dims(base_config, "input", INPUT_ITEM_IDS)
-                    if seq == [-1]:  # real-length item_ids: the longest history is the max_seq_len parameter
-                        seq = [int((base_config.get("parameters", {}).get("max_seq_len") or {}).get("string_value", -1))]
-                    top = _io_dims(base_config, "output", OUTPUT_TOP_ITEMS)
-                    if seq != [meta.max_seq_len] or top != [meta.max_top_k]:
-                        raise RolloutError(
-                            f"the export reads histories of {meta.max_seq_len} and returns {meta.max_top_k} items, "
-                            f"but {model!r} serves item_ids {seq} -> top_items {top}: export with the served "
-                            "max_seq_len / max_top_k, or serve it as another model"
-                        )
-                    target = report.target = target_of(base_config)
-                    on_disk = _disk_versions(model_dir)
-                    version = cfg.version or max(on_disk + report.previous_versions) + 1
-                    if version in on_disk or version in report.previous_versions:
-                        raise RolloutError(f"version {version} already exists in {model_dir}; pick a new one")
-                    report.version = version
-                    prev_dir = model_dir / str(report.previous_versions[-1])
-
-                # -- 2. the accuracy guard (offline, against the serving version) ----------------
+        with _lock(run.model_dir):
+            try:  # steps 1-4: nothing changes on the server or in the live repository
+                _inspect(run, export_dir)
                 if valid_examples:
-                    with step("guard"):
-                        from exporters.guard import check_guard
-
-                        if not (prev_dir / ONNX_FILE).exists():
-                            raise RolloutError(f"{prev_dir}/model.onnx is missing: cannot guard against the serving version")
-                        g = check_guard(
-                            export, prev_dir, list(valid_examples)[: cfg.guard_users],
-                            max_ndcg_drop=cfg.max_ndcg_drop, min_top10_overlap=0.0,
-                            batch_invariance=cfg.batch_invariance, raise_on_fail=False,
-                        )
-                        report.guard = g.to_dict()
-                        if not g.passed:
-                            raise RolloutError("accuracy guard vs the serving version failed: " + "; ".join(g.reasons))
-
-                # -- 3. build the version in a staging repository -----------------------------
-                with step("build"):
-                    from exporters.repository import build_model_repository
-
-                    built = build_model_repository(
-                        staging, export, target=target, model_name=model, version=version,
-                        max_batch_size=int(base_config.get("max_batch_size", 64) or 64),
-                    )
-                    vdir = built.version_dir
-
-                # -- 4. candidate load + smoke ------------------------------------------------
-                live_cfg = dict(base_config)
-                if cfg.config_overrides:
-                    from .control import merge_config
-
-                    live_cfg = merge_config(base_config, cfg.config_overrides)
-                with step("load candidate"):
-                    control.load_candidate(candidate, version, vdir, live_cfg)
-                with step("smoke candidate"):
-                    smoke = _smoke_candidate(control, candidate, vdir, live_cfg, meta, target, cfg, valid_examples,
-                                             report)
-                with step("unload candidate"):
-                    control.unload(candidate)
+                    _guard(run, valid_examples)
+                _build(run)
+                _try_candidate(run, valid_examples)
             except Exception as e:  # noqa: BLE001 - any failure before the swap: nothing changed
-                _cleanup_candidate(control, candidate)
-                raise fail("refused", e) from e
-
-            # -- 5. swap: move the version in, serve exactly it ---------------------------------
-            try:
-                with step("publish"):
-                    incoming = model_dir / f".incoming-{version}"
-                    shutil.rmtree(incoming, ignore_errors=True)
-                    shutil.copytree(vdir, incoming)
-                    os.rename(incoming, model_dir / str(version))
-                    if publish is not None:
-                        publish()
-                swapped = True
-                serve_versions = sorted(set(report.previous_versions) | {version}) if cfg.keep_previous else [version]
-                with step("swap"):
-                    report.serving_versions = control.load_versions(
-                        serve_versions, model, base_config=base_config, overrides=cfg.config_overrides)
-                # -- 6. verify: unversioned requests are answered by N, as the candidate did -----
-                with step("verify"):
-                    items2, scores2, versions = ask(smoke.requests, smoke.n,
-                                                    _client_for(control, model, smoke.spec).infer_indices)
-                    answered = ",".join(sorted(set(versions)))
-                    ok2, stats2 = compare_answers(items2, scores2, smoke.items, smoke.scores, smoke.tol)
-                    report.smoke["after_swap"] = {**stats2, "answered_by": answered}
-                    if answered != str(version) or not ok2:
-                        raise RolloutError(
-                            f"after the swap, requests were answered by version {answered!r} (expected {version}) "
-                            f"with {stats2}"
-                        )
-                with step("persist"):
-                    write_config_pbtxt(model_dir, versions=report.serving_versions, overrides=cfg.config_overrides)
-                    if publish is not None:
-                        publish()
+                _cleanup_candidate(control, run.candidate)
+                raise run.fail("refused", e) from e
+            try:  # steps 5-6
+                _swap_and_verify(run)
             except Exception as e:  # noqa: BLE001 - any failure from the swap on: restore
-                _rollback(control, model, base_config, report, model_dir, version, publish, swapped)
-                raise fail("rolled-back", e) from e
+                _rollback(control, model, run.base_config, run.report, run.model_dir, run.version, publish,
+                          run.swapped)
+                raise run.fail("rolled-back", e) from e
     except RolloutError as e:
         if not hasattr(e, "report"):  # the lock
-            e.report = report  # type: ignore[attr-defined]
+            e.report = run.report  # type: ignore[attr-defined]
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(run.staging, ignore_errors=True)
+    report = run.report
     report.status = "rolled-out"
-    report.seconds = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - run.t0
     log.info("rolled out %s version %s in %.1f s (serving %s)", model, report.version, report.seconds,
              report.serving_versions)
     return report
 
 
 @dataclass
-class _Smoke:
-    """The candidate's smoke answers, asked again after the swap."""
+class _Rollout:
+    """What the steps of one rollout share."""
 
-    spec: Any  # the client's ModelSpec of the live config
-    requests: list  # answers.SmokeRequest s, as a client of the target sends them
-    n: int  # smoke histories
-    items: Any  # np.ndarray [n, K] the candidate answered
-    scores: Any  # np.ndarray [n, K]
-    tol: float  # score tolerance
+    cfg: RolloutConfig
+    control: ModelControl
+    model: str  # the served model's name
+    model_dir: Path  # <repository>/<model>
+    report: RolloutReport
+    publish: Callable[[], Any] | None
+    t0: float = field(default_factory=time.perf_counter)
+    staging: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fsrec-rollout-")))
+    step: Any = None  # _Steps of the report
+    export: Path | None = None  # the export directory (resolved)
+    meta: Any = None  # its ExportMeta
+    base_config: dict = field(default_factory=dict)  # the live config before the rollout
+    target: str = ""  # cpu, gpu or gpu-python (from the live config)
+    version: int = 0  # the new version
+    prev_dir: Path | None = None  # the serving version's folder (the guard's reference)
+    vdir: Path | None = None  # the built version folder (staging)
+    live_cfg: dict = field(default_factory=dict)  # the config the new version is served with
+    smoke: Any = None  # SmokeAnswers: the candidate's answers
+    swapped: bool = False  # the version was moved into the live repository
+
+    @property
+    def candidate(self) -> str:
+        return f"{self.model}{CANDIDATE_SUFFIX}"
+
+    def fail(self, status: str, err: BaseException | str) -> RolloutError:
+        report = self.report
+        report.status, report.failed_step = status, self.step.current
+        report.message = str(err).strip()
+        err = report.message
+        report.seconds = time.perf_counter() - self.t0
+        what = "refused, nothing changed" if status == "refused" else "rolled back"
+        keep = report.serving_versions or report.previous_versions
+        which = f"version {report.version}" if report.version is not None else "a new version"
+        e = RolloutError(
+            f"rollout of {self.model!r} {which} {what} at step '{self.step.current}': {err.rstrip('.')}. "
+            f"Serving version(s): {keep or 'none'}"
+        )
+        e.report = report  # type: ignore[attr-defined]
+        return e
 
 
-def _smoke_candidate(control: ModelControl, candidate: str, vdir: Path, live_cfg: dict, meta, target: str,
-                     cfg: RolloutConfig, valid_examples, report: RolloutReport) -> _Smoke:
-    """Ask the candidate what a client of the target would (bucket widths, required
-    user_params: targets.smoke_requests); its answers must be well formed and ONNX Runtime's."""
-    from exporters.runtime import make_session, run_topk
+def _inspect(run: _Rollout, export_dir: str | Path) -> None:
+    """1. What is served, and does the export fit it; the new version's number."""
+    from exporters.runtime import ExportMeta
 
-    x = smoke_histories(meta.num_items, meta.max_seq_len, cfg.smoke_users, cfg.seed, valid_examples)
-    spec = served_spec(live_cfg, meta.num_items)
-    requests = smoke_requests(spec, x)
-    session = make_session(vdir)
-    ref_items, ref_scores, _ = ask(requests, len(x), lambda ids, up: (*run_topk(session, ids, user_params=up), ""))
-    items, scores, _ = ask(requests, len(x), _client_for(control, candidate, spec).infer_indices)
-    problems = check_answers(x, items, scores, meta.num_items)
-    tol = smoke_tolerance(meta.precision, target, cfg.smoke_score_tol)
-    ok, stats = compare_answers(items, scores, ref_items, ref_scores, tol)
-    report.smoke["requests"] = [list(r.item_ids.shape) + ([] if r.user_params is None else ["user_params"])
-                                for r in requests]
-    report.smoke["candidate"] = {**stats, "problems": problems, "n": int(len(x))}
-    if problems or not ok:
-        raise RolloutError("the candidate's answers are wrong: "
-                           + "; ".join(problems or [f"served scores differ from ONNX Runtime's: {stats}"]))
-    return _Smoke(spec, requests, len(x), items, scores, tol)
+    model, report = run.model, run.report
+    with run.step("inspect"):
+        run.export = Path(export_dir).expanduser().resolve()
+        meta = run.meta = ExportMeta.load(run.export)
+        report.previous_versions = run.control.ready_versions(model)
+        if not report.previous_versions:
+            raise RolloutError(
+                f"no version of {model!r} is READY on the server: start it with the model "
+                "loaded (`fsrec serve`), then roll out"
+            )
+        base = run.base_config = run.control.config(model)
+        seq = _io_dims(base, "input", INPUT_ITEM_IDS)
+        if seq == [-1]:  # real-length item_ids: the longest history is the max_seq_len parameter
+            seq = [int((base.get("parameters", {}).get("max_seq_len") or {}).get("string_value", -1))]
+        top = _io_dims(base, "output", OUTPUT_TOP_ITEMS)
+        if seq != [meta.max_seq_len] or top != [meta.max_top_k]:
+            raise RolloutError(
+                f"the export reads histories of {meta.max_seq_len} and returns {meta.max_top_k} items, "
+                f"but {model!r} serves item_ids {seq} -> top_items {top}: export with the served "
+                "max_seq_len / max_top_k, or serve it as another model"
+            )
+        run.target = report.target = target_of(base)
+        on_disk = _disk_versions(run.model_dir)
+        version = run.cfg.version or max(on_disk + report.previous_versions) + 1
+        if version in on_disk or version in report.previous_versions:
+            raise RolloutError(f"version {version} already exists in {run.model_dir}; pick a new one")
+        run.version = report.version = version
+        run.prev_dir = run.model_dir / str(report.previous_versions[-1])
+
+
+def _guard(run: _Rollout, valid_examples: Sequence) -> None:
+    """2. The accuracy guard, offline, against the serving version."""
+    from exporters.guard import check_guard
+
+    cfg = run.cfg
+    with run.step("guard"):
+        if not (run.prev_dir / ONNX_FILE).exists():
+            raise RolloutError(f"{run.prev_dir}/model.onnx is missing: cannot guard against the serving version")
+        g = check_guard(
+            run.export, run.prev_dir, list(valid_examples)[: cfg.guard_users],
+            max_ndcg_drop=cfg.max_ndcg_drop, min_top10_overlap=0.0,
+            batch_invariance=cfg.batch_invariance, raise_on_fail=False,
+        )
+        run.report.guard = g.to_dict()
+        if not g.passed:
+            raise RolloutError("accuracy guard vs the serving version failed: " + "; ".join(g.reasons))
+
+
+def _build(run: _Rollout) -> None:
+    """3. Build the version in a staging repository (the live one is not touched yet)."""
+    from exporters.repository import build_model_repository
+
+    with run.step("build"):
+        built = build_model_repository(
+            run.staging, run.export, target=run.target, model_name=run.model, version=run.version,
+            max_batch_size=int(run.base_config.get("max_batch_size", 64) or 64),
+        )
+        run.vdir = built.version_dir
+
+
+def _try_candidate(run: _Rollout, valid_examples: Sequence | None) -> None:
+    """4. Load the version as the candidate model, smoke-check it, unload it."""
+    run.live_cfg = dict(run.base_config)
+    if run.cfg.config_overrides:
+        from .control import merge_config
+
+        run.live_cfg = merge_config(run.base_config, run.cfg.config_overrides)
+    with run.step("load candidate"):
+        run.control.load_candidate(run.candidate, run.version, run.vdir, run.live_cfg)
+    with run.step("smoke candidate"):
+        run.smoke = smoke_candidate(run.control, run.candidate, run.vdir, run.live_cfg, run.meta, run.target,
+                                    n_users=run.cfg.smoke_users, seed=run.cfg.seed,
+                                    score_tol=run.cfg.smoke_score_tol, valid_examples=valid_examples,
+                                    record=run.report.smoke)
+    with run.step("unload candidate"):
+        run.control.unload(run.candidate)
+
+
+def _swap_and_verify(run: _Rollout) -> None:
+    """5. Move the version in and serve exactly it; 6. unversioned requests are answered by it,
+    as the candidate answered; the version policy is persisted."""
+    cfg, report, version, smoke = run.cfg, run.report, run.version, run.smoke
+    with run.step("publish"):
+        incoming = run.model_dir / f".incoming-{version}"
+        shutil.rmtree(incoming, ignore_errors=True)
+        shutil.copytree(run.vdir, incoming)
+        os.rename(incoming, run.model_dir / str(version))
+        if run.publish is not None:
+            run.publish()
+    run.swapped = True
+    serve_versions = sorted(set(report.previous_versions) | {version}) if cfg.keep_previous else [version]
+    with run.step("swap"):
+        report.serving_versions = run.control.load_versions(
+            serve_versions, run.model, base_config=run.base_config, overrides=cfg.config_overrides)
+    with run.step("verify"):
+        items2, scores2, versions = ask(smoke.requests, smoke.n,
+                                        client_view(run.control, run.model, smoke.spec).infer_indices)
+        answered = ",".join(sorted(set(versions)))
+        ok2, stats2 = compare_answers(items2, scores2, smoke.items, smoke.scores, smoke.tol)
+        report.smoke["after_swap"] = {**stats2, "answered_by": answered}
+        if answered != str(version) or not ok2:
+            raise RolloutError(
+                f"after the swap, requests were answered by version {answered!r} (expected {version}) "
+                f"with {stats2}"
+            )
+    with run.step("persist"):
+        write_config_pbtxt(run.model_dir, versions=report.serving_versions, overrides=cfg.config_overrides)
+        if run.publish is not None:
+            run.publish()
 
 
 def _cleanup_candidate(control: ModelControl, candidate: str) -> None:
@@ -389,15 +388,28 @@ def _safe(control: ModelControl) -> bool:
         return False
 
 
-def guard_examples(dataset: str, data_dir: str | Path | None = None, n: int = 1000) -> list:
+def guard_examples(export_dir: str | Path, n: int = 1000, *, dataset: Any = None,
+                   data_dir: str | Path | None = None) -> list:
     """The accuracy guard's validation examples (``valid_examples`` of :func:`rollout`): the first
-    ``n`` leave-one-out validation examples of ``dataset`` (``ml-100k``, ``beauty``) found under
-    ``data_dir`` (default: ``Settings.data_dir``, env ``FSREC_DATA_DIR``)."""
-    from ..data import SplitConfig, load_dataset, make_splits
+    ``n`` leave-one-out validation examples of the split the export records (``fsrec export``
+    keeps the model's run record in fsrec_meta.json), its data replaced by ``dataset`` (a preset
+    name, DataSpec or data-spec file) when given. Presets are found under ``data_dir``
+    (default: ``Settings.data_dir``, env ``FSREC_DATA_DIR``)."""
+    from exporters.runtime import ExportMeta
+
+    from ..data import RunRecord
     from ..settings import get_settings
 
-    data = load_dataset(dataset, get_settings(data_dir=data_dir).data_dir)
-    return make_splits(data, SplitConfig()).loo_valid()[:n]
+    extra = ExportMeta.load(export_dir).extra
+    record = RunRecord.from_dict(extra) if RunRecord.has_source(extra) else None
+    if dataset is not None:
+        record = record.with_source(dataset) if record is not None else RunRecord.for_source(dataset)
+    if record is None:
+        raise ConfigError(
+            f"{export_dir} does not record the data of its model, and the accuracy guard needs validation "
+            "data: pass --guard-dataset ml-100k (or beauty, or a data-spec file), or --no-guard to skip it"
+        )
+    return record.splits(get_settings(data_dir=data_dir).data_dir).loo_valid()[:n]
 
 
 def pin_versions(repository: str | Path, control: ModelControl, versions: Sequence[int],

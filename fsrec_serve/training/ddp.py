@@ -231,8 +231,8 @@ def ddp_pretrain(
     model, data and outputs (rank 0 writes ``output_dir``: weights, item_map.json,
     train_config.json, metrics.jsonl with ``global_loss``, fsrec_run.json)."""
     from .pretrain import (
-        RUN_INFO_FILE, TRAIN_CONFIG_FILE, PretrainResult, build_model, default_evaluate_fn,
-        default_model_config, default_train_config, pretrain_candidate_mask,
+        TRAIN_CONFIG_FILE, PretrainResult, build_model, default_evaluate_fn, default_model_config,
+        default_train_config, pretrain_candidate_mask, run_record,
     )
 
     ctx = ctx or init_distributed()
@@ -260,14 +260,7 @@ def ddp_pretrain(
         with open(out_dir / METRICS_FILE, "w") as f:
             for rec in res.history:
                 f.write(json.dumps(rec) + "\n")
-        info = {
-            "dataset": splits.name, "split_config": dataclasses.asdict(splits.config),
-            "objective": cfg.objective, "best_epoch": res.best_epoch, "best_valid": res.best_valid,
-            "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
-            "seconds": res.seconds, "seconds_to_best": res.seconds_to_best, "peak_mb": res.peak_mb,
-            "world_size": ctx.world_size, "backend": ctx.backend,
-        }
-        (out_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        run_record(splits, cfg.objective, res, world_size=ctx.world_size, backend=ctx.backend).save(out_dir)
     return PretrainResult(
         model=res.model, history=res.history, best_epoch=res.best_epoch, best_valid=res.best_valid,
         seconds=res.seconds, peak_mb=res.peak_mb, output_dir=out_dir,

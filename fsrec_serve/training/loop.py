@@ -153,6 +153,91 @@ def _train_epoch(model, batches, optimizer, scheduler, params, tc, device, cmask
             "train_seconds": time.perf_counter() - t0}
 
 
+def _optimizer_and_batches(model, sequences, tc: TrainConfig, cfg, rng, use_ratings: bool, candidate_mask,
+                           trainable_parameters):
+    """AdamW over the trainable parameters, the first epoch's batches and the lr schedule."""
+    groups = parameter_groups(model, tc.weight_decay, trainable_parameters)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.98), eps=1e-8)
+    first_batches = make_training_batches(sequences, cfg, tc, rng, use_ratings, candidate_mask)
+    if not first_batches:
+        raise TrainingError(
+            "no training batches: every sequence is too short (causal needs >= 2 items, cloze >= 1)"
+        )
+    scheduler = linear_warmup_decay(optimizer, tc.epochs * len(first_batches), tc.warmup_ratio)
+    return params, optimizer, scheduler, first_batches
+
+
+class _Selection:
+    """Validation, best-state bookkeeping and early stopping of one ``train_loop`` run: after each
+    epoch, evaluate when due, keep the best state (the latest without validation), count the
+    evaluations without improvement."""
+
+    def __init__(self, result: TrainLoopResult, tc: TrainConfig, valid_examples, evaluate_fn,
+                 eval_kwargs: dict, save_fn, start: float):
+        self.result, self.tc, self.valid, self.evaluate_fn = result, tc, valid_examples, evaluate_fn
+        self.eval_kwargs, self.save_fn, self.start = eval_kwargs, save_fn, start
+        self.best_score, self.best_state, self.bad_evals = -math.inf, None, 0
+
+    def after_epoch(self, model, epoch: int, rec: dict, out_of_time: bool) -> None:
+        """Evaluate when due (adds ``valid_*`` and ``seconds`` to ``rec``); keep a new best state."""
+        improved = False
+        last = epoch == self.tc.epochs
+        if self.valid and (epoch % max(1, self.tc.eval_every) == 0 or last or out_of_time):
+            metrics = dict(self.evaluate_fn(model, self.valid, **self.eval_kwargs))
+            metrics.pop("n", None)
+            rec.update({f"valid_{k}": v for k, v in metrics.items()})
+            score = metrics.get(SELECTION_METRIC, 0.0)
+            if score > self.best_score:
+                self.best_score, improved, self.bad_evals = score, True, 0
+                self.result.best_valid = dict(metrics)
+            else:
+                self.bad_evals += 1
+        elif not self.valid:
+            improved = True  # no validation: keep the latest state
+        rec["seconds"] = time.perf_counter() - self.start
+        if improved:
+            self.result.best_epoch = epoch
+            self.result.seconds_to_best = rec["seconds"]
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if self.save_fn is not None:
+                self.save_fn(model, epoch, rec)
+        self.result.history.append(rec)
+        self.result.epochs_run = epoch
+
+    @property
+    def patience_ran_out(self) -> bool:
+        return bool(self.valid and self.tc.patience and self.bad_evals >= self.tc.patience)
+
+    def restore_best(self, model) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+def _progress_bar(tc: TrainConfig):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=tc.epochs, desc="train", unit="epoch", disable=not tc.progress)
+
+
+def _report_epoch(rec: dict, log_file, on_epoch_end, bar) -> None:
+    """The epoch's record to the JSONL log, the caller's hook and the progress bar."""
+    if log_file:
+        log_file.write(json.dumps(rec) + "\n")
+        log_file.flush()
+    if on_epoch_end:
+        on_epoch_end(rec)
+    if bar is not None:
+        post = {"loss": f"{rec['loss']:.3f}"}
+        if "valid_ndcg@10" in rec:
+            post["ndcg@10"] = f"{rec['valid_ndcg@10']:.4f}"
+        bar.set_postfix(post)
+        bar.update(1)
+    log.debug("epoch %d: %s", rec["epoch"], rec)
+
+
 def train_loop(
     model: Any,  # FsRecModel or a PEFT-wrapped FsRecModel
     sequences: Sequence,  # list[UserSequence]: the training sequences
@@ -198,17 +283,8 @@ def train_loop(
         use_ratings = bool(tc.use_ratings and getattr(cfg, "rating_head", False)
                            and has_varying_ratings(sequences))
     cmask = candidate_mask.bool().to(device) if candidate_mask is not None else None
-
-    groups = parameter_groups(model, tc.weight_decay, trainable_parameters)
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.98), eps=1e-8)
-    first_batches = make_training_batches(sequences, cfg, tc, rng, use_ratings, candidate_mask)
-    if not first_batches:
-        raise TrainingError(
-            "no training batches: every sequence is too short (causal needs >= 2 items, cloze >= 1)"
-        )
-    total_steps = tc.epochs * len(first_batches)
-    scheduler = linear_warmup_decay(optimizer, total_steps, tc.warmup_ratio)
+    params, optimizer, scheduler, batches = _optimizer_and_batches(
+        model, sequences, tc, cfg, rng, use_ratings, candidate_mask, trainable_parameters)
 
     log_file = None
     if log_path is not None:
@@ -216,64 +292,25 @@ def train_loop(
         log_file = open(log_path, "w")
     ekw = dict(ks=(10,), batch_size=tc.eval_batch_size, device=device, candidate_mask=candidate_mask)
     ekw.update(eval_kwargs or {})
-
     result = TrainLoopResult(model=model)
-    best_score, best_state, bad_evals = -math.inf, None, 0
     start = time.perf_counter()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    bar = tqdm(total=tc.epochs, desc="train", unit="epoch", disable=not tc.progress) if tqdm else None
+    selection = _Selection(result, tc, valid_examples, evaluate_fn, ekw, save_fn, start)
+    bar = _progress_bar(tc)
     table = base_model(model).item_embeddings.weight
     adversary = (EmbeddingAdversary(table, tc.adversarial_eps, owned=any(p is table for p in params))
                  if tc.adversarial_eps else None)
     try:
         for epoch in range(1, tc.epochs + 1):
-            batches = first_batches if epoch == 1 else make_training_batches(
-                sequences, cfg, tc, rng, use_ratings, candidate_mask)
-            first_batches = None
+            if epoch > 1:
+                batches = make_training_batches(sequences, cfg, tc, rng, use_ratings, candidate_mask)
             rec = _train_epoch(model, batches, optimizer, scheduler, params, tc, device, cmask, adversary,
                                epoch)
             if not use_ratings:
                 rec.pop("rating_loss")
-            improved = False
-            last = epoch == tc.epochs
             out_of_time = tc.max_train_seconds is not None and time.perf_counter() - start >= tc.max_train_seconds
-            if valid_examples and (epoch % max(1, tc.eval_every) == 0 or last or out_of_time):
-                metrics = dict(evaluate_fn(model, valid_examples, **ekw))
-                metrics.pop("n", None)
-                rec.update({f"valid_{k}": v for k, v in metrics.items()})
-                score = metrics.get(SELECTION_METRIC, 0.0)
-                if score > best_score:
-                    best_score, improved, bad_evals = score, True, 0
-                    result.best_valid = dict(metrics)
-                else:
-                    bad_evals += 1
-            elif not valid_examples:
-                improved = True  # no validation: keep the latest state
-            rec["seconds"] = time.perf_counter() - start
-            if improved:
-                result.best_epoch = epoch
-                result.seconds_to_best = rec["seconds"]
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                if save_fn is not None:
-                    save_fn(model, epoch, rec)
-            result.history.append(rec)
-            result.epochs_run = epoch
-            if log_file:
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-            if on_epoch_end:
-                on_epoch_end(rec)
-            if bar is not None:
-                post = {"loss": f"{rec['loss']:.3f}"}
-                if "valid_ndcg@10" in rec:
-                    post["ndcg@10"] = f"{rec['valid_ndcg@10']:.4f}"
-                bar.set_postfix(post)
-                bar.update(1)
-            log.debug("epoch %d: %s", epoch, rec)
-            if valid_examples and tc.patience and bad_evals >= tc.patience:
+            selection.after_epoch(model, epoch, rec, out_of_time)
+            _report_epoch(rec, log_file, on_epoch_end, bar)
+            if selection.patience_ran_out:
                 result.stopped_early = True
                 break
             if out_of_time:
@@ -286,8 +323,7 @@ def train_loop(
             bar.close()
         if log_file:
             log_file.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    selection.restore_best(model)
     result.seconds = time.perf_counter() - start
     result.peak_mb = peak_rss_mb()
     if device.type == "cuda":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..data.run_record import RUN_FILE, RunRecord
 from ..errors import ConfigError
 from ..model import FsRecConfig, FsRecModel
 from .config import TrainConfig
@@ -20,7 +19,7 @@ from .loop import METRICS_FILE, TrainLoopResult, has_varying_ratings, set_seed, 
 log = logging.getLogger(__name__)
 
 TRAIN_CONFIG_FILE = "train_config.json"
-RUN_INFO_FILE = "fsrec_run.json"
+RUN_INFO_FILE = RUN_FILE  # fsrec_run.json: the RunRecord (data source, split, objective, summary)
 
 
 @dataclass
@@ -98,6 +97,15 @@ def build_model(splits, model_config: FsRecConfig) -> FsRecModel:
     return model
 
 
+def run_record(splits, objective: str, res: TrainLoopResult, **extra) -> RunRecord:
+    """The record of a finished run on ``splits`` (written as fsrec_run.json)."""
+    return RunRecord.for_splits(
+        splits, objective=objective, best_epoch=res.best_epoch, best_valid=res.best_valid,
+        epochs_run=res.epochs_run, stopped_early=res.stopped_early, seconds=res.seconds,
+        seconds_to_best=res.seconds_to_best, peak_mb=res.peak_mb, extra=extra,
+    )
+
+
 def default_evaluate_fn() -> Callable[..., dict]:
     """The validation protocol pretraining early-stops on: ``evaluate_next_item`` (NDCG@10 of
     the validation item, full ranking). pretrain() is the one place where training meets the
@@ -121,7 +129,7 @@ def pretrain(
 
     With ``train_config.output_dir`` the best model is saved there with ``save_pretrained``
     (config.json, weights, item_map.json) together with train_config.json, metrics.jsonl and
-    fsrec_run.json (data set, split config, best epoch and validation metrics).
+    fsrec_run.json (the RunRecord: data source, split config, best epoch, validation metrics).
     """
     objective = model_config.objective if model_config is not None else DEFAULT_OBJECTIVE
     cfg = model_config or default_model_config(splits, objective)
@@ -149,19 +157,7 @@ def pretrain(
     model = res.model
     if out_dir is not None:
         model.save_pretrained(out_dir)  # the restored best state (identical to the last save)
-        info = {
-            "dataset": splits.name,
-            "split_config": dataclasses.asdict(splits.config),
-            "objective": cfg.objective,
-            "best_epoch": res.best_epoch,
-            "best_valid": res.best_valid,
-            "epochs_run": res.epochs_run,
-            "stopped_early": res.stopped_early,
-            "seconds": res.seconds,
-            "seconds_to_best": res.seconds_to_best,
-            "peak_mb": res.peak_mb,
-        }
-        (out_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        run_record(splits, cfg.objective, res).save(out_dir)
     return PretrainResult(
         model=model, history=res.history, best_epoch=res.best_epoch, best_valid=res.best_valid,
         seconds=res.seconds, peak_mb=res.peak_mb, output_dir=out_dir,

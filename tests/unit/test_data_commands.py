@@ -1,6 +1,6 @@
-"""``fsrec data stats``, ``train`` and ``evaluate`` on your own log (a tiny CSV written here):
-the cleaning counts are printed, the model folder remembers the data spec, and evaluate finds
-the log again without being told."""
+"""``fsrec data stats``, ``train``, ``evaluate`` and ``export`` on your own log (a tiny CSV written
+here): the cleaning counts are printed, the model folder's run record remembers the data spec, and
+evaluate and export find the log again without being told."""
 
 from __future__ import annotations
 
@@ -31,10 +31,12 @@ def test_stats_train_evaluate_on_own_csv(tmp_path, capsys):
 
     out = tmp_path / "model"
     assert fsrec_main(["train", *cols, "--output-dir", str(out), "--epochs", "1", "--hidden-size", "16",
-                       "--layers", "1", "--max-seq-len", "8", "--no-progress", "--objective", "causal"]) == 0
+                       "--layers", "1", "--max-seq-len", "8", "--no-progress", "--objective", "causal",
+                       "--split-seed", "2"]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["split"]["items"] == 25
-    spec = json.loads((out / "data_spec.json").read_text())
+    spec = json.loads((out / "fsrec_run.json").read_text())["data_spec"]
+    assert not (out / "data_spec.json").exists()  # folded into the run record
     assert spec["user_col"] == "customer" and spec["sep"] == ";" and spec["path"] == str(log.resolve())
     item_map = json.loads((out / "item_map.json").read_text())["raw_ids"]
     assert item_map[:3] == ["p000", "p001", "p002"]  # ids kept as strings, leading zeros included
@@ -42,3 +44,22 @@ def test_stats_train_evaluate_on_own_csv(tmp_path, capsys):
     assert fsrec_main(["evaluate", "--model", str(out), "--ks", "10"]) == 0  # finds the log itself
     ev = json.loads(capsys.readouterr().out)
     assert ev["dataset"] == "log" and 0.0 <= ev["model"]["ndcg@10"] <= 1.0
+    assert ev["split_config"]["seed"] == 2  # the recorded split, not a default one
+
+    exp = tmp_path / "export"  # validated on the recorded split's test users, no --data again
+    assert fsrec_main(["export", str(out), "--output", str(exp), "--max-top-k", "10", "--validate-users", "8"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["validation"]["n_users"] == 8
+    meta = json.loads((exp / "fsrec_meta.json").read_text())
+    assert meta["extra"]["data_spec"]["path"] == str(log.resolve()) and meta["extra"]["dataset"] == "log"
+
+    # fsrec adapt: the cold users of the recorded split (seed 2), not of a split made with --seed
+    from fsrec_serve.cli import build_parser
+    from fsrec_serve.commands.adapt import _cohort_splits
+    from fsrec_serve.data import RunRecord
+
+    args = build_parser().parse_args(["adapt", "run", "--base", str(out), "--out", str(tmp_path / "a")])
+    cohort = [s.user for s in _cohort_splits(args, "fsrec adapt run").cold_users]
+    record = RunRecord.load(out)
+    assert cohort == [s.user for s in record.splits().cold_users]
+    assert cohort != [s.user for s in record.with_split(seed=args.seed).splits().cold_users]

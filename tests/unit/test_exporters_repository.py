@@ -29,6 +29,7 @@ from exporters.repository import (
     next_version,
     render_config,
     runtime_repository,
+    target_repository,
     write_default_repository,
 )
 from exporters.runtime import feeds, make_session
@@ -169,7 +170,7 @@ def test_build_gpu_repository(tmp_path, export_dir):
 def test_runtime_repository_adds_machine_specific_values(tmp_path, export_dir):
     repo = tmp_path / "repo"
     build_model_repository(repo, export_dir, target="cpu")
-    (repo / GPU_SUBDIR / "fsrec").mkdir(parents=True)  # a nested root without config: skipped
+    (repo / "notes" / "fsrec").mkdir(parents=True)  # a folder without config: skipped
     committed_before = (repo / "fsrec" / "config.pbtxt").read_text()
     rt = runtime_repository(repo, tmp_path / "rt", execution_env_path=sys.prefix)
     cfg = load_model_config(rt / "fsrec")
@@ -182,7 +183,7 @@ def test_runtime_repository_adds_machine_specific_values(tmp_path, export_dir):
     # the committed layout (configs + python model, no weights) cannot be served: copy it without
     # any ONNX file a local main-job run may have written there (they are git-ignored)
     bare = tmp_path / "committed"
-    shutil.copytree(COMMITTED_REPOSITORY, bare, ignore=shutil.ignore_patterns("*.onnx", "*.json"))
+    shutil.copytree(COMMITTED_REPOSITORY / "cpu", bare, ignore=shutil.ignore_patterns("*.onnx", "*.json"))
     with pytest.raises(RepositoryError, match="no version"):
         runtime_repository(bare, tmp_path / "rt3")
 
@@ -190,15 +191,36 @@ def test_runtime_repository_adds_machine_specific_values(tmp_path, export_dir):
 # -- the committed repository (golden) -----------------------------------------------------------------
 def test_committed_repository_is_what_the_generator_writes():
     assert check_repository() == [], "run `fsrec repository --write-defaults` and commit the result"
-    assert (COMMITTED_REPOSITORY / "fsrec" / "config.pbtxt").exists()
-    assert load_model_config(COMMITTED_REPOSITORY / "fsrec").backend == "python"
+    # three sibling roots, one per target, each a complete repository (ranker + front models)
+    assert sorted(p.name for p in COMMITTED_REPOSITORY.iterdir() if p.is_dir() and p.name != "__pycache__") == [
+        "cpu", "gpu", "gpu-python"]
+    for target in ("cpu", "gpu", "gpu-python"):
+        root = target_repository(target)
+        assert sorted(p.name for p in root.iterdir() if (p / "config.pbtxt").exists()) == [
+            "fsrec", "fsrec_events", "fsrec_user"], target
+    assert load_model_config(target_repository("cpu") / "fsrec").backend == "python"
     assert load_model_config(COMMITTED_REPOSITORY / GPU_SUBDIR / "fsrec").backend == "onnxruntime"
+    assert load_model_config(target_repository("gpu-python") / "fsrec").backend == "python"
+    from fsrec_serve.contract import DEFAULT_REPOSITORY  # what `fsrec serve` and the job default to
+
+    assert target_repository("cpu") == COMMITTED_REPOSITORY.parent / DEFAULT_REPOSITORY
+
+
+def test_the_folder_of_the_roots_is_not_a_root(tmp_path, export_dir):
+    write_default_repository(tmp_path / "top")
+    with pytest.raises(RepositoryError, match=r"one repository root per target.*top.cpu"):
+        build_model_repository(tmp_path / "top", export_dir)
+    with pytest.raises(RepositoryError, match="one repository root per target"):
+        runtime_repository(tmp_path / "top", tmp_path / "rt")
+    (tmp_path / "top" / "fsrec").mkdir()  # the older layout: the cpu models at the top
+    shutil.copyfile(tmp_path / "top" / "cpu" / "fsrec" / "config.pbtxt", tmp_path / "top" / "fsrec" / "config.pbtxt")
+    assert any("outside the target roots" in p for p in check_repository(tmp_path / "top"))
 
 
 def test_golden_check_detects_drift(tmp_path):
     write_default_repository(tmp_path)
     assert check_repository(tmp_path) == []
-    cfg = tmp_path / "fsrec" / "config.pbtxt"
+    cfg = tmp_path / "cpu" / "fsrec" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace("max_batch_size: 64", "max_batch_size: 32"))
     problems = check_repository(tmp_path)
     assert len(problems) == 1 and "differs" in problems[0]

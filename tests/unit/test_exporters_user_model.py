@@ -171,7 +171,7 @@ def test_the_generated_configs_fit_their_roles():
     in the order each role reads and answers them."""
     from google.protobuf import json_format
 
-    from exporters.repository import COMMITTED_REPOSITORY
+    from exporters.repository import target_repository
     from exporters.triton_config import load_model_config
 
     want = {"recommend": ([contract.INPUT_USER_ID, contract.INPUT_RECENT_ITEMS],
@@ -180,7 +180,7 @@ def test_the_generated_configs_fit_their_roles():
             "record": ([contract.INPUT_USER_ID, contract.INPUT_ITEM_ID, contract.INPUT_TIMESTAMP,
                         contract.INPUT_EVENT_ID], [contract.OUTPUT_ACCEPTED])}
     for name in (contract.USER_MODEL_NAME, contract.EVENTS_MODEL_NAME):
-        cfg = json_format.MessageToDict(load_model_config(COMMITTED_REPOSITORY / name), preserving_proto_field_name=True)
+        cfg = json_format.MessageToDict(load_model_config(target_repository("cpu") / name), preserving_proto_field_name=True)
         role = cfg["parameters"]["role"]["string_value"]
         inputs, outputs = um.io_of(cfg, role, lambda t: t)
         assert (inputs, list(outputs)) == want[role], name

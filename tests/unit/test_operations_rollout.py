@@ -61,19 +61,20 @@ def test_validate_config_names_the_bad_field():
 def test_write_config_pbtxt_pins_versions_applies_overrides_keeps_header(tmp_path):
     from exporters.repository import load_model_config, write_default_repository
 
-    write_default_repository(tmp_path)
-    before = (tmp_path / "fsrec" / "config.pbtxt").read_text()
-    write_config_pbtxt(tmp_path / "fsrec", versions=[4, 2], overrides={"max_batch_size": 16})
-    text = (tmp_path / "fsrec" / "config.pbtxt").read_text()
+    write_default_repository(tmp_path / "top")
+    root = tmp_path / "top" / "cpu"  # the cpu target's root
+    before = (root / "fsrec" / "config.pbtxt").read_text()
+    write_config_pbtxt(root / "fsrec", versions=[4, 2], overrides={"max_batch_size": 16})
+    text = (root / "fsrec" / "config.pbtxt").read_text()
     assert text.splitlines()[0] == before.splitlines()[0] and text.startswith("#")
-    cfg = load_model_config(tmp_path / "fsrec")
+    cfg = load_model_config(root / "fsrec")
     assert list(cfg.version_policy.specific.versions) == [2, 4] and cfg.max_batch_size == 16
     assert cfg.input[0].name == INPUT_ITEM_IDS and cfg.backend == "python"
     with pytest.raises(RepositoryError, match="does not exist"):
-        write_config_pbtxt(tmp_path / "nope", versions=[1])
-    (tmp_path / "fsrec" / "config.pbtxt").write_text("name: {{{")
+        write_config_pbtxt(root / "nope", versions=[1])
+    (root / "fsrec" / "config.pbtxt").write_text("name: {{{")
     with pytest.raises(RepositoryError, match="not a valid Triton ModelConfig"):
-        write_config_pbtxt(tmp_path / "fsrec", versions=[1])
+        write_config_pbtxt(root / "fsrec", versions=[1])
 
 
 def test_parse_index_and_glog_lines():
@@ -115,3 +116,60 @@ def test_smoke_histories_are_valid_left_padded_requests():
 
     x = smoke_histories(30, 4, 3, examples=[Ex([1, 2, 3, 4, 5, 6]), Ex([]), Ex([9])])
     assert x[0].tolist() == [3, 4, 5, 6] and x[1].tolist() == [0, 0, 0, 9] and x.shape == (3, 4)
+
+
+# -- the accuracy guard's examples: the split recorded with the export ----------------------------
+def _recorded_export(tmp_path, seed: int):
+    """An export folder (fsrec_meta.json only) whose model was trained on a tiny own log with
+    split seed ``seed``, and the data-spec file of that log."""
+    from exporters.runtime import ExportMeta
+
+    from fsrec_serve.data import DataSpec, RunRecord, SplitConfig
+
+    rows = ["customer;sku;when"] + [f"c{u};p{(u + k) % 25:03d};{1000 * u + k}" for u in range(40) for k in range(12)]
+    (tmp_path / "log.txt").write_text("\n".join(rows) + "\n")
+    spec = DataSpec(path=str(tmp_path / "log.txt"), sep=";", user_col="customer", item_col="sku", time_col="when")
+    (tmp_path / "log.yaml").write_text(f"path: {tmp_path / 'log.txt'}\nsep: ';'\nuser_col: customer\n"
+                                       "item_col: sku\ntime_col: when\n")
+    record = RunRecord.for_source(spec, SplitConfig(seed=seed))
+    export = tmp_path / "export"
+    export.mkdir()
+    ExportMeta(max_seq_len=8, max_top_k=10, num_items=25, objective="causal", extra=record.source_dict()).save(export)
+    return export, record
+
+
+def test_guard_examples_come_from_the_split_recorded_with_the_export(tmp_path):
+    from fsrec_serve.operations.rollout import guard_examples
+
+    export, record = _recorded_export(tmp_path, seed=3)
+    want = [(e.user, e.history, e.target) for e in record.splits().loo_valid()[:20]]
+    got = guard_examples(export, 20)
+    assert [(e.user, e.history, e.target) for e in got] == want
+    again = guard_examples(export, 20, dataset=str(tmp_path / "log.yaml"))  # other data, same split
+    assert [(e.user, e.history, e.target) for e in again] == want
+    default = record.with_split(seed=0).splits().loo_valid()[:20]  # what a fresh default split gives
+    assert [(e.user, e.history, e.target) for e in default] != want
+
+
+def test_fsrec_rollout_guards_on_the_recorded_split(tmp_path, monkeypatch):
+    import contextlib
+
+    from fsrec_serve.cli import main
+    from fsrec_serve.commands import rollout as command
+    from fsrec_serve.operations import rollout as ops
+
+    export, record = _recorded_export(tmp_path, seed=3)
+    seen = {}
+
+    def fake_rollout(export_dir, repository, control, cfg, valid_examples=None):
+        seen["examples"] = valid_examples
+        return ops.RolloutReport(model="fsrec", status="rolled-out")
+
+    monkeypatch.setattr(ops, "rollout", fake_rollout)
+    monkeypatch.setattr(command, "model_control", lambda args: contextlib.nullcontext(None))
+    argv = ["rollout", str(export), "--repository", str(tmp_path / "repo"), "--guard-users", "15"]
+    assert main([*argv, "--guard-dataset", str(tmp_path / "log.yaml")]) == 0
+    want = [(e.user, e.target) for e in record.splits().loo_valid()[:15]]
+    assert [(e.user, e.target) for e in seen["examples"]] == want
+    assert main(argv) == 0  # the recorded data set is the default
+    assert [(e.user, e.target) for e in seen["examples"]] == want

@@ -37,7 +37,7 @@ def test_wheel_installs_without_the_source_tree_and_finds_its_data(tmp_path):
         if (ROOT / rel).is_file():  # tracked and present in the working tree
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, src / rel)
-    for new in ROOT.glob("fsrec_serve/**/*.py"):  # files of this working tree not yet committed
+    for new in [*ROOT.glob("fsrec_serve/**/*.py"), *ROOT.glob("exporters/**/*.py")]:  # not yet committed
         dst = src / new.relative_to(ROOT)
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -50,8 +50,10 @@ def test_wheel_installs_without_the_source_tree_and_finds_its_data(tmp_path):
     assert not noise, "setuptools warns about the package configuration (pyproject.toml):\n" + "\n".join(noise)
     (wheel,) = (tmp_path / "dist").glob("fsrec_serve-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"loadtests/locustfile.py", "loadtests/gate.yaml", "model_repository/fsrec/config.pbtxt",
-            "model_repository/fsrec/1/model.py", "model_repository/gpu/fsrec/config.pbtxt"} <= names
+    assert {"loadtests/locustfile.py", "loadtests/gate.yaml", "model_repository/cpu/fsrec/config.pbtxt",
+            "model_repository/cpu/fsrec/1/model.py", "model_repository/gpu/fsrec/config.pbtxt",
+            "model_repository/gpu-python/fsrec/config.pbtxt", "model_repository/cpu/fsrec_user/1/model.py"} <= names
+    assert not any(n.startswith("model_repository/fsrec") for n in names)  # no model outside a target root
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
