@@ -158,7 +158,7 @@ def _data_step(run: _Run) -> None:
 def _pretrain_step(run: _Run) -> None:
     from .evaluation import PopularityModel, evaluate_next_item
     from .training import pretrain
-    from .training.pretrain import default_model_config, default_train_config
+    from .training.pretrain import default_model_config, default_train_config, pretrain_candidate_mask
 
     cfg, splits = run.cfg, run.splits
     with _step(f"2/7 pretrain ({cfg.objective}, at most {cfg.epochs} epochs)", run.echo):
@@ -174,9 +174,11 @@ def _pretrain_step(run: _Run) -> None:
         )
         res = pretrain(splits, mcfg, tcfg)
         model = run.model = res.model.eval()
-        test = evaluate_next_item(model, splits.loo_test(), ks=(10,))
+        # the protocol of validation and `fsrec evaluate`: held-out cold items are not candidates
+        cmask = pretrain_candidate_mask(splits, mcfg.num_items)
+        test = evaluate_next_item(model, splits.loo_test(), ks=(10,), candidate_mask=cmask)
         pop = evaluate_next_item(PopularityModel.fit(splits.loo_train(), len(splits.item_map)),
-                                 splits.loo_test(), ks=(10,))
+                                 splits.loo_test(), ks=(10,), candidate_mask=cmask)
         run.echo(f"   best epoch {res.best_epoch}, {res.seconds:.0f}s; warm-user test NDCG@10 "
                  f"{test['ndcg@10']:.4f} (popularity {pop['ndcg@10']:.4f}), HR@10 {test['hr@10']:.4f}")
         run.summary["pretrain"] = {"best_epoch": res.best_epoch, "seconds": res.seconds,
