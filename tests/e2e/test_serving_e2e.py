@@ -209,7 +209,7 @@ def test_server_errors_are_mapped(triton_server, client):
     with RecommenderClient(client.url, client.protocol, repository=client.repository, timeout_s=1e-4, retries=3) as c:
         timed_out = 0
         heavy = [[str(i) for i in range(1, MAX_SEQ_LEN + 1)]] * 64  # full-length rows: the answer takes a while
-        for _ in range(1 if client.protocol == "grpc" else 5):
+        for _ in range(1 if client.protocol == "grpc" else 30):
             try:
                 c.recommend_batch(heavy, k=3)
             except RequestTimeoutError:
