@@ -252,6 +252,21 @@ GOALS: list[Goal] = [
     Goal("19.2", "ensemble ÷ single model, server CPU per sequence at concurrency 16 <= 2x", ("ensemble",),
          "ensemble", ("ensemble",), (_c("cpu_ms_per_seq", "<=", 2.0, over="single"),), dataset="ml-100k",
          where={"concurrency": 16}),
+    # -- issue 19.1: pruning (bench/pruning.py), registered before its main run: per data set the full
+    #    trained model's FP32 ONNX export (`served`) against candidates built from it at export time:
+    #    catalogue-<n> (top-n items by recency-weighted popularity), heads-<n>, ffn-<n> and their
+    #    combinations (gradient importance, then a recovery fine-tune of <= 5 epochs early-stopped on
+    #    validation). The judged method is `selected`: the candidate select_served_model picks on the
+    #    VALIDATION item under the guard of quantized candidates (NDCG@10 drop <= 1 %, top-10 overlap
+    #    >= 0.9, batch invariance; the fastest passing one if >= 1.05x faster at batch 64, 1 ORT
+    #    thread; else `served` itself, ratio 1). Its test-item NDCG@10 loss (1 - selected / served)
+    #    and ONNX Runtime CPU throughput ratio at batch 64 (1 thread, interleaved rounds, median) judge it
+    Goal("19.1", "pruned ÷ served ONNX Runtime CPU throughput at batch 64 >= 1.5x with test NDCG@10 loss "
+         "<= 1 %, ML-100K (the candidate the guard picks on validation)", ("pruning",), "pruning", ("selected",),
+         (_c("throughput_ratio", ">=", 1.5), _c("ndcg_loss", "<=", 0.01)), dataset="ml-100k"),
+    Goal("19.1", "pruned ÷ served ONNX Runtime CPU throughput at batch 64 >= 1.5x with test NDCG@10 loss "
+         "<= 1 %, Beauty (the candidate the guard picks on validation)", ("pruning",), "pruning", ("selected",),
+         (_c("throughput_ratio", ">=", 1.5), _c("ndcg_loss", "<=", 0.01)), dataset="beauty"),
     # -- earlier issues, still tracked -----------------------------------------------------------
     Goal("2", "ML-100K leave-one-out NDCG@10 >= 0.10 (3 seeds)", ("quality",), "loo-full",
          ("fsrec-*",), (_c("ndcg@10", ">=", 0.10),), dataset="ml-100k"),
