@@ -1,10 +1,8 @@
 """The goals of the open issues, declared once; BENCHMARKS.md's goals table is computed from them.
 
 A :class:`Goal` names the results files that may back it (preferred first), the rows it reads
-(data set, protocol, candidate methods) and its :class:`Check` s. A candidate (one method at
-one load condition) meets the goal when every check passes; the goal is *met* when some
-candidate meets it, *missed* when rows exist but none meets it, *not run yet* when no backing
-file has the rows. Also declared here: which results files are superseded (kept in JSON, not
+(data set, protocol, candidate methods) and its :class:`Check` s; ``bench/goal_check.py`` says
+how a goal is met, missed or not run yet. Also declared here: which results files are superseded (kept in JSON, not
 shown in the protocol tables) and the known causes of broken-looking numbers.
 """
 
@@ -12,48 +10,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import operator
-from dataclasses import dataclass, field
 from typing import Optional
 
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-CONDITION_KEYS = ("concurrency", "batch", "users_per_request")  # load conditions that pair rows
+from bench.goal_check import (  # noqa: F401  (re-exported: render and tests read them here)
+    CONDITION_KEYS, OPS, Check, Goal, GoalResult, condition, evaluate_goal,
+)
 
 
 def superseded(stem: str, protocol: str = "") -> Optional[str]:
     """Why the rows of ``stem`` (for ``protocol``) are superseded, or None."""
     return SUPERSEDED.get(stem) or SUPERSEDED.get(f"{stem}:{protocol}")
-
-
-@dataclass(frozen=True)
-class Check:
-    metric: str  # the row's metric ("ndcg@10", "relative_gain", "throughput_rps", ...)
-    op: str  # one of OPS
-    threshold: float  # compared with the value
-    field: str = "mean"  # row field compared: "mean", "ci_low", "n", "n_users", ...
-    over: Optional[str] = None  # method pattern: value = this row / that method's row (same condition)
-
-    def describe(self) -> str:
-        lhs = self.metric if self.field == "mean" else f"{self.metric}.{self.field}"
-        if self.over:
-            lhs = f"{lhs} ÷ {self.over}"
-        return f"{lhs} {self.op} {self.threshold:g}"
-
-
-@dataclass(frozen=True)
-class Goal:
-    issue: str  # "10.1": issue number and item
-    text: str  # the goal in words, as the issue states it
-    files: tuple  # results file stems (fnmatch patterns), preferred first; the first with rows backs it
-    protocol: str  # protocol of the rows
-    methods: tuple  # candidate method patterns (fnmatch); the best candidate is shown
-    checks: tuple  # Check s, all must pass for one candidate; the first one ranks candidates
-    dataset: Optional[str] = None  # None = any data set
-    where: dict = field(default_factory=dict)  # extra row fields that must match when the row has
-    #   them, e.g. {"concurrency": 256} ({"basis": "throughput"} also takes rows without a basis)
-    every: bool = False  # True: every candidate must meet the checks (the worst one is shown)
-    pair: str = "condition"  # how a Check.over baseline row is found: "condition" = same load
-    #   condition as the candidate; "peak" = the baseline's highest-throughput load (any condition)
 
 
 def _c(metric, op, threshold, **kw) -> Check:
@@ -226,7 +192,7 @@ GOALS: list[Goal] = [
     #    the rating head fitted on the support ratings), blended with the shrunk item mean; the
     #    rating fit's strength, the blend weights and the shrinkage chosen on the VALIDATION users,
     #    test users scored once. relative_gain rows: two-level bootstrap (splits, then test users)
-    Goal("18.4", "MetaRec protocol, ML-100K, transformer-based (base + per-user fit on the support): "
+    Goal("18.4", "MetaRec with the transformer, ML-100K (base + per-user fit on the support): "
          "nDCG@5 >= 0.66, mean of 10 splits", ("metarec-r18",), "metarec", ("fsrec-peruser-blend",),
          (_c("ndcg@5", ">=", 0.66), _c("ndcg@5", ">=", 10, field="n")), dataset="ml-100k"),
     #    New items with a CI (bench/items.py --cold-item-frac 0.15, items-r18): ML-100K seed 0, the
@@ -336,6 +302,7 @@ SUPERSEDED: dict[str, str] = {
     "fewshot-h200": "GPU run of the old cohort protocol (94 cold users); superseded by fewshot.json",
     "fewshot-h200-beauty": "GPU run of the old cohort protocol on Beauty; superseded by fewshot.json",
     "metarec-h200": "GPU run before the item-kNN blends; superseded by metarec.json",
+    "metarec": "the --no-neural run (same 10 splits, identical rows); superseded by metarec-r18.json (goal 10.5 keeps it)",
     "quality-h200": "ML-100K with a 50 s cap on the H200; superseded by quality.json (early stopping)",
 }
 
@@ -386,79 +353,3 @@ def known_cause(file: str, row: dict) -> Optional[str]:
                 and fnmatch.fnmatch(row.get("method", ""), method) and row.get("metric") == metric:
             return cause
     return None
-
-
-def _match(row: dict, goal: Goal) -> bool:
-    if row.get("protocol") != goal.protocol:
-        return False
-    if goal.dataset is not None and row.get("dataset") != goal.dataset:
-        return False
-    return all(row.get(k, v) == v for k, v in goal.where.items())
-
-
-def condition(row: dict) -> tuple:
-    """The load condition of a row (pairs a method's row with its baseline's)."""
-    return tuple((k, row[k]) for k in CONDITION_KEYS if k in row)
-
-
-def _find(rows: list[dict], method_pat: str, metric: str, cond: tuple) -> Optional[dict]:
-    for r in rows:
-        if r.get("metric") == metric and fnmatch.fnmatch(r.get("method", ""), method_pat) \
-                and condition(r) == cond:
-            return r
-    return None
-
-
-def _baseline_condition(rows: list[dict], goal: Goal, method_pat: str, cand: dict) -> tuple:
-    """The load condition of the baseline row a candidate is divided by (see Goal.pair)."""
-    if goal.pair != "peak":
-        return condition(cand)
-    peak = [r for r in rows if r.get("metric") == "throughput_rps"
-            and fnmatch.fnmatch(r.get("method", ""), method_pat)]
-    return condition(max(peak, key=lambda r: r["mean"])) if peak else condition(cand)
-
-
-@dataclass
-class GoalResult:
-    goal: Goal
-    status: str  # "met", "missed", "not run yet"
-    file: Optional[str] = None  # results file stem that backs it
-    method: Optional[str] = None  # the candidate shown (best one)
-    values: list = field(default_factory=list)  # (Check, value or None) for the candidate shown
-    row: Optional[dict] = None  # the first check's row of the candidate shown
-
-
-def evaluate_goal(goal: Goal, files: dict[str, dict]) -> GoalResult:
-    """Evaluate ``goal`` against ``files`` (stem -> parsed results JSON)."""
-    for pat in goal.files:
-        for stem in sorted(s for s in files if fnmatch.fnmatch(s, pat)):
-            rows = [r for r in files[stem].get("results", []) if _match(r, goal)]
-            first = goal.checks[0]
-            cands = [r for r in rows if r.get("metric") == first.metric
-                     and any(fnmatch.fnmatch(r.get("method", ""), p) for p in goal.methods)]
-            if not cands:
-                continue
-            scored = []
-            for r in cands:
-                vals = []
-                for ch in goal.checks:
-                    cr = r if ch.metric == first.metric else _find(rows, r["method"], ch.metric, condition(r))
-                    v = None if cr is None else cr.get(ch.field)
-                    if v is not None and ch.over:
-                        base = _find(rows, ch.over, ch.metric, _baseline_condition(rows, goal, ch.over, r))
-                        bv = None if base is None else base.get(ch.field)
-                        v = v / bv if bv else None
-                    vals.append((ch, v))
-                ok = all(v is not None and OPS[ch.op](v, ch.threshold) for ch, v in vals)
-                v0 = vals[0][1]
-                rank = -math.inf if v0 is None else (v0 if first.op in (">=", ">") else -v0)
-                scored.append((ok, rank, r, vals))
-            if all(v is None for s in scored for _, v in s[3][:1]):
-                continue  # e.g. the baseline of a ratio is missing in this file
-            if goal.every:
-                ok, _, r, vals = min(scored, key=lambda s: (s[0], s[1]))
-                ok = all(s[0] for s in scored)
-            else:
-                ok, _, r, vals = max(scored, key=lambda s: (s[0], s[1]))
-            return GoalResult(goal, "met" if ok else "missed", stem, r["method"], vals, r)
-    return GoalResult(goal, "not run yet")
