@@ -11,6 +11,9 @@ torch or Optimum). The quantize *function* is ``from exporters.quantize import q
 - ``select_served_model``, ``measure_latency``                    (exporters.selection)
 - ``select_and_guard``, ``DEFAULT_CANDIDATES``, ``build_candidate``   (exporters.select_and_guard:
   the chain candidates -> guard -> choice that ``fsrec quantize`` and the pipeline call)
+- ``prune_catalogue``, ``prune_heads``, ``prune_ffn``, ``structure_importance``, ``recover``
+  (exporters.prune: smaller NEW models) and ``prune_and_guard``, ``PruneOptions``
+  (exporters.prune_select: pruned candidates -> guard -> choice, what ``fsrec prune`` calls)
 - ``build_model_repository``, ``runtime_repository``, ``load_model_config``,
   ``write_default_repository``, ``check_repository``, ``RepositorySpec``  (exporters.repository)
 - ``ExportMeta``, ``make_session``, ``run_topk``                   (exporters.runtime)
@@ -29,6 +32,9 @@ _EXPORTS = {
     "selection": ["select_served_model", "measure_latency", "ServedModelDecision"],
     "select_and_guard": ["select_and_guard", "build_candidate", "DEFAULT_CANDIDATES", "CandidateOptions",
                          "SelectionReport"],
+    "prune": ["prune_catalogue", "prune_heads", "prune_ffn", "structure_importance", "recover",
+              "recency_popularity", "FullCatalogueScorer", "PrunedCatalogue"],
+    "prune_select": ["prune_and_guard", "PruneOptions", "PruneReport", "build_pruned", "parse_candidate"],
     "repository": ["build_model_repository", "runtime_repository", "load_model_config", "model_config",
                    "render_config", "write_default_repository", "check_repository", "RepositorySpec",
                    "RepositoryVersion", "DEFAULT_SPEC", "next_version"],

@@ -22,6 +22,7 @@ from .runtime import (
     ExportMeta,
     as_histories,
     export_dir,
+    index_translation,
     make_session,
     run_topk,
     topk_overlap,
@@ -139,7 +140,8 @@ def check_guard(
 ) -> GuardReport:
     """The accuracy and batch-invariance guard of a candidate against the FP32 reference.
 
-    ``valid_examples``: validation ``Example`` objects (``.history``, ``.target``). Fails when
+    ``valid_examples``: validation ``Example`` objects (``.history``, ``.target``), in the
+    reference's item indices (a catalogue-pruned candidate gets them translated). Fails when
     the relative NDCG@10 drop exceeds ``max_ndcg_drop`` (1 %), when the top-10 overlap with the
     reference is under ``min_top10_overlap`` (0.9), or when the candidate is not batch-invariant.
     Raises :class:`QuantizationGuardError` (saying by how much each criterion was missed) unless
@@ -150,10 +152,16 @@ def check_guard(
     ex = list(valid_examples)
     if not ex or not hasattr(ex[0], "target"):
         raise ConfigError("check_guard needs validation Examples with .history and .target")
-    x = pad_left(as_histories(ex), meta.max_seq_len)
+    hist = as_histories(ex)
+    # a candidate serving a sub-catalogue (catalogue pruning) reads the histories without the items
+    # it does not serve, as a client sends them; its top items are compared in the reference's ids
+    tr = index_translation(cand, ref)
+    cand_hist = hist if tr is None else tr.histories(hist)
+    x, xc = pad_left(hist, meta.max_seq_len), pad_left(cand_hist, meta.max_seq_len)
     targets = [int(e.target) for e in ex]
     cand_sess, ref_sess = make_session(cand), make_session(ref)
-    ci, _ = run_topk(cand_sess, x, batch_size=batch_size)
+    ci, _ = run_topk(cand_sess, xc, batch_size=batch_size)
+    ci = ci if tr is None else tr.items(ci)
     ri, _ = run_topk(ref_sess, x, batch_size=batch_size)
     nd_c = float(ndcg_at_k(rank_in_top_lists(ci, targets), 10).mean())
     nd_r = float(ndcg_at_k(rank_in_top_lists(ri, targets), 10).mean())
@@ -172,7 +180,7 @@ def check_guard(
         )
     inv = None
     if batch_invariance:
-        inv = check_batch_invariance(cand, ex, n_users=invariance_users, batch_size=batch_size,
+        inv = check_batch_invariance(cand, cand_hist, n_users=invariance_users, batch_size=batch_size,
                                      score_tol=score_tol, session=cand_sess)
         if not inv.invariant:
             reasons.append(

@@ -130,6 +130,50 @@ def as_histories(items) -> list[list[int]]:
     return out
 
 
+@dataclass
+class IndexTranslation:
+    """Between a reference export and a candidate serving a sub-catalogue (catalogue pruning):
+    ``to_candidate`` [reference N + 1] reference index -> candidate index (0 = not served),
+    ``to_reference`` [candidate N] candidate index -> reference index."""
+
+    to_candidate: np.ndarray
+    to_reference: np.ndarray
+
+    def histories(self, histories) -> list[list[int]]:
+        """Reference-index histories -> candidate-index histories, unserved items dropped (what
+        a client does with the ids the candidate's item map does not know)."""
+        return [[int(j) for j in self.to_candidate[np.asarray(h, dtype=np.int64)] if j] for h in histories]
+
+    def items(self, top_items: np.ndarray) -> np.ndarray:
+        """Candidate top_items [B, K] -> reference indices (filler -1 kept)."""
+        return np.where(top_items >= 0, self.to_reference[np.clip(top_items, 0, None)], top_items)
+
+
+def index_translation(candidate_dir: str | Path, reference_dir: str | Path) -> IndexTranslation | None:
+    """The translation from a reference export's item indices to a candidate's, or None when
+    both serve the same catalogue (same item map, or neither has one)."""
+    from fsrec_serve.idmap import IdMap
+
+    cand, ref = Path(candidate_dir) / ITEM_MAP_FILE, Path(reference_dir) / ITEM_MAP_FILE
+    if not cand.exists() or not ref.exists():
+        if ExportMeta.load(candidate_dir).num_items != ExportMeta.load(reference_dir).num_items:
+            raise ExportError(f"{candidate_dir} and {reference_dir} serve catalogues of different sizes but "
+                              f"one has no {ITEM_MAP_FILE} to translate ids with: re-export both")
+        return None
+    cm, rm = IdMap.load(cand), IdMap.load(ref)
+    if cm == rm:
+        return None
+    to_ref = np.zeros(len(cm) + 1, dtype=np.int64)
+    to_cand = np.zeros(len(rm) + 2, dtype=np.int64)  # + [MASK]
+    for j, raw in enumerate(cm.raw_ids, start=1):
+        if raw not in rm:
+            raise ExportError(f"{candidate_dir} serves item {raw!r}, unknown to {reference_dir}: a candidate "
+                              "may serve a sub-catalogue of its reference only (prune from the same model)")
+        to_ref[j] = rm.index(raw)
+        to_cand[to_ref[j]] = j
+    return IndexTranslation(to_candidate=to_cand, to_reference=to_ref)
+
+
 def user_params_dim(session) -> int:
     """Width H of the session's ``user_params`` input (0 when the graph has none)."""
     for i in session.get_inputs():

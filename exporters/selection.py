@@ -21,7 +21,7 @@ from fsrec_serve.contract import GUARD_FILE
 from fsrec_serve.idmap import pad_left
 
 from .guard import GuardReport, check_guard
-from .runtime import ExportMeta, as_histories, export_dir, feeds, make_session
+from .runtime import ExportMeta, as_histories, export_dir, feeds, index_translation, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +83,12 @@ def select_served_model(
     all_c = {"reference": ref, **{k: export_dir(v) for k, v in candidates.items()}}
     reports = dict(guard_reports or {})
     sessions = {n: make_session(d, intra_op_threads=intra_op_threads) for n, d in all_c.items()}
+    translations = {n: index_translation(d, ref) for n, d in all_c.items()}  # catalogue-pruned: its own ids
+    hists = {n: hist if t is None else t.histories(hist) for n, t in translations.items()}
     times: dict[str, list[float]] = {n: [] for n in all_c}
     for _ in range(max(1, rounds)):
         for n, d in all_c.items():
-            times[n].append(measure_latency(d, hist, batch_size=batch_size, repeats=repeats,
+            times[n].append(measure_latency(d, hists[n], batch_size=batch_size, repeats=repeats,
                                             session=sessions[n])["p50_ms"])
     rows: dict[str, dict] = {}
     for name, d in all_c.items():

@@ -15,7 +15,7 @@ import warnings
 from .errors import FsRecError
 
 # modules under fsrec_serve.commands that register sub-commands, in --help order
-COMMAND_MODULES = ["data", "train", "evaluate", "adapt", "export", "serve", "recommend", "events", "learn",
+COMMAND_MODULES = ["data", "train", "evaluate", "adapt", "export", "prune", "serve", "recommend", "events", "learn",
                    "loadtest", "rollout", "ops", "pipeline", "ensemble"]
 # loggers and warning sources of this project: shown without -v (libraries' only with -v)
 OWN_NAMESPACES = ("fsrec_serve", "exporters", "bench", "loadtests", "fsrec", "__main__")

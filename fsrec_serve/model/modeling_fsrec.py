@@ -99,6 +99,12 @@ class FsRecModel(FsRecPreTrainedModel):
         self.item_map: IdMap | None = None  # raw id <-> index, saved with the model
         self.post_init()
 
+    def _prune_heads(self, heads_to_prune: dict) -> None:
+        """{layer: [head, ...]} -> those heads removed from the encoder (what
+        ``PreTrainedModel.prune_heads`` calls; the config's ``pruned_heads`` records them, so
+        ``from_pretrained`` rebuilds the pruned shapes)."""
+        self.encoder._prune_heads(heads_to_prune)
+
     # -- item vectors --------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
         """[V, H] id embedding + side-feature embedding of every row (pad, items, [MASK])."""
