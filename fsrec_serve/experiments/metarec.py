@@ -175,12 +175,15 @@ TaskScorer = Callable[[Sequence[MetaRecTask]], list]
 
 
 def evaluate_metarec(scorer: TaskScorer, tasks: Sequence[MetaRecTask], k: int = 5,
-                     rating_scorer: Optional[TaskScorer] = None) -> dict[str, float]:
+                     rating_scorer: Optional[TaskScorer] = None, per_task: bool = False) -> dict:
     """Mean metrics over ``tasks``; RMSE of ``rating_scorer`` (default: ``scorer`` when it has
-    ``.predicts_ratings``) over all query interactions."""
+    ``.predicts_ratings``) over all query interactions. ``per_task``: also each task's nDCG@5
+    (``per_task_ndcg@5``, task order; for paired comparisons of methods)."""
     preds = scorer(tasks)
     per = [metarec_metrics(p, t.query_ratings, k) for p, t in zip(preds, tasks)]
     out = {m: float(np.mean([x[m] for x in per])) for m in per[0]}
+    if per_task:
+        out["per_task_ndcg@5"] = [x["ndcg@5"] for x in per]
     rs = rating_scorer if rating_scorer is not None else (
         scorer if getattr(scorer, "predicts_ratings", False) else None)
     if rs is not None:

@@ -100,36 +100,116 @@ def _model_outputs(model, tasks: Sequence[MetaRecTask], batch_size: int, fn) -> 
     return out
 
 
+def _offsets(user_params, chunk, dev):
+    """[B, H] per-user state offsets of ``chunk`` (``PerUserResult``; zeros for unknown users)."""
+    return None if user_params is None else user_params.params_for([t.user for t in chunk]).to(dev)
+
+
 class ModelRatingScorer:
-    """FsRecModel.predict_ratings with the support (time order) as the history."""
+    """FsRecModel.predict_ratings with the support (time order) as the history; with
+    ``user_params`` (a ``PerUserResult``) each user's fitted offset is added to the user state
+    before the rating head, as ``next_item_scores`` does before scoring."""
 
     predicts_ratings = True
 
-    def __init__(self, model, batch_size: int = 64):
+    def __init__(self, model, batch_size: int = 64, user_params=None):
         self.model = model
         self.batch_size = batch_size
+        self.user_params = user_params
 
     def __call__(self, tasks: Sequence[MetaRecTask]) -> list:
         def rate(m, h, chunk, dev):
             q = torch.tensor([t.query_items for t in chunk], dtype=torch.long, device=dev)
-            return list(m.predict_ratings(h, q).float().cpu().numpy())
+            if self.user_params is None:
+                return list(m.predict_ratings(h, q).float().cpu().numpy())
+            base = m.get_base_model() if hasattr(m, "get_base_model") else m
+            state = base.apply_user_params(base.user_state(h), _offsets(self.user_params, chunk, dev))
+            e = torch.nn.functional.embedding(q, base.item_vectors())  # [B, Q, H]
+            return list(base.rating_head(state.unsqueeze(1).expand_as(e), e).float().cpu().numpy())
 
         return _model_outputs(self.model, tasks, self.batch_size, rate)
 
 
 class ModelNextItemScorer:
-    """FsRecModel next-item logits of the query items (support as history): "would watch"."""
+    """FsRecModel next-item logits of the query items (support as history): "would watch";
+    with ``user_params`` (a ``PerUserResult``) the users' fitted state offsets are applied."""
 
-    def __init__(self, model, batch_size: int = 64):
+    def __init__(self, model, batch_size: int = 64, user_params=None):
         self.model = model
         self.batch_size = batch_size
+        self.user_params = user_params
 
     def __call__(self, tasks: Sequence[MetaRecTask]) -> list:
         def logits(m, h, chunk, dev):
-            s = m.next_item_scores(h).float().cpu()
+            if self.user_params is None:
+                s = m.next_item_scores(h).float().cpu()
+            else:
+                base = m.get_base_model() if hasattr(m, "get_base_model") else m
+                s = base.next_item_scores(h, user_params=_offsets(self.user_params, chunk, dev)).float().cpu()
             return [s[j, t.query_items].numpy() for j, t in enumerate(chunk)]
 
         return _model_outputs(self.model, tasks, self.batch_size, logits)
+
+
+@torch.no_grad()
+def _prefix_states(base, tasks: Sequence[MetaRecTask], batch_size: int = 256):
+    """(states [P, H], items [P], ratings [P], owner [P]): the frozen base's user state of every
+    support prefix items[:t] (t >= 1) of each task, with the support item t it precedes."""
+    from ..model import pad_histories
+
+    hist, items, ratings, owner = [], [], [], []
+    for u, t in enumerate(tasks):
+        for j in range(1, len(t.support_items)):
+            hist.append(t.support_items[:j])
+            items.append(t.support_items[j])
+            ratings.append(t.support_ratings[j])
+            owner.append(u)
+    dev = next(base.parameters()).device
+    states = [base.user_state(pad_histories(hist[i:i + batch_size], base.config.max_seq_len).to(dev)).float()
+              for i in range(0, len(hist), batch_size)]
+    H = base.config.hidden_size
+    return (torch.cat(states) if states else torch.zeros(0, H, device=dev),
+            torch.tensor(items, dtype=torch.long, device=dev), torch.tensor(ratings, dtype=torch.float32, device=dev),
+            torch.tensor(owner, dtype=torch.long, device=dev))
+
+
+def fit_rating_offsets(model, tasks: Sequence[MetaRecTask], l2: float, lr: float = 0.05, steps: int = 50):
+    """Per-user fit of the rating head on each user's SUPPORT ratings: one user-state offset per
+    user (the parametrisation of ``adaptation.peruser``: state + offset; the base frozen),
+    minimising the mean squared error of the rating head on the user's support items (each
+    predicted from the state of the support prefix before it, as in pretraining) +
+    ``l2 * ||offset||^2``. Users' losses are summed and Adam is elementwise, so the stacked fit
+    equals fitting each user alone. Query items are never read. Returns a ``PerUserResult``."""
+    from ..adaptation.peruser import PerUserResult
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.eval()
+    states, items, ratings, owner = _prefix_states(base, tasks)
+    U, H = len(tasks), base.config.hidden_size
+    P = torch.zeros(U, H, device=states.device, requires_grad=True)
+    if items.numel():
+        with torch.no_grad():
+            e = torch.nn.functional.embedding(items, base.item_vectors()).float()
+        w = (1.0 / torch.bincount(owner, minlength=U).clamp(min=1).float())[owner]
+        opt = torch.optim.Adam([P], lr=lr)
+        flags = [p.requires_grad for p in base.rating_head.parameters()]
+        for p in base.rating_head.parameters():
+            p.requires_grad_(False)
+        try:
+            for _ in range(steps):
+                pred = base.rating_head(states + P[owner], e)
+                loss = (w * (pred - ratings) ** 2).sum() + l2 * (P * P).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        finally:
+            for p, f in zip(base.rating_head.parameters(), flags):
+                p.requires_grad_(f)
+    params = P.detach().cpu()
+    ok = torch.isfinite(params).all(1)
+    params[~ok] = 0.0
+    return PerUserResult(users=[t.user for t in tasks], params=params, adapted=ok.numpy(),
+                         info={"l2": l2, "lr": lr, "steps": steps, "n_pairs": int(items.numel())})
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:

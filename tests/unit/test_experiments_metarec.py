@@ -11,8 +11,8 @@ import torch
 from fsrec_serve.data import UserSequence
 from fsrec_serve.experiments.metarec import (MetaRecConfig, MetaRecTask, evaluate_metarec, make_metarec_split,
                                              metarec_metrics, split_counts)
-from fsrec_serve.experiments.metarec_scorers import (BlendScorer, ItemKNNScorer, ItemMeanScorer, ModelRatingScorer,
-                                                     tune_blend)
+from fsrec_serve.experiments.metarec_scorers import (BlendScorer, ItemKNNScorer, ItemMeanScorer, ModelNextItemScorer,
+                                                     ModelRatingScorer, fit_rating_offsets, tune_blend)
 
 D = [1 / math.log2(i + 2) for i in range(5)]  # discounts of ranks 1..5
 IDCG = sum(D)
@@ -132,6 +132,31 @@ def test_model_rating_scorer_reads_the_support_as_history():
     assert np.abs(out[0] - out[1]).max() > 0  # different support -> different predictions
     r = evaluate_metarec(ModelRatingScorer(m), [t1, t2])
     assert "rmse" in r and r["n"] == 2
+
+
+def test_per_user_offsets_in_the_model_scorers_and_the_rating_fit():
+    from fsrec_serve.adaptation import PerUserResult
+    from fsrec_serve.model import FsRecConfig, FsRecModel
+
+    torch.manual_seed(0)
+    m = FsRecModel(FsRecConfig(num_items=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=16, max_seq_len=6)).eval()
+    tasks = [MetaRecTask("a", [1, 2, 3, 4], [5.0, 5.0, 5.0, 5.0], list(range(5, 15)), [3.0] * 10),
+             MetaRecTask("b", [7, 8, 9], [1.0, 1.0, 1.0], list(range(5, 15)), [3.0] * 10)]
+    zero = PerUserResult(users=["a", "b"], params=torch.zeros(2, 8), adapted=np.ones(2, dtype=bool))
+    for cls in (ModelRatingScorer, ModelNextItemScorer):  # zero offsets = the base model exactly
+        for x, y in zip(cls(m)(tasks), cls(m, user_params=zero)(tasks)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    fit = fit_rating_offsets(m, tasks, l2=1e-3, lr=0.1, steps=60)
+    assert fit.users == ["a", "b"] and fit.params.shape == (2, 8) and torch.isfinite(fit.params).all()
+    base, tuned = ModelRatingScorer(m)(tasks), ModelRatingScorer(m, user_params=fit)(tasks)
+    assert tuned[0].mean() > base[0].mean() and tuned[1].mean() < base[1].mean()  # towards 5 and 1
+    strong = fit_rating_offsets(m, tasks, l2=100.0, lr=0.1, steps=60)
+    assert strong.params.norm() < fit.params.norm()  # l2 pulls towards the base model
+    other = [MetaRecTask(t.user, t.support_items, t.support_ratings, t.query_items, [1.0] * 10) for t in tasks]
+    torch.testing.assert_close(fit_rating_offsets(m, other, l2=1e-3, lr=0.1, steps=60).params, fit.params)
+    r = evaluate_metarec(ModelRatingScorer(m, user_params=fit), tasks, per_task=True)
+    assert len(r["per_task_ndcg@5"]) == 2 and r["ndcg@5"] == pytest.approx(np.mean(r["per_task_ndcg@5"]))
 
 
 def test_item_knn_follows_the_support_ratings_of_similar_items():
