@@ -82,3 +82,34 @@ GRPC_RESTRICTED_KEY_HEADER = f"triton-grpc-protocol-{RESTRICTED_KEY_HEADER}"
 # Endpoint groups closed behind the key. Inference, health, metadata, model config and
 # statistics stay open (clients and probes need them).
 DEFAULT_RESTRICTED_APIS = ("model-repository", "trace", "logging", "shared-memory")
+
+
+# -- rules -------------------------------------------------------------------------------------
+def user_id_text(user_id) -> tuple[str | None, str | None]:
+    """The one rule for a raw user id (str, UTF-8 bytes or int): ``(text, None)``, or ``(None,
+    problem)`` where ``problem`` names what is wrong and the fix. A message never holds the id
+    (only its length): user ids are personal data. The client (InvalidRequestError) and the store
+    (InvalidEventError) raise it; the user model's stub keeps a copy (``decode_id``), checked
+    against this function by a unit test."""
+    if isinstance(user_id, (bytes, bytearray, memoryview)):
+        raw = bytes(user_id)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"user id is not UTF-8 ({len(raw)} bytes): send user ids as UTF-8 text"
+    elif isinstance(user_id, (str, int)) and not isinstance(user_id, bool):
+        text = str(user_id)
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None, (f"user id is not UTF-8 (a {len(text)}-character string with a lone surrogate): "
+                          "send user ids as UTF-8 text")
+    else:
+        return None, (f"user id must be text (str or UTF-8 bytes) or an int, got {type(user_id).__name__}; "
+                      "convert it with str()")
+    if not text.strip():
+        return None, f"user id is empty or only whitespace ({len(raw)} bytes): send the user's stable id"
+    if len(raw) > MAX_USER_ID_BYTES:
+        return None, (f"user id is {len(raw)} bytes, at most {MAX_USER_ID_BYTES} are accepted: "
+                      "send a shorter stable id (e.g. a hash of it)")
+    return text, None

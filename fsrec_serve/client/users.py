@@ -24,7 +24,6 @@ from ..contract import (
     INPUT_TIMESTAMP,
     INPUT_USER_ID,
     MAX_RECENT_ITEMS,
-    MAX_USER_ID_BYTES,
     OUTPUT_ACCEPTED,
     OUTPUT_RANKER_VERSION,
     OUTPUT_SOURCE,
@@ -33,6 +32,7 @@ from ..contract import (
     TRITON_ID_DTYPE,
     TRITON_ITEM_IDS_DTYPE,
     TRITON_TIMESTAMP_DTYPE,
+    user_id_text,
 )
 from ..errors import InvalidRequestError
 from ..idmap import IdMap, pad_left
@@ -49,22 +49,12 @@ class EventRecord:
 
 
 def check_user_id(user_id: Any) -> bytes:
-    """A raw user id -> its UTF-8 bytes; InvalidRequestError naming the problem (never the id)."""
-    if isinstance(user_id, bytes):
-        try:
-            user_id.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequestError("user id is not valid UTF-8: send ids as UTF-8 text") from None
-        raw = user_id
-    elif isinstance(user_id, (str, int)) and not isinstance(user_id, bool):
-        raw = str(user_id).encode("utf-8")
-    else:
-        raise InvalidRequestError(f"user id must be a str, bytes or int, got {type(user_id).__name__}")
-    if not raw.strip():
-        raise InvalidRequestError("user id is empty: send a non-empty id")
-    if len(raw) > MAX_USER_ID_BYTES:
-        raise InvalidRequestError(f"user id is {len(raw)} bytes; at most {MAX_USER_ID_BYTES} are accepted")
-    return raw
+    """A raw user id -> its UTF-8 bytes (the contract's rule, ``contract.user_id_text``);
+    InvalidRequestError naming the problem (never the id)."""
+    text, problem = user_id_text(user_id)
+    if problem:
+        raise InvalidRequestError(problem)
+    return text.encode("utf-8")
 
 
 def encode_recent(recent: Sequence | None, n_users: int, item_map: IdMap | None, num_items: int | None

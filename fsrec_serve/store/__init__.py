@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
+from ..contract import MAX_USER_ID_BYTES
 from ..errors import ConfigError
 from ..settings import state_dir
 from .base import DEFAULT_MAX_HISTORY, Event, Store, UserState, insert_in_time_order
-from .keys import MAX_USER_ID_BYTES, UserKeyer, check_user_id
+from .keys import UserKeyer, check_user_id
 from .sqlite import SQLiteStore
 
 DEFAULT_STORE_ENV = "FSREC_STORE"  # env: the store URL when none is passed

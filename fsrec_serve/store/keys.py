@@ -17,38 +17,20 @@ import secrets
 import time
 from pathlib import Path
 
+from ..contract import user_id_text
 from ..errors import ConfigError, InvalidEventError
 from ..settings import user_key_path
 
-MAX_USER_ID_BYTES = 256  # longest user id accepted (utf-8 bytes)
 KEY_HEX_CHARS = 32  # hex characters of the HMAC kept as the user key (128 bits)
 SECRET_BYTES = 32  # random bytes of a new secret (written as 64 hex characters)
 
 
 def check_user_id(user_id: str | bytes) -> str:
-    """``user_id`` as text: UTF-8, not blank, at most MAX_USER_ID_BYTES bytes (InvalidEventError
-    otherwise; the message never contains the id)."""
-    if isinstance(user_id, (bytes, bytearray, memoryview)):
-        raw = bytes(user_id)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidEventError(f"user id is not UTF-8 ({len(raw)} bytes): send user ids as UTF-8 text") from None
-    elif isinstance(user_id, str):
-        text = user_id
-        try:
-            raw = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidEventError(f"user id is not UTF-8 (a {len(text)}-character string with a lone surrogate): "
-                                    "send user ids as UTF-8 text") from None
-    else:
-        raise InvalidEventError(f"user id must be text (str or UTF-8 bytes), got {type(user_id).__name__}; "
-                                "convert it with str()")
-    if not text.strip():
-        raise InvalidEventError(f"user id is empty or only whitespace ({len(raw)} bytes): send the user's stable id")
-    if len(raw) > MAX_USER_ID_BYTES:
-        raise InvalidEventError(f"user id is {len(raw)} bytes, at most {MAX_USER_ID_BYTES} are accepted: "
-                                "send a shorter stable id (e.g. a hash of it)")
+    """``user_id`` as text (the contract's rule, ``contract.user_id_text``): InvalidEventError
+    naming the problem otherwise; the message never contains the id."""
+    text, problem = user_id_text(user_id)
+    if problem:
+        raise InvalidEventError(problem)
     return text
 
 

@@ -15,7 +15,7 @@ from fsrec_serve.idmap import IdMap
 
 
 @pytest.mark.parametrize("bad,why", [("", "empty"), ("   ", "empty"), ("x" * 257, "at most 256"),
-                                     (b"\xff\xfe", "UTF-8"), (None, "str, bytes or int"), (True, "str, bytes")])
+                                     (b"\xff\xfe", "UTF-8"), (None, "must be text"), (True, "must be text")])
 def test_bad_user_ids_are_refused_without_echoing_them(bad, why):
     with pytest.raises(InvalidRequestError, match=why) as err:
         check_user_id(bad)

@@ -184,3 +184,15 @@ def test_the_generated_configs_fit_their_roles():
         role = cfg["parameters"]["role"]["string_value"]
         inputs, outputs = um.io_of(cfg, role, lambda t: t)
         assert (inputs, list(outputs)) == want[role], name
+
+
+@pytest.mark.parametrize("value", [b"u1", "u1", b"", b"   ", b"\xff\xfe", b"x" * contract.MAX_USER_ID_BYTES,
+                                   b"x" * (contract.MAX_USER_ID_BYTES + 1), "é".encode() * 128,
+                                   "é".encode() * 129])
+def test_the_stubs_copy_of_the_user_id_rule_agrees_with_the_contract(value):
+    """The stub imports nothing of ours, so it keeps its own ``decode_id``: it accepts and refuses
+    exactly the user ids the contract's rule does (the client and the store raise that rule)."""
+    text, problem = contract.user_id_text(value)
+    stub_text, stub_problem = um.decode_id(value, "user id")
+    assert (problem is None) == (stub_problem is None)
+    assert stub_text == text

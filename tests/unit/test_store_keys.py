@@ -74,7 +74,7 @@ SECRET_ID = "jane.doe@example.com"
     (SECRET_ID * 500, f"at most {MAX_USER_ID_BYTES}"),  # 10 kB
     (b"\xff\xfe" + SECRET_ID.encode(), "not UTF-8"),
     (SECRET_ID + "\ud800", "not UTF-8"),
-    (12345, "must be text"),
+    (12.5, "must be text"),  # an int is str()-ed (the client sends ints), a float is refused
 ])
 def test_bad_user_ids_are_refused_without_echoing_them(bad, problem):
     keyer = UserKeyer.from_secret(b"k")
