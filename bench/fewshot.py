@@ -126,7 +126,8 @@ def aggregate(records: list[dict], n_boot: int = 2000) -> tuple[list[dict], dict
     import numpy as np
 
     from bench.common import summarize
-    from fsrec_serve.experiments.coldstart import ndcg10, paired_relative_gain
+    from fsrec_serve.evaluation.metrics import ndcg_at_k
+    from fsrec_serve.experiments.coldstart import paired_relative_gain
 
     rows, details = [], {}
     by: dict = {}
@@ -135,13 +136,13 @@ def aggregate(records: list[dict], n_boot: int = 2000) -> tuple[list[dict], dict
     for (ds, k), recs in sorted(by.items()):
         proto = f"coldstart-k{k}"
         methods = list(dict.fromkeys(m for r in recs for m in r["methods"]))
-        zs = np.concatenate([ndcg10(r["methods"]["zero-shot"]["ranks"]) for r in recs])
+        zs = np.concatenate([ndcg_at_k(r["methods"]["zero-shot"]["ranks"], 10) for r in recs])
         for m in methods:
             rr = [r for r in recs if m in r["methods"]]
             if len(rr) != len(recs):
                 continue  # a method must cover every fold to be paired with zero-shot
             ranks = np.concatenate([r["methods"][m]["ranks"] for r in rr])
-            nd, hr = ndcg10(ranks), (ranks < 10).astype(float)
+            nd, hr = ndcg_at_k(ranks, 10), (ranks < 10).astype(float)
             n = int(ranks.size)
             for met, vals in (("hr@10", hr), ("ndcg@10", nd)):
                 rows.append({"dataset": ds, "protocol": proto, "method": m, "metric": met,
@@ -169,7 +170,8 @@ def fast_peruser_rows(dataset: str, args, log) -> list[dict]:
 
     from bench.common import summarize
     from fsrec_serve.adaptation import PerUserConfig, fit_user_params
-    from fsrec_serve.experiments.coldstart import ndcg10, paired_relative_gain, query_ranks
+    from fsrec_serve.evaluation.metrics import ndcg_at_k
+    from fsrec_serve.experiments.coldstart import paired_relative_gain, query_ranks
 
     cfg = PerUserConfig(**json.loads(args.fast_peruser))
     zs, ad, ms, cpu = [], [], [], []
@@ -186,8 +188,8 @@ def fast_peruser_rows(dataset: str, args, log) -> list[dict]:
             path.write_text(json.dumps(rec) + "\n")
             log(f"  per-user-fast fold {f}: {rec['ms_per_user']:.1f} ms/user ({rec['cpu_ms_per_user']:.1f} CPU)")
         rec = json.loads(path.read_text())
-        zs.append(ndcg10(rec["zero"]))
-        ad.append(ndcg10(rec["fast"]))
+        zs.append(ndcg_at_k(rec["zero"], 10))
+        ad.append(ndcg_at_k(rec["fast"], 10))
         ms.append(rec["ms_per_user"])
         cpu.append(rec["cpu_ms_per_user"])
     z, a = np.concatenate(zs), np.concatenate(ad)

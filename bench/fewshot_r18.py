@@ -89,14 +89,14 @@ def method_rows(recs: list, proto: str, n_boot: int) -> tuple[list, dict]:
     """ndcg@10 / hr@10 / inner_ndcg@10 rows of every method (two-level CIs) + the pooled means."""
     import numpy as np
 
-    from fsrec_serve.experiments.coldstart import ndcg10
+    from fsrec_serve.evaluation.metrics import ndcg_at_k
     from fsrec_serve.experiments.kshot import ADAPTERS, BASELINES, two_level_mean
 
     rows, means = [], {}
     for m in BASELINES + ADAPTERS:
-        nd = [ndcg10(r["methods"][m]["ranks"]) for r in recs]
+        nd = [ndcg_at_k(r["methods"][m]["ranks"], 10) for r in recs]
         hr = [(np.asarray(r["methods"][m]["ranks"]) < 10).astype(float) for r in recs]
-        inner = [ndcg10(r["methods"][m]["inner_ranks"]) for r in recs]
+        inner = [ndcg_at_k(r["methods"][m]["inner_ranks"], 10) for r in recs]
         base = dict(dataset="ml-100k", protocol=proto, method=m)
         for metric, vals in (("ndcg@10", nd), ("hr@10", hr), ("inner_ndcg@10", inner)):
             rows.append(dict(base, metric=metric, **two_level_mean(vals, n_boot, seed=len(rows))))

@@ -37,6 +37,7 @@ from ..adaptation.strategies import fsrec_of
 from ..data.splits import Example, Splits, UserSequence
 from ..errors import ConfigError
 from ..evaluation.baselines import PopularityModel
+from ..evaluation.metrics import ndcg_at_k
 from ..evaluation.protocols import evaluate_next_item
 
 KS = (10,)
@@ -158,12 +159,6 @@ def query_ranks(model, query: Sequence[Example], user_params=None, batch_size: i
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
-def ndcg10(ranks) -> np.ndarray:
-    """Per-example NDCG@10 of 0-based ranks (one relevant item)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
-
-
 def paired_relative_gain(baseline, adapted, n_boot: int = 2000, seed: int = 0) -> dict:
     """``mean(adapted) / mean(baseline) - 1`` over the same users, with a 95 % bootstrap CI that
     resamples users (pairs kept together)."""
@@ -219,7 +214,7 @@ def kshot_fold(model, splits: Splits, k: int, cohort: Sequence[str], config=None
 
     def record(name, ranks, seconds=0.0, **info):
         out[name] = {"ranks": [int(r) for r in ranks], "seconds": float(seconds), "info": info}
-        log(f"    k={k} {name}: ndcg@10 {ndcg10(ranks).mean():.4f} ({seconds:.1f}s)")
+        log(f"    k={k} {name}: ndcg@10 {ndcg_at_k(ranks, 10).mean():.4f} ({seconds:.1f}s)")
 
     def with_offsets(name, scorer, **info):
         t0 = time.perf_counter()

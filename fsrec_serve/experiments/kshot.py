@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..data.splits import Example, UserSequence
-from ..evaluation.metrics import rank_of_targets
-from .coldstart import ndcg10, query_ranks
+from ..evaluation.metrics import ndcg_at_k, rank_of_targets
+from .coldstart import query_ranks
 from .kshot_folds import KshotFold
 
 BASELINES = ("first-k-popularity", "popularity", "zero-shot", "zero-shot-prefix")
@@ -181,7 +181,7 @@ def per_user(model, d: KshotData, s: KshotSettings) -> dict:
     def fit(c):
         res = fit_user_params(model, d.inner_support, PerUserConfig(lrs=(c[0],), steps=(c[1],)))
         inner[c] = query_ranks(model, d.inner_query, res.params_for(inner_users))
-        return ndcg10(inner[c]).mean()
+        return ndcg_at_k(inner[c], 10).mean()
 
     best, _, scores = select_best(grid, fit)
     t0 = time.process_time()
@@ -205,13 +205,13 @@ def kshot_run(fold: KshotFold, k: int, bases: dict, settings: Optional[KshotSett
     def record(name, run, seconds=0.0):
         methods[name] = {"ranks": [int(r) for r in run["ranks"]], "inner_ranks": [int(r) for r in run["inner_ranks"]],
                          "seconds": float(seconds), "info": run.get("info", {})}
-        log(f"    {fold.name} k={k} {name}: ndcg@10 {ndcg10(run['ranks']).mean():.4f} "
-            f"(inner {ndcg10(run['inner_ranks']).mean():.4f}, {seconds:.0f}s)")
+        log(f"    {fold.name} k={k} {name}: ndcg@10 {ndcg_at_k(run['ranks'], 10).mean():.4f} "
+            f"(inner {ndcg_at_k(run['inner_ranks'], 10).mean():.4f}, {seconds:.0f}s)")
 
     for name, run in baseline_runs(fold, d, bases).items():
         record(name, run)
-    base_name, _, _ = select_best(["base", "prefix"], lambda b: ndcg10(
-        methods["zero-shot" if b == "base" else "zero-shot-prefix"]["inner_ranks"]).mean())
+    base_name, _, _ = select_best(["base", "prefix"], lambda b: ndcg_at_k(
+        methods["zero-shot" if b == "base" else "zero-shot-prefix"]["inner_ranks"], 10).mean())
     model = bases[base_name]
     t0 = time.perf_counter()
     cohort = head_only_warm(model, d, s)
@@ -222,7 +222,7 @@ def kshot_run(fold: KshotFold, k: int, bases: dict, settings: Optional[KshotSett
     record("cohort+per-user", per_user(cohort["model"], d, s), time.perf_counter() - t0)
     zs = "zero-shot" if base_name == "base" else "zero-shot-prefix"
     pick, _, _ = select_best([zs, "head-only+warm", "per-user", "cohort+per-user"],
-                             lambda m: ndcg10(methods[m]["inner_ranks"]).mean())
+                             lambda m: ndcg_at_k(methods[m]["inner_ranks"], 10).mean())
     record("inner-best", dict(methods[pick], info={"picked": pick}))
     return {"fold": fold.name, "k": k, "base": base_name, "users": [e.user for e in d.cold_query],
             "inner_users": [e.user for e in d.inner_query], "settings": asdict(s), "methods": methods}

@@ -15,7 +15,8 @@ from fsrec_serve.adaptation.peruser import PerUserConfig, PerUserResult, first_k
 from fsrec_serve.data import Example, UserSequence
 from fsrec_serve.errors import AdaptationError, SupportSetError
 from fsrec_serve.evaluation import evaluate_next_item
-from fsrec_serve.experiments.coldstart import ndcg10, paired_relative_gain, query_ranks
+from fsrec_serve.evaluation.metrics import ndcg_at_k
+from fsrec_serve.experiments.coldstart import paired_relative_gain, query_ranks
 from fsrec_serve.model import FsRecConfig, FsRecModel, pad_histories
 
 warnings.filterwarnings("ignore", message=".*[Pp]osition ids.*")
@@ -151,7 +152,7 @@ def test_query_ranks_match_the_evaluator_and_gains_are_paired():
     q = [Example(f"u{i}", [1 + i, 5 + i], 20 + i) for i in range(6)]
     ranks = query_ranks(m, q)
     assert ranks.tolist() == evaluate_next_item(m, q, ks=(10,), return_ranks=True)["ranks"]
-    assert np.allclose(ndcg10([0, 1, 9, 10]), [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
+    assert np.allclose(ndcg_at_k([0, 1, 9, 10], 10), [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
     g = paired_relative_gain([0.2, 0.2, 0.2, 0.2], [0.3, 0.3, 0.3, 0.3])
     assert g["mean"] == pytest.approx(0.5) and g["ci_low"] == pytest.approx(0.5) and g["n_users"] == 4
     g = paired_relative_gain([0.2, 0.4], [0.3, 0.3])  # means 0.3 and 0.3: no gain
