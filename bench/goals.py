@@ -164,6 +164,13 @@ GOALS: list[Goal] = [
     Goal("18.1", "the shipped default >= the plain SASRec recipe on Beauty (same protocol)",
          ("quality-beauty-r18",), "loo-full", ("fsrec-sasrec",),
          (_c("ndcg@10", ">=", 1.0, over="plain-sasrec"),), dataset="beauty"),
+    # post-hoc (declared after the ablation rows, before its run): the default changed to
+    #   bucket_by_length=False, chosen on the ablation's VALIDATION NDCG@10 (0.0746 vs 0.0695);
+    #   reported beside the registered quality-beauty-r18, never instead of it
+    Goal("18.1", "post-hoc: Beauty NDCG@10 >= 0.062 with the default after the ablation (length buckets off), "
+         "3 seeds, <= 30 min per seed", ("quality-beauty-r18b",), "loo-full", ("fsrec-sasrec",),
+         (_c("ndcg@10", ">=", 0.062), _c("ndcg@10", ">=", 3, field="n"), _c("seconds", "<=", 1800)),
+         dataset="beauty"),
     Goal("18.2", "a log read with `fsrec train --data LOG --format sequences` and no other flag "
          "(Beauty as an unknown log), <= 25 min on 2 cores: NDCG@10 >= the plain recipe on it",
          ("train-default",), "loo-full", ("fsrec-train-default",),

@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--data-dir", default=None, help="data folder (env FSREC_DATA_DIR)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="seeds trained at the same time, one process each (default 1: one after another)")
     p.add_argument("--num-threads", type=int, default=int(os.environ.get("FSREC_BENCH_THREADS", 2)),
                    help="torch CPU threads per run")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 epochs")
@@ -187,32 +189,39 @@ def main(argv=None) -> int:
                     results.append(summarize([r["test"][m]], dataset=dataset, protocol="loo-full",
                                              method=method, metric=m))
                 continue
-            per_seed = []
             label = f"{method}-{args.variant}" if args.variant and objective != "plain" else method
-            for seed in args.seeds:
-                with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
-                    if objective == "plain":
-                        r = ex.submit(run_plain, dataset, seed, args.data_dir, args.num_threads,
-                                      args.quick, json.loads(args.plain_override),
-                                      args.valid_users).result()
-                    else:
-                        r = ex.submit(run_one, dataset, objective, seed, args.data_dir, args.device,
-                                      args.num_threads, args.quick, model_over, train_over,
-                                      args.valid_users).result()
-                r["method"] = method = label
-                per_seed.append(r)
-                runs.append(r)
-                print(json.dumps({"method": method, "dataset": dataset, "seed": seed,
-                                  **{m: round(r["test"][m], 4) for m in METRICS},
-                                  "valid_ndcg@10": round(r["best_valid"].get("ndcg@10", 0), 4),
-                                  "best_epoch": r["best_epoch"],
-                                  "seconds_to_best": round(r["seconds_to_best"], 1),
-                                  "peak_mb": round(r["peak_mb"])}), flush=True)
-                if seed != args.seeds[-1]:  # partial file: n = seeds done so far
-                    print(f"wrote {write(_method_rows(per_seed, dataset, method))} (partial)", flush=True)
-            results.extend(_method_rows(per_seed, dataset, method))
+            # one child process per seed (its own peak memory), --jobs of them at a time
+            with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx, max_tasks_per_child=1) as ex:
+                futures = [
+                    ex.submit(run_plain, dataset, seed, args.data_dir, args.num_threads, args.quick,
+                              json.loads(args.plain_override), args.valid_users) if objective == "plain"
+                    else ex.submit(run_one, dataset, objective, seed, args.data_dir, args.device,
+                                   args.num_threads, args.quick, model_over, train_over, args.valid_users)
+                    for seed in args.seeds]
+                per_seed = _collect(futures, args.seeds, label, dataset, runs, write)
+            results.extend(_method_rows(per_seed, dataset, label))
     print(f"wrote {write([])}")
     return 0
+
+
+def _collect(futures: list, seeds: list, label: str, dataset: str, runs: list, write) -> list[dict]:
+    """The seeds' results in seed order, each printed and added to ``runs`` when read; the results
+    file is rewritten after each seed but the last (partial: n = seeds done so far)."""
+    per_seed = []
+    for seed, fut in zip(seeds, futures):
+        r = fut.result()
+        r["method"] = label
+        per_seed.append(r)
+        runs.append(r)
+        print(json.dumps({"method": label, "dataset": dataset, "seed": seed,
+                          **{m: round(r["test"][m], 4) for m in METRICS},
+                          "valid_ndcg@10": round(r["best_valid"].get("ndcg@10", 0), 4),
+                          "best_epoch": r["best_epoch"],
+                          "seconds_to_best": round(r["seconds_to_best"], 1),
+                          "peak_mb": round(r["peak_mb"])}), flush=True)
+        if seed != seeds[-1]:
+            print(f"wrote {write(_method_rows(per_seed, dataset, label))} (partial)", flush=True)
+    return per_seed
 
 
 def _method_rows(per_seed: list[dict], dataset: str, method: str) -> list[dict]:
