@@ -72,3 +72,35 @@ def test_wheel_installs_without_the_source_tree_and_finds_its_data(tmp_path):
     assert "up to date" in check.stdout and str(purelib / "model_repository") in check.stdout
     help_text = _run([venv / "bin" / "fsrec", "loadtest", "--help"], work).stdout
     assert "--allow-remote-host" in help_text and "--gate" in help_text
+
+
+@pytest.mark.timeout(180)
+def test_editable_install_is_quiet_and_imports_from_the_checkout(tmp_path):
+    """``pip install -e .`` (what a new user and scripts/setup.sh run) prints no warning from
+    setuptools about this project: neither the package-configuration warnings nor the notice of
+    its lenient editable finder (a flat layout declared as such gets one .pth entry)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is needed to list the tracked files")
+    files = subprocess.run(["git", "ls-files", "-z", *SHIPPED], cwd=ROOT, capture_output=True, check=True).stdout
+    src = tmp_path / "src"
+    for rel in filter(None, files.decode().split("\0")):
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
+    py = venv / "bin" / "python"
+    purelib = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip())
+    (purelib / "project-deps.pth").write_text(site.getsitepackages()[0] + "\n")
+    out = _run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-build-isolation",
+                "--no-index", "-v", "-e", src], cwd=tmp_path, timeout=150)
+    text = out.stdout + out.stderr
+    noise = [ln.strip() for ln in text.splitlines()
+             if any(w in ln for w in ("Warning:", "warning:", "Package would be ignored", "Please be careful"))
+             and "pip" not in ln.lower()]
+    assert "Successfully installed fsrec-serve" in text, text[-2000:]
+    assert not noise, "pip install -e prints setuptools warnings about this project:\n" + "\n".join(noise)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = _run([py, "-c", "import fsrec_serve; print(fsrec_serve.__file__)"], work).stdout.strip()
+    assert where == str(src / "fsrec_serve" / "__init__.py")
