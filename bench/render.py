@@ -29,7 +29,7 @@ from bench import plots  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-MAX_LINES = 505  # issue 13 set 300 lines (aim 250); the live loop (issue 17) added four protocols: 340; the honest k-shot, robustness, serving-cost and ensemble protocols (issues 18-20): 460; pruning (issue 19.1, two data sets): 505
+MAX_LINES = 515  # issue 13 set 300 lines (aim 250); the live loop (issue 17) added four protocols: 340; the honest k-shot, robustness, serving-cost and ensemble protocols (issues 18-20): 460; pruning (issue 19.1, two data sets): 505; the Beauty ablation rows: 515
 ORDER = ["quality", "quality-beauty", "fewshot", "arrivals", "replay", "items", "metarec", "ingest", "export",
          "serving", "serving-varlen", "serving-fastapi", "serving-gpu", "soak"]
 FAMILY = re.compile(r"^(.*)-k(\d+)$")  # coldstart-k5 -> ("coldstart", 5)
