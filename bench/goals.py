@@ -328,7 +328,8 @@ KNOWN_CAUSES: list[tuple[str, str, str, str, str]] = [
      "popularity level), so the k=10 cohort of 1,049 users has 13 zero-shot hits against 12 "
      "adapted: -15 % is one hit, CI [-64 %, +114 %]. cohort+per-user and auto equal head-only+warm "
      "because validation on pretraining users chose that adapter and the per-user rule adapted "
-     "nobody. Not fixable without a converged Beauty fold base (no CPU left this session)"),
+     "nobody. Needs a converged Beauty fold base; the honest k-shot protocol (fewshot-r18.json, "
+     "full-recipe fold bases) supersedes this run"),
     ("fewshot-r18", "coldstart-time-k1", "*", "relative_gain",
      "time folds at k=1: the strongest baseline is first-k-popularity (the items users rated first, "
      "counted on the users who arrived before the cut: sign-up picks change little over time) and "

@@ -42,6 +42,17 @@ def run_cli(data: str, out: Path) -> dict:
             "test": json.loads(ev.stdout)}
 
 
+def portable(obj, work: str):
+    """``obj`` (JSON-able) with this machine's folders replaced by the names a reader sets:
+    the data folder by ``$FSREC_DATA_DIR`` and the work folder by ``$WORK``."""
+    text = json.dumps(obj)
+    data_dir = os.environ.get("FSREC_DATA_DIR")
+    for folder, name in ((work, "$WORK"), (data_dir, "$FSREC_DATA_DIR")):
+        if folder:
+            text = text.replace(str(Path(folder).resolve()), name).replace(folder.rstrip("/"), name)
+    return json.loads(text)
+
+
 def run_plain(data: str, out: Path, seed: int, max_seconds: float) -> dict:
     """The plain recipe on the split recorded with the CLI's model."""
     from bench.plain_sasrec import PlainConfig, train_plain
@@ -83,6 +94,7 @@ def main(argv=None) -> int:
     rows.append(summarize([plain["seconds_to_best"]], dataset=name, protocol="loo-full", method="plain-sasrec",
                           metric="seconds"))
     command = "python -m bench.train_default " + " ".join(argv or sys.argv[1:])
+    command = portable(command, args.work)
     path = write_results(args.out, command, rows, extra={
         "notes": ("`fsrec train --data LOG --format sequences` as a new user types it (settings fitted to the "
                   "log's statistics, default split: cold users and items held out), scored by `fsrec "
@@ -90,7 +102,7 @@ def main(argv=None) -> int:
                   "bench/plain_sasrec.py trained on the same split, early-stopped on all warm users' "
                   "validation item, scored by the same code; seconds = the whole CLI run (fsrec) and the "
                   "time to the best epoch (plain)"),
-        "runs": [{"method": "fsrec-train-default", **cli}, {"method": "plain-sasrec", **plain}],
+        "runs": portable([{"method": "fsrec-train-default", **cli}, {"method": "plain-sasrec", **plain}], args.work),
     })
     print(f"wrote {path}")
     return 0
